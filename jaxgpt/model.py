@@ -1,0 +1,252 @@
+"""A GPT-2 style decoder-only transformer in flax.linen.
+
+Shapes are spelled in names: B batch, T query length, S key length (cache capacity),
+D width, H heads, K head width, V vocab. Parameters are a plain pytree; everything here is
+a pure function of (params, inputs, rngs).
+
+Param tree (names follow nanoGPT/GPT-2 so weights map one to one):
+    wte/embedding (V, D)            wpe/embedding (block_size, D)
+    h_i/ln_1, h_i/ln_2              LayerNorm scale (D,), bias (D,)
+    h_i/attn/c_attn kernel (D, 3, H, K), bias (3, H, K)   fused q, k, v
+    h_i/attn/c_proj kernel (H, K, D),    bias (D,)
+    h_i/mlp/c_fc    kernel (D, 4D),      bias (4D,)
+    h_i/mlp/c_proj  kernel (4D, D),      bias (D,)
+    ln_f                            lm_head kernel (D, V), bias (V,)  (untied only)
+Keeping heads as their own axis lets tensor parallelism shard whole heads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxgpt.config import GPTConfig
+
+__all__ = ["GPT", "GPTConfig", "KVCache", "init_kv_cache", "cross_entropy_loss", "causal_mask"]
+
+# One (keys, values) pair per layer, each (B, S, H, K). Kept as separate arrays (not one stacked
+# array) so that a decode loop updates each in place instead of copying the whole cache per token.
+KVCache = Tuple[Tuple[jax.Array, jax.Array], ...]
+
+_STD = 0.02
+
+
+def _normal(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+def causal_mask(query_pos_BT: jax.Array, key_valid_BS: jax.Array) -> jax.Array:
+    """(B, 1, T, S) boolean: query at cache slot q may see slot s iff s <= q and s holds a real token."""
+    slots_S = jnp.arange(key_valid_BS.shape[1])
+    allowed_BTS = slots_S[None, None, :] <= query_pos_BT[:, :, None]
+    return (allowed_BTS & key_valid_BS[:, None, :])[:, None, :, :]
+
+
+class CausalSelfAttention(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BTD: jax.Array,
+        mask_B1TS: Optional[jax.Array],
+        deterministic: bool,
+        kv_cache: Optional[Tuple[jax.Array, jax.Array]] = None,
+        cache_index: Optional[jax.Array] = None,
+    ):
+        cfg = self.config
+        B, T, D = x_BTD.shape
+        H, K = cfg.n_head, cfg.head_dim
+        qkv_BT3HK = nn.DenseGeneral(
+            features=(3, H, K), use_bias=cfg.bias, dtype=cfg.dtype,
+            kernel_init=_normal(_STD), name="c_attn",
+        )(x_BTD)
+        q_BTHK, k_BTHK, v_BTHK = qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], qkv_BT3HK[:, :, 2]
+
+        new_cache = None
+        if kv_cache is not None:
+            k_cache_BSHK, v_cache_BSHK = kv_cache
+            chex.assert_equal_shape([k_cache_BSHK, v_cache_BSHK])
+            chex.assert_shape(k_cache_BSHK, (B, None, H, K))
+            start = (0, cache_index, 0, 0)
+            k_cache_BSHK = jax.lax.dynamic_update_slice(k_cache_BSHK, k_BTHK.astype(k_cache_BSHK.dtype), start)
+            v_cache_BSHK = jax.lax.dynamic_update_slice(v_cache_BSHK, v_BTHK.astype(v_cache_BSHK.dtype), start)
+            new_cache = (k_cache_BSHK, v_cache_BSHK)
+            k_BTHK, v_BTHK = k_cache_BSHK.astype(cfg.dtype), v_cache_BSHK.astype(cfg.dtype)
+
+        attn_dropout = cfg.dropout > 0.0 and not deterministic
+        if cfg.attn_impl == "dot_product_attention" and not attn_dropout:
+            # is_causal lets XLA/cuDNN pick a fused causal kernel when no explicit mask is needed.
+            y_BTHK = jax.nn.dot_product_attention(
+                q_BTHK, k_BTHK, v_BTHK, mask=mask_B1TS, is_causal=mask_B1TS is None
+            )
+        else:
+            # The textbook path; also used whenever attention dropout is active, which
+            # jax.nn.dot_product_attention does not offer.
+            scores_BHTS = jnp.einsum(
+                "bthk,bshk->bhts", q_BTHK, k_BTHK, preferred_element_type=jnp.float32
+            ) / math.sqrt(K)
+            if mask_B1TS is None:
+                S = k_BTHK.shape[1]
+                mask_B1TS = jnp.tril(jnp.ones((T, S), dtype=bool))[None, None]
+            scores_BHTS = jnp.where(mask_B1TS, scores_BHTS, jnp.finfo(jnp.float32).min)
+            probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
+            probs_BHTS = nn.Dropout(cfg.dropout, name="attn_dropout")(probs_BHTS, deterministic=deterministic)
+            y_BTHK = jnp.einsum("bhts,bshk->bthk", probs_BHTS.astype(v_BTHK.dtype), v_BTHK)
+
+        y_BTD = nn.DenseGeneral(
+            features=D, axis=(-2, -1), use_bias=cfg.bias, dtype=cfg.dtype,
+            kernel_init=_normal(_STD / math.sqrt(2 * cfg.n_layer)), name="c_proj",
+        )(y_BTHK)
+        y_BTD = nn.Dropout(cfg.dropout, name="resid_dropout")(y_BTD, deterministic=deterministic)
+        return y_BTD, new_cache
+
+
+class MLP(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        h_BTF = nn.Dense(4 * cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
+                         kernel_init=_normal(_STD), name="c_fc")(x_BTD)
+        h_BTF = nn.gelu(h_BTF, approximate=cfg.gelu == "tanh")
+        y_BTD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
+                         kernel_init=_normal(_STD / math.sqrt(2 * cfg.n_layer)), name="c_proj")(h_BTF)
+        return nn.Dropout(cfg.dropout, name="resid_dropout")(y_BTD, deterministic=deterministic)
+
+
+def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_bias=cfg.bias, dtype=cfg.dtype, name=name)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, mask_B1TS, deterministic: bool, kv_cache=None, cache_index=None):
+        cfg = self.config
+        h_BTD, new_cache = CausalSelfAttention(cfg, name="attn")(
+            _layer_norm(cfg, "ln_1")(x_BTD), mask_B1TS, deterministic, kv_cache, cache_index
+        )
+        x_BTD = x_BTD + h_BTD
+        x_BTD = x_BTD + MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x_BTD), deterministic)
+        return x_BTD, new_cache
+
+
+class GPT(nn.Module):
+    """Decoder-only GPT. `apply({"params": p}, idx_BT)` gives float32 logits (B, T, V), no dropout.
+
+    Training: `apply(..., idx_BT, deterministic=False, rngs={"dropout": key})`.
+    Cached decoding: `apply(..., method=GPT.decode)` (see jaxgpt.sampling).
+    """
+
+    config: GPTConfig
+
+    def setup(self):
+        cfg = self.config
+        self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_normal(_STD), dtype=cfg.dtype)
+        self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(_STD), dtype=cfg.dtype)
+        self.drop = nn.Dropout(cfg.dropout)
+        # deterministic is argument 3 (self is 0): static under remat.
+        block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
+        self.h = [block(cfg) for _ in range(cfg.n_layer)]  # named h_0 ... h_{L-1}
+        self.ln_f = _layer_norm(cfg, "ln_f")
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=cfg.bias, dtype=cfg.dtype,
+                                    kernel_init=_normal(_STD))
+
+    def _check_tokens(self, idx_BT: jax.Array) -> None:
+        chex.assert_rank(idx_BT, 2)
+        chex.assert_type(idx_BT, int)
+
+    def _trunk(self, idx_BT, pos_BT, mask_B1TS, deterministic, kv_caches=None, cache_index=None):
+        cfg = self.config
+        x_BTD = self.wte(idx_BT) + self.wpe(pos_BT)
+        x_BTD = self.drop(x_BTD, deterministic=deterministic)
+        new_caches = []
+        for i, block in enumerate(self.h):
+            layer_cache = None if kv_caches is None else kv_caches[i]
+            x_BTD, new_cache = block(x_BTD, mask_B1TS, deterministic, layer_cache, cache_index)
+            new_caches.append(new_cache)
+        x_BTD = self.ln_f(x_BTD)
+        if cfg.tie_embeddings:
+            # Head in the compute dtype with float32 accumulation and float32 logits.
+            emb_VD = self.wte.embedding.astype(cfg.dtype)
+            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(cfg.dtype), emb_VD,
+                                    preferred_element_type=jnp.float32)
+        else:
+            logits_BTV = self.lm_head(x_BTD).astype(jnp.float32)
+        return logits_BTV, tuple(new_caches)
+
+    def __call__(self, idx_BT: jax.Array, deterministic: bool = True) -> jax.Array:
+        self._check_tokens(idx_BT)
+        B, T = idx_BT.shape
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence length T={T} exceeds GPTConfig.block_size={self.config.block_size}"
+            )
+        pos_BT = jnp.broadcast_to(jnp.arange(T)[None, :], (B, T))
+        logits_BTV, _ = self._trunk(idx_BT, pos_BT, None, deterministic)
+        chex.assert_shape(logits_BTV, (B, T, self.config.vocab_size))
+        chex.assert_type(logits_BTV, jnp.float32)
+        return logits_BTV
+
+    def decode(
+        self,
+        idx_BT: jax.Array,
+        pos_BT: jax.Array,
+        kv_caches: KVCache,
+        cache_index: jax.Array,
+        key_valid_BS: jax.Array,
+    ) -> Tuple[jax.Array, KVCache]:
+        """Run T new tokens that occupy cache slots [cache_index, cache_index + T).
+
+        pos_BT are their position ids (rows may be left-padded, so positions differ per row);
+        key_valid_BS marks the cache slots that hold real tokens (False for padding). Returns
+        float32 logits (B, T, V) and the updated caches. No dropout.
+        """
+        cfg = self.config
+        self._check_tokens(idx_BT)
+        B, T = idx_BT.shape
+        chex.assert_shape(pos_BT, (B, T))
+        chex.assert_equal(len(kv_caches), cfg.n_layer)
+        S = kv_caches[0][0].shape[1]
+        chex.assert_shape(key_valid_BS, (B, S))
+        query_slot_BT = jnp.broadcast_to(cache_index + jnp.arange(T)[None, :], (B, T))
+        mask_B1TS = causal_mask(query_slot_BT, key_valid_BS)
+        logits_BTV, new_caches = self._trunk(idx_BT, pos_BT, mask_B1TS, True, kv_caches, cache_index)
+        chex.assert_shape(logits_BTV, (B, T, cfg.vocab_size))
+        chex.assert_trees_all_equal_shapes_and_dtypes(new_caches, kv_caches)
+        return logits_BTV, new_caches
+
+
+def init_kv_cache(config: GPTConfig, batch_size: int, capacity: int, dtype=None) -> KVCache:
+    """Zeroed per-layer (keys, values), each (B, capacity, H, K), in the compute dtype by default."""
+    if capacity > config.block_size:
+        raise ValueError(f"cache capacity {capacity} exceeds GPTConfig.block_size={config.block_size}")
+    dtype = dtype or config.dtype
+    shape = (batch_size, capacity, config.n_head, config.head_dim)
+    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.n_layer))
+
+
+def cross_entropy_loss(logits_BTV: jax.Array, targets_BT: jax.Array, ignore_index: int = -1) -> jax.Array:
+    """Mean token cross-entropy in float32 over targets != ignore_index (0 if none count)."""
+    chex.assert_rank(logits_BTV, 3)
+    chex.assert_shape(targets_BT, logits_BTV.shape[:2])
+    chex.assert_type(targets_BT, int)
+    counted_BT = targets_BT != ignore_index
+    safe_targets_BT = jnp.where(counted_BT, targets_BT, 0)
+    losses_BT = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BTV.astype(jnp.float32), safe_targets_BT
+    )
+    total = jnp.sum(jnp.where(counted_BT, losses_BT, 0.0))
+    return total / jnp.maximum(jnp.sum(counted_BT), 1).astype(jnp.float32)
