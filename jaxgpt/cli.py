@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import logging
 import os
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -102,7 +103,15 @@ def parse_args(options: Dict[str, Option], argv: Sequence[str], prog: str = "", 
 
 
 def main_guard(main: Callable[[Sequence[str]], Any]) -> None:
-    """Run main(argv); bad input (CLIError, ValueError) becomes one line on stderr and exit 2."""
+    """Run main(argv); bad input (CLIError, ValueError) becomes one line on stderr and exit 2.
+
+    Set JAXGPT_DEBUG=1 to get the traceback and the libraries' own log lines instead.
+    """
+    if os.environ.get("JAXGPT_DEBUG"):
+        main(sys.argv[1:])
+        return
+    # Orbax and JAX log through absl; their ERROR lines would duplicate our one-line message.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         main(sys.argv[1:])
     except (CLIError, ValueError) as exc:

@@ -28,6 +28,10 @@ def create_train_state(params, optimizer: optax.GradientTransformation) -> Train
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
+def global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)))
+
+
 Batch = Tuple[jax.Array, jax.Array]  # inputs and targets, each (A, B, T): A micro-steps of B rows
 
 
@@ -65,7 +69,7 @@ def make_train_step(model: GPT, optimizer: optax.GradientTransformation,
         grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grad_sum)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": jnp.mean(losses_A), "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": jnp.mean(losses_A), "grad_norm": global_norm(grads)}
         if lr_schedule is not None:
             metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

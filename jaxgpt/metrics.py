@@ -1,0 +1,63 @@
+"""metrics.jsonl (one JSON object per event) and the loss-curve PNG drawn from it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, List
+
+
+class MetricsLog:
+    """Append-only JSONL log. On resume, events past the restored iteration are dropped so the
+    file reads exactly like that of an uninterrupted run."""
+
+    def __init__(self, path: str, resume_iter: int | None = None):
+        self.path = path
+        if resume_iter is None:
+            open(path, "w").close()
+        else:
+            kept = [e for e in read_metrics(path) if e["iter"] <= resume_iter]
+            with open(path, "w") as f:
+                for event in kept:
+                    f.write(json.dumps(event) + "\n")
+
+    def write(self, event: Dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+
+def read_metrics(path: str) -> List[Dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_losses(metrics_path: str, png_path: str, title: str = "") -> None:
+    """Train loss per logged step and train/val at evals; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = read_metrics(metrics_path)
+    logs = [e for e in events if "val_loss" not in e and math.isfinite(e.get("train_loss", math.nan))]
+    evals = [e for e in events if "val_loss" in e]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if logs:
+        ax.plot([e["iter"] for e in logs], [e["train_loss"] for e in logs], lw=0.8, alpha=0.6,
+                label="train (batch)")
+    if evals:
+        ax.plot([e["iter"] for e in evals], [e["train_loss"] for e in evals], "o-", label="train (eval)")
+        ax.plot([e["iter"] for e in evals], [e["val_loss"] for e in evals], "o-", label="val")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png_path)
