@@ -1,6 +1,12 @@
-"""jaxgpt: a GPT from scratch in pure-functional JAX/Flax."""
+"""jaxgpt: a GPT from scratch in pure-functional JAX/Flax.
+
+    from jaxgpt import GPT, GPTConfig, generate, load_pretrained
+"""
 
 from jaxgpt.config import GPTConfig
 from jaxgpt.model import GPT, cross_entropy_loss, init_kv_cache
+from jaxgpt.pretrained import load_pretrained
+from jaxgpt.sampling import generate, generate_stream
 
-__all__ = ["GPT", "GPTConfig", "cross_entropy_loss", "init_kv_cache"]
+__all__ = ["GPT", "GPTConfig", "cross_entropy_loss", "generate", "generate_stream", "init_kv_cache",
+           "load_pretrained"]
