@@ -229,19 +229,20 @@ def train(opts: Dict[str, Any]) -> Dict[str, Any]:
                                beta2=opts["beta2"], grad_clip=opts["grad_clip"])
 
     mesh = sharding.make_mesh(opts["dp"], opts["fsdp"], opts["tp"])
+    try:
+        rows = sharding.process_rows(mesh, opts["batch_size"])  # this process's rows of each global batch
+    except ValueError as exc:
+        raise CLIError(f"--batch_size: {exc}") from None
+    if is_main:
+        for where in sharding.unshardable_dims(jax.eval_shape(
+                lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]), mesh):
+            print(f"note: replicated instead of sharded (size not divisible): {where}")
     rng = jax.random.key(opts["seed"])
     init_rng, dropout_rng, sample_rng = jax.random.split(rng, 3)
-    state = sharding.init_train_state(model, optimizer, mesh, init_rng, model_cfg.block_size)
-    state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    if pretrained_params is not None:
-        params = jax.device_put(pretrained_params, state_sharding.params)
-        state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)),
-                        out_shardings=state_sharding)(params)
 
-    nproc, pid = jax.process_count(), jax.process_index()
-    train_sampler = data_lib.BatchSampler(prepared.train, seed=opts["seed"], process_index=pid, process_count=nproc)
-    eval_samplers = {split: data_lib.BatchSampler(tokens, seed=opts["seed"] + 1 + i, process_index=pid,
-                                                   process_count=nproc)
+    # Every process draws the same global batch from the same seed and keeps its own rows.
+    train_sampler = data_lib.BatchSampler(prepared.train, seed=opts["seed"], name="train")
+    eval_samplers = {split: data_lib.BatchSampler(tokens, seed=opts["seed"] + 1 + i, name=split)
                      for i, (split, tokens) in enumerate((("train", prepared.train), ("val", prepared.val)))}
 
     checkpointer = ckpt.Checkpointer(ckpt_dir, keep_last=opts["keep_checkpoints"], keep_best=True)
@@ -250,8 +251,8 @@ def train(opts: Dict[str, Any]) -> Dict[str, Any]:
         step = checkpointer.latest_step()
         if step is None:
             raise CLIError(f"--init_from=resume but {ckpt_dir} holds no checkpoint")
-        abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        # Restored straight onto this run's mesh, whatever mesh wrote it.
+        abstract = sharding.abstract_train_state(model, optimizer, model_cfg.block_size, mesh)
         state, extra = checkpointer.restore(abstract, step)
         if extra.get("model_config") != model_cfg.to_dict():
             raise CLIError(f"the checkpoint in {ckpt_dir} was trained with another model config; "
@@ -260,6 +261,14 @@ def train(opts: Dict[str, Any]) -> Dict[str, Any]:
         for split, s in eval_samplers.items():
             s.load_state_dict(extra["eval_samplers"][split])
         iter_num, best_val = int(extra["iter_num"]), float(extra["best_val_loss"])
+    else:
+        state = sharding.init_train_state(model, optimizer, mesh, init_rng, model_cfg.block_size)
+        if pretrained_params is not None:
+            shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+            params = jax.device_put(pretrained_params, shardings.params)
+            state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)),
+                            out_shardings=shardings)(params)
+    state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
 
     if is_main:
         with open(os.path.join(out_dir, "run_config.json"), "w") as f:
@@ -272,12 +281,13 @@ def train(opts: Dict[str, Any]) -> Dict[str, Any]:
     tokens_per_iter = A * B * T
     flops_per_token = model_cfg.flops_per_token(T)
     peak_one, peak_source = device_peak_flops()
-    peak_total = peak_one * jax.device_count()
+    # Simulated CPU devices share one host's cores: a CPU's peak is per process, not per device.
+    peak_total = peak_one * (jax.process_count() if jax.devices()[0].platform == "cpu" else jax.device_count())
 
     def estimate_loss() -> Dict[str, float]:
         out = {}
         for split, s in eval_samplers.items():
-            x, y = s.sample_accum(opts["eval_iters"], B, T)
+            x, y = s.sample_accum(opts["eval_iters"], B, T, rows=rows)
             out[split] = float(eval_loss(state.params, (sharding.global_batch(mesh, x),
                                                         sharding.global_batch(mesh, y))))
         return out
@@ -338,7 +348,7 @@ def train(opts: Dict[str, Any]) -> Dict[str, Any]:
             t_last, tokens_since = time.time(), 0  # keep eval time out of tokens/s
         if iter_num >= opts["max_iters"]:
             break
-        x, y = train_sampler.sample_accum(A, B, T)
+        x, y = train_sampler.sample_accum(A, B, T, rows=rows)
         state, metrics = train_step(state, (sharding.global_batch(mesh, x), sharding.global_batch(mesh, y)),
                                     dropout_rng)
         iter_num += 1
