@@ -1,0 +1,67 @@
+"""train.py itself, unchanged, on a simulated 8-device mesh and as two cooperating processes."""
+
+import os
+import socket
+import subprocess
+import sys
+
+from jaxgpt.cli import parse_args
+from jaxgpt.trainer import OPTIONS, train
+from test_train import REPO, TINY, loss_events
+
+RUN = [*TINY, "--n_head=4", "--batch_size=8", "--max_iters=20", "--num_samples=0", "--dropout=0.1"]
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mesh_and_multi_process_runs_match_one_device(tmp_path, shakespeare_path):
+    args = [*RUN, f"--dataset={shakespeare_path}"]
+    train(parse_args(OPTIONS, [f"--out_dir={tmp_path / 'single'}", *args]))
+    reference = loss_events(tmp_path / "single" / "metrics.jsonl")
+
+    # One process, 8 simulated devices, all three axes in use.
+    res = subprocess.run([sys.executable, "train.py", f"--out_dir={tmp_path / 'mesh'}", *args,
+                          "--dp=2", "--fsdp=2", "--tp=2"], cwd=REPO, env=_env(8), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "'dp': 2, 'fsdp': 2, 'tp': 2" in res.stdout
+    _assert_close(loss_events(tmp_path / "mesh" / "metrics.jsonl"), reference)
+
+    # Two processes joined through a loopback coordinator, 2 devices each: fsdp=2 x dp=2.
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "train.py", f"--out_dir={tmp_path / 'hosts'}", *args,
+                               "--dp=2", "--fsdp=2", f"--coordinator_address=127.0.0.1:{port}",
+                               "--num_processes=2", f"--process_id={i}"],
+                              cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert "on 4 cpu device(s)" in outs[0][0]
+    # Only process 0 prints, logs and plots (gloo itself may print connection lines).
+    assert "done:" in outs[0][0] and "jaxgpt:" not in outs[1][0] and "done:" not in outs[1][0]
+    _assert_close(loss_events(tmp_path / "hosts" / "metrics.jsonl"), reference)
+
+
+def _assert_close(events, reference, rtol=1e-5):
+    """Same events; losses equal to float32 reduction-order noise (relative 1e-5)."""
+    assert [sorted(e) for e in events] == [sorted(e) for e in reference]
+    for got, want in zip(events, reference):
+        assert got["iter"] == want["iter"]
+        for key in ("train_loss", "val_loss"):
+            if key in want:
+                assert abs(got[key] - want[key]) <= rtol * abs(want[key]), (got, want)
