@@ -1,7 +1,14 @@
 import os
 import pathlib
+import tempfile
 
 import pytest
+
+# Before jax is imported anywhere: a persistent compilation cache shared by this process and the
+# subprocesses the tests start, so identical tiny models compile once per session, not per test.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxgpt_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"

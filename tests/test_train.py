@@ -96,16 +96,8 @@ def test_train_writes_run_and_learns(tmp_path, shakespeare_path):
     assert json.loads((out / "data_meta.json").read_text())["vocab_size"] == 65
 
 
-def test_same_seed_same_numbers(tmp_path, shakespeare_path):
-    a = train(tiny_opts(tmp_path / "a", f"--dataset={shakespeare_path}", "--max_iters=10", "--num_samples=0",
-                        "--dropout=0.1"))
-    b = train(tiny_opts(tmp_path / "b", f"--dataset={shakespeare_path}", "--max_iters=10", "--num_samples=0",
-                        "--dropout=0.1"))
-    assert loss_events(tmp_path / "a" / "run" / "metrics.jsonl") == loss_events(tmp_path / "b" / "run" / "metrics.jsonl")
-    assert a["best_val_loss"] == b["best_val_loss"]
-
-
 def test_kill_and_resume_continues_exactly(tmp_path, shakespeare_path):
+    # Also the same-seed check: the reference and the killed run are separate processes.
     common = [*TINY, f"--dataset={shakespeare_path}", "--dropout=0.1", "--num_samples=0"]
     reference = tmp_path / "reference"
     train(parse_args(OPTIONS, [f"--out_dir={reference}", *common, "--max_iters=40"]))
