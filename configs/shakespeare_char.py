@@ -15,6 +15,7 @@ n_layer = 6
 n_head = 6
 n_embd = 384
 dropout = 0.2
+bias = False  # nanoGPT train.py default
 gelu = "exact"
 
 learning_rate = 1e-3

@@ -14,6 +14,7 @@ n_layer = 4
 n_head = 4
 n_embd = 128
 dropout = 0.0
+bias = False  # nanoGPT train.py default
 gelu = "exact"
 
 learning_rate = 1e-3

@@ -30,7 +30,8 @@ from jaxgpt.config import GPTConfig
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "init_kv_cache", "cross_entropy_loss", "causal_mask"]
 
-# One (keys, values) pair per layer, each (B, S, H, K). Kept as separate arrays (not one stacked
+# One (keys, values) pair per layer, each (B, H, S, K): heads before slots, so that on CPU XLA
+# reads the cache in place instead of copying and transposing all of it every token. Kept as separate arrays (not one stacked
 # array) so that a decode loop updates each in place instead of copying the whole cache per token.
 KVCache = Tuple[Tuple[jax.Array, jax.Array], ...]
 
@@ -71,14 +72,15 @@ class CausalSelfAttention(nn.Module):
 
         new_cache = None
         if kv_cache is not None:
-            k_cache_BSHK, v_cache_BSHK = kv_cache
-            chex.assert_equal_shape([k_cache_BSHK, v_cache_BSHK])
-            chex.assert_shape(k_cache_BSHK, (B, None, H, K))
-            start = (0, cache_index, 0, 0)
-            k_cache_BSHK = jax.lax.dynamic_update_slice(k_cache_BSHK, k_BTHK.astype(k_cache_BSHK.dtype), start)
-            v_cache_BSHK = jax.lax.dynamic_update_slice(v_cache_BSHK, v_BTHK.astype(v_cache_BSHK.dtype), start)
-            new_cache = (k_cache_BSHK, v_cache_BSHK)
-            k_BTHK, v_BTHK = k_cache_BSHK.astype(cfg.dtype), v_cache_BSHK.astype(cfg.dtype)
+            k_cache_BHSK, v_cache_BHSK = kv_cache
+            chex.assert_equal_shape([k_cache_BHSK, v_cache_BHSK])
+            chex.assert_shape(k_cache_BHSK, (B, H, None, K))
+            start = (0, 0, cache_index, 0)
+            k_cache_BHSK = jax.lax.dynamic_update_slice(k_cache_BHSK, k_BTHK.transpose(0, 2, 1, 3).astype(k_cache_BHSK.dtype), start)
+            v_cache_BHSK = jax.lax.dynamic_update_slice(v_cache_BHSK, v_BTHK.transpose(0, 2, 1, 3).astype(v_cache_BHSK.dtype), start)
+            new_cache = (k_cache_BHSK, v_cache_BHSK)
+            k_BTHK = k_cache_BHSK.transpose(0, 2, 1, 3).astype(cfg.dtype)
+            v_BTHK = v_cache_BHSK.transpose(0, 2, 1, 3).astype(cfg.dtype)
 
         attn_dropout = cfg.dropout > 0.0 and not deterministic
         if cfg.attn_impl == "dot_product_attention" and not attn_dropout:
@@ -219,7 +221,7 @@ class GPT(nn.Module):
         B, T = idx_BT.shape
         chex.assert_shape(pos_BT, (B, T))
         chex.assert_equal(len(kv_caches), cfg.n_layer)
-        S = kv_caches[0][0].shape[1]
+        S = kv_caches[0][0].shape[2]
         chex.assert_shape(key_valid_BS, (B, S))
         query_slot_BT = jnp.broadcast_to(cache_index + jnp.arange(T)[None, :], (B, T))
         mask_B1TS = causal_mask(query_slot_BT, key_valid_BS)
@@ -230,11 +232,11 @@ class GPT(nn.Module):
 
 
 def init_kv_cache(config: GPTConfig, batch_size: int, capacity: int, dtype=None) -> KVCache:
-    """Zeroed per-layer (keys, values), each (B, capacity, H, K), in the compute dtype by default."""
+    """Zeroed per-layer (keys, values), each (B, H, capacity, K), in the compute dtype by default."""
     if capacity > config.block_size:
         raise ValueError(f"cache capacity {capacity} exceeds GPTConfig.block_size={config.block_size}")
     dtype = dtype or config.dtype
-    shape = (batch_size, capacity, config.n_head, config.head_dim)
+    shape = (batch_size, config.n_head, capacity, config.head_dim)
     return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.n_layer))
 
 

@@ -1,0 +1,322 @@
+"""Benchmarks (not tests): `python bench.py --task=sample|train [config.py ...] [--key=value ...]`.
+
+task=train: the main job side by side with the PyTorch twin (same config, batches and schedule):
+median tokens/s and the val loss at each eval, the control for the quality bar.
+
+Tasks live in TASKS: name -> (options, run). `--task` is read first, then the remaining arguments
+are parsed strictly against the common options plus that task's own, so another task (e.g. a
+`--task=train` benchmark) is added by writing its options dict and run(opts) function and
+registering both in TASKS.
+
+task=sample: decoding speed of jaxgpt.generate against the PyTorch twin (jaxgpt.torch_twin) on
+random weights: nanoGPT's Shakespeare-char model by default (6 layers, 6 heads, 384 wide, vocab
+65, block 256), a 16-token prompt, batch 1 and 8. Prints a markdown table:
+  jax generate   compile time of the first call (reported apart), then the median of timed calls
+  torch cached   TorchGPT.generate_cached (KV cache, eager PyTorch), median of timed calls
+  torch naive    TorchGPT.generate_naive (nanoGPT: re-runs the whole context per token), timed
+                 over its first `naive_tokens` tokens only: it slows down as the context grows,
+                 so its tokens/s flatters it against the longer runs
+Runs whose prompt + new tokens exceed block_size are exact nanoGPT semantics in every
+implementation: once the context is full, each further token re-runs the model on the last
+block_size tokens, a full forward pass per token. The rows that fit in block_size show the cached
+decode alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from jaxgpt.cli import CLIError, Option, main_guard, parse_args
+
+COMMON_OPTIONS: Dict[str, Option] = {
+    "task": Option("sample", "which benchmark to run (a key of bench.TASKS)"),
+    "seed": Option(0, "seed for the random weights and prompts"),
+    "repeats": Option(3, "timed runs per measurement (the median is reported)"),
+    "max_seconds": Option(60.0, "stop repeating a measurement once its timed runs took this long"),
+    "threads": Option(0, "0: libraries' default threading; 1: torch and XLA single-threaded (steadier "
+                         "on a shared machine, where torch's thread pool can stall)"),
+}
+
+SAMPLE_OPTIONS: Dict[str, Option] = {
+    "n_layer": Option(6, "layers"),
+    "n_head": Option(6, "heads"),
+    "n_embd": Option(384, "width"),
+    "vocab_size": Option(65, "vocabulary"),
+    "block_size": Option(256, "context length"),
+    "compute_dtype": Option("float32", "JAX compute dtype", choices=("float32", "bfloat16")),
+    "prompt_len": Option(16, "prompt tokens per row"),
+    "new_tokens": Option("500,240", "comma-separated max_new_tokens values to time", type=object),
+    "batch_sizes": Option("1,8", "comma-separated batch sizes", type=object),
+    "naive_tokens": Option(200, "tokens timed for the naive torch generate"),
+    "temperature": Option(0.8, "sampling temperature (0 = greedy)"),
+    "top_k": Option(200, "top-k filter (0 = none)"),
+    "torch": Option(True, "also time the PyTorch twin"),
+}
+
+
+def _int_list(key: str, value: Any) -> List[int]:
+    """"1,8" (or the tuple/int the CLI's literal parsing makes of it) -> [1, 8]."""
+    items = value if isinstance(value, (tuple, list)) else str(value).split(",")
+    try:
+        values = [int(v) for v in items if str(v).strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values) or any(isinstance(v, (bool, float)) for v in items):
+        raise CLIError(f"--{key} must be comma-separated positive integers, got {value!r}")
+    return values
+
+
+def _timed(fn: Callable[[], Any], repeats: int, max_seconds: float) -> Tuple[float, List[float]]:
+    """Median wall time of up to `repeats` calls (at least one), stopping after max_seconds."""
+    times: List[float] = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if sum(times) > max_seconds:
+            break
+    return statistics.median(times), times
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs visible"
+
+
+def run_sample(opts: Dict[str, Any]) -> None:
+    import jax
+    import numpy as np
+
+    from jaxgpt.config import GPTConfig
+    from jaxgpt.model import GPT
+    from jaxgpt.sampling import generate
+
+    batch_sizes = _int_list("batch_sizes", opts["batch_sizes"])
+    new_tokens = _int_list("new_tokens", opts["new_tokens"])
+    cfg = GPTConfig(vocab_size=opts["vocab_size"], block_size=opts["block_size"], n_layer=opts["n_layer"],
+                    n_head=opts["n_head"], n_embd=opts["n_embd"], dropout=0.0,
+                    compute_dtype=opts["compute_dtype"])
+    if not 1 <= opts["prompt_len"] <= cfg.block_size:
+        raise CLIError(f"--prompt_len must be in [1, block_size={cfg.block_size}], got {opts['prompt_len']}")
+    temperature, top_k = opts["temperature"], opts["top_k"] or None
+    greedy = temperature == 0
+    key = jax.random.key(opts["seed"])
+    params = GPT(cfg).init(key, np.zeros((1, 1), np.int32))["params"]
+    params = jax.device_get(params)
+    rs = np.random.default_rng(opts["seed"])
+
+    torch_model = None
+    if opts["torch"]:
+        import torch
+
+        from jaxgpt.torch_twin import TorchGPT, flax_to_torch
+
+        if opts["threads"]:
+            torch.set_num_threads(opts["threads"])
+        torch_model = TorchGPT(cfg.replace(compute_dtype="float32"))
+        torch_model.load_state_dict(flax_to_torch(params, cfg))
+        torch_model.eval()
+
+    print(f"# bench sample: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, vocab {cfg.vocab_size}, "
+          f"block {cfg.block_size}, {cfg.compute_dtype}; prompt {opts['prompt_len']} tokens; "
+          f"{'greedy' if greedy else f'temperature {temperature}, top_k {top_k}'}")
+    print(f"# machine: {_machine()}; jax {jax.__version__} on {jax.devices()[0].platform}"
+          + (f"; torch {torch.__version__} with {torch.get_num_threads()} threads" if torch_model else "")
+          + ("; XLA single-threaded" if opts["threads"] == 1 else ""))
+    rows = []
+    header = "| impl | batch | new tokens | compile s | time s (median) | tokens/s | vs torch naive |"
+    for B in batch_sizes:
+        prompt = rs.integers(0, cfg.vocab_size, size=(B, opts["prompt_len"])).astype(np.int32)
+        naive_tps = None
+        if torch_model is not None:
+            import torch
+
+            idx = torch.tensor(prompt, dtype=torch.long)
+            n = opts["naive_tokens"]
+            gen = torch.Generator().manual_seed(opts["seed"])
+            t0 = time.perf_counter()
+            torch_model.generate_naive(idx, n, temperature=temperature or 1.0, top_k=top_k, greedy=greedy,
+                                       generator=gen)
+            dt = time.perf_counter() - t0
+            naive_tps = B * n / dt
+            rows.append(("torch naive", B, f"{n} (first)", "-", dt, naive_tps))
+            _print_row(rows[-1], naive_tps)
+        for N in new_tokens:
+            seeds = itertools.count(opts["seed"])
+
+            def jax_run():  # a fresh key per call; the compiled functions are reused
+                out = generate(cfg, params, prompt, N, rng=jax.random.key(next(seeds)), temperature=temperature,
+                               top_k=top_k)
+                assert out.shape == (B, opts["prompt_len"] + N)
+
+            t0 = time.perf_counter()
+            jax_run()
+            first = time.perf_counter() - t0
+            med, _ = _timed(jax_run, opts["repeats"], opts["max_seconds"])
+            rows.append(("jax generate", B, N, f"{max(first - med, 0.0):.2f}", med, B * N / med))
+            _print_row(rows[-1], naive_tps)
+            if torch_model is not None:
+                def torch_run():
+                    torch_model.generate_cached(idx, N, temperature=temperature or 1.0, top_k=top_k,
+                                                greedy=greedy, generator=gen)
+
+                torch_run()  # warm-up (allocator, threads)
+                med, _ = _timed(torch_run, opts["repeats"], opts["max_seconds"])
+                rows.append(("torch cached", B, N, "-", med, B * N / med))
+                _print_row(rows[-1], naive_tps)
+    print()
+    print(header)
+    print("|---|---|---|---|---|---|---|")
+    naive = {r[1]: r[5] for r in rows if r[0] == "torch naive"}
+    for r in rows:
+        print(_format_row(r, naive.get(r[1])))
+
+
+def _format_row(row, naive_tps) -> str:
+    impl, B, N, compile_s, t, tps = row
+    ratio = f"{tps / naive_tps:.1f}x" if naive_tps else "-"
+    return f"| {impl} | {B} | {N} | {compile_s} | {t:.3f} | {tps:.0f} | {ratio} |"
+
+
+def _print_row(row, naive_tps) -> None:
+    print(_format_row(row, naive_tps), file=sys.stderr, flush=True)  # progress while it runs
+
+
+# ------------------------------------------------------------------------------------ task=train
+
+TRAIN_OPTIONS: Dict[str, Option] = {
+    "config": Option("configs/shakespeare_char_cpu.py", "train.py config file both sides train with"),
+    "dataset": Option("", "override the config's dataset (e.g. a local path to Tiny Shakespeare)"),
+    "max_iters": Option(0, "override max_iters (0: the config's)"),
+    "torch_run": Option(True, "also train the PyTorch twin on the same batches (the control)"),
+}
+
+
+def run_train(opts: Dict[str, Any]) -> None:
+    """The main job twice, side by side: jaxgpt's train() and the PyTorch twin, same config, same
+    batches, same schedule. Reports median step time, tokens/s and the val losses at each eval:
+    the twin is the control for the quality bar (does PyTorch reach the same loss on this data?)."""
+    import tempfile
+
+    import numpy as np
+
+    from jaxgpt.metrics import read_metrics
+    from jaxgpt.trainer import OPTIONS as TRAIN_KEYS, train
+
+    overrides = [opts["config"], "--progress=False", "--num_samples=0"]
+    if opts["dataset"]:
+        overrides.append(f"--dataset={opts['dataset']}")
+    if opts["max_iters"]:
+        overrides += [f"--max_iters={opts['max_iters']}", f"--lr_decay_iters={opts['max_iters']}"]
+    out = tempfile.mkdtemp(prefix="bench_train_")
+    t_opts = parse_args(TRAIN_KEYS, [*overrides, f"--out_dir={out}/jax"])
+    t0 = time.time()
+    train(dict(t_opts))
+    jax_seconds = time.time() - t0
+    events = read_metrics(os.path.join(out, "jax", "metrics.jsonl"))
+    jax_evals = {e["iter"]: e["val_loss"] for e in events if "val_loss" in e}
+    jax_tps = statistics.median(e["tokens_per_sec"] for e in events if "tokens_per_sec" in e)
+    print(f"# bench train: {opts['config']} ({_machine()})")
+    rows = {"jaxgpt": (jax_seconds, jax_tps, jax_evals)}
+    if opts["torch_run"]:
+        rows["torch twin"] = _train_torch(t_opts)
+    print("| impl | wall s | tokens/s (median of logs) | best val | val at each eval |")
+    print("|---|---|---|---|---|")
+    for name, (secs, tps, evals) in rows.items():
+        curve = ", ".join(f"{it}: {v:.3f}" for it, v in sorted(evals.items()))
+        print(f"| {name} | {secs:.0f} | {tps:,.0f} | {min(evals.values()):.4f} | {curve} |")
+
+
+def _train_torch(o: Dict[str, Any]):
+    """nanoGPT's loop on the twin, fed by jaxgpt's own batch samplers and LR schedule."""
+    import numpy as np
+    import torch
+
+    from jaxgpt import data as data_lib
+    from jaxgpt.optim import lr_schedule
+    from jaxgpt.torch_twin import TorchGPT, configure_optimizer
+    from jaxgpt.trainer import model_config_from_options
+
+    torch.manual_seed(o["seed"])
+    cache = o["data_dir"] or data_lib.default_cache_dir()
+    corpus = data_lib.resolve_corpus(o["dataset"], cache)
+    prepared = data_lib.prepare(corpus, o["tokenizer"], os.path.join(
+        cache, "prepared", f"{corpus.name}-{o['tokenizer']}-{corpus.sha256[:12]}"), val_fraction=o["val_fraction"])
+    model = TorchGPT(model_config_from_options(o, prepared.tokenizer.vocab_size))
+    optimizer = configure_optimizer(model, o["learning_rate"], o["weight_decay"], (o["beta1"], o["beta2"]))
+    schedule = lr_schedule(o["learning_rate"], o["min_lr"], o["warmup_iters"], o["lr_decay_iters"], o["decay_lr"])
+    train_s = data_lib.BatchSampler(prepared.train, seed=o["seed"], name="train")
+    evals = {s: data_lib.BatchSampler(t, seed=o["seed"] + 1 + i, name=s)
+             for i, (s, t) in enumerate((("train", prepared.train), ("val", prepared.val)))}
+    B, T, A = o["batch_size"], o["block_size"], o["gradient_accumulation_steps"]
+    as_long = lambda a: torch.tensor(np.array(a), dtype=torch.long)  # noqa: E731
+    val_losses, step_times, t0 = {}, [], time.time()
+    for it in range(o["max_iters"] + 1):
+        if it % o["eval_interval"] == 0 or it == o["max_iters"]:
+            model.eval()
+            with torch.no_grad():
+                for split, s in evals.items():
+                    x, y = s.sample_accum(o["eval_iters"], B, T)
+                    loss = float(np.mean([model(as_long(x[i]), as_long(y[i]))[1].item() for i in range(len(x))]))
+                    if split == "val":
+                        val_losses[it] = loss
+            model.train()
+        if it == o["max_iters"]:
+            break
+        ts = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = float(schedule(it))
+        x, y = train_s.sample_accum(A, B, T)
+        for i in range(A):
+            _, loss = model(as_long(x[i]), as_long(y[i]))
+            (loss / A).backward()
+        if o["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_times.append(time.time() - ts)
+    return time.time() - t0, A * B * T / statistics.median(step_times), val_losses
+
+
+TASKS: Dict[str, Tuple[Dict[str, Option], Callable[[Dict[str, Any]], None]]] = {
+    "sample": (SAMPLE_OPTIONS, run_sample),
+    "train": (TRAIN_OPTIONS, run_train),
+}
+
+
+def main(argv: Sequence[str]) -> None:
+    task = "sample"
+    for arg in argv:
+        if arg.startswith("--task="):
+            task = arg.split("=", 1)[1]
+    if task not in TASKS:
+        raise CLIError(f"--task must be one of {sorted(TASKS)}, got {task!r}")
+    task_options, run = TASKS[task]
+    options = {**COMMON_OPTIONS, **task_options}
+    opts = parse_args(options, argv, prog="bench.py", summary=__doc__.strip().split("\n\n")[0])
+    if opts["repeats"] < 1:
+        raise CLIError(f"--repeats must be >= 1, got {opts['repeats']}")
+    if opts["threads"] not in (0, 1):
+        raise CLIError(f"--threads must be 0 (default threading) or 1, got {opts['threads']}")
+    if opts["threads"] == 1:
+        # Read when XLA's CPU client starts (first use), so setting it here still applies.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    run(opts)
+
+
+if __name__ == "__main__":
+    main_guard(main)
