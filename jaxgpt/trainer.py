@@ -336,8 +336,12 @@ def train(opts: Dict[str, Any]) -> Dict[str, Any]:
             losses = estimate_loss()
             last_val = losses["val"]
             log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
-            if progress is not None:
-                progress.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if is_main:
+                line = f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                if progress is not None:
+                    progress.write(line)
+                else:
+                    print(line, flush=True)
             improved = losses["val"] < best_val
             best_val = min(best_val, losses["val"])
             if iter_num > 0 and (improved or opts["always_save_checkpoint"]):
