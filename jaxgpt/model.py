@@ -49,6 +49,21 @@ def causal_mask(query_pos_BT: jax.Array, key_valid_BS: jax.Array) -> jax.Array:
     return (allowed_BTS & key_valid_BS[:, None, :])[:, None, :, :]
 
 
+def _explicit_attention(q_BTHK, k, v, mask_B1TS, kv_axes: str, dropout, deterministic: bool):
+    """softmax(q k^T / sqrt(K)) v with float32 scores; keys/values laid out as kv_axes
+    ("bshk" fresh from the projection, "bhsk" in the KV cache)."""
+    T, K = q_BTHK.shape[1], q_BTHK.shape[3]
+    scores_BHTS = jnp.einsum(f"bthk,{kv_axes}->bhts", q_BTHK, k, preferred_element_type=jnp.float32) / math.sqrt(K)
+    if mask_B1TS is None:
+        S = k.shape[kv_axes.index("s")]
+        mask_B1TS = jnp.tril(jnp.ones((T, S), dtype=bool))[None, None]
+    scores_BHTS = jnp.where(mask_B1TS, scores_BHTS, jnp.finfo(jnp.float32).min)
+    probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
+    if dropout is not None:
+        probs_BHTS = dropout(probs_BHTS, deterministic=deterministic)
+    return jnp.einsum(f"bhts,{kv_axes}->bthk", probs_BHTS.astype(v.dtype), v)
+
+
 class CausalSelfAttention(nn.Module):
     config: GPTConfig
 
@@ -70,20 +85,23 @@ class CausalSelfAttention(nn.Module):
         )(x_BTD)
         q_BTHK, k_BTHK, v_BTHK = qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], qkv_BT3HK[:, :, 2]
 
+        attn_dropout = cfg.dropout > 0.0 and not deterministic
+        dropout = nn.Dropout(cfg.dropout, name="attn_dropout") if attn_dropout else None
         new_cache = None
         if kv_cache is not None:
             k_cache_BHSK, v_cache_BHSK = kv_cache
             chex.assert_equal_shape([k_cache_BHSK, v_cache_BHSK])
             chex.assert_shape(k_cache_BHSK, (B, H, None, K))
             start = (0, 0, cache_index, 0)
-            k_cache_BHSK = jax.lax.dynamic_update_slice(k_cache_BHSK, k_BTHK.transpose(0, 2, 1, 3).astype(k_cache_BHSK.dtype), start)
-            v_cache_BHSK = jax.lax.dynamic_update_slice(v_cache_BHSK, v_BTHK.transpose(0, 2, 1, 3).astype(v_cache_BHSK.dtype), start)
+            k_cache_BHSK = jax.lax.dynamic_update_slice(
+                k_cache_BHSK, k_BTHK.transpose(0, 2, 1, 3).astype(k_cache_BHSK.dtype), start)
+            v_cache_BHSK = jax.lax.dynamic_update_slice(
+                v_cache_BHSK, v_BTHK.transpose(0, 2, 1, 3).astype(v_cache_BHSK.dtype), start)
             new_cache = (k_cache_BHSK, v_cache_BHSK)
-            k_BTHK = k_cache_BHSK.transpose(0, 2, 1, 3).astype(cfg.dtype)
-            v_BTHK = v_cache_BHSK.transpose(0, 2, 1, 3).astype(cfg.dtype)
-
-        attn_dropout = cfg.dropout > 0.0 and not deterministic
-        if cfg.attn_impl == "dot_product_attention" and not attn_dropout:
+            # Decoding reads the cache in its own layout: no per-token copy or transpose of it.
+            y_BTHK = _explicit_attention(q_BTHK, k_cache_BHSK.astype(cfg.dtype), v_cache_BHSK.astype(cfg.dtype),
+                                         mask_B1TS, "bhsk", None, deterministic)
+        elif cfg.attn_impl == "dot_product_attention" and not attn_dropout:
             # is_causal lets XLA/cuDNN pick a fused causal kernel when no explicit mask is needed.
             y_BTHK = jax.nn.dot_product_attention(
                 q_BTHK, k_BTHK, v_BTHK, mask=mask_B1TS, is_causal=mask_B1TS is None
@@ -91,16 +109,7 @@ class CausalSelfAttention(nn.Module):
         else:
             # The textbook path; also used whenever attention dropout is active, which
             # jax.nn.dot_product_attention does not offer.
-            scores_BHTS = jnp.einsum(
-                "bthk,bshk->bhts", q_BTHK, k_BTHK, preferred_element_type=jnp.float32
-            ) / math.sqrt(K)
-            if mask_B1TS is None:
-                S = k_BTHK.shape[1]
-                mask_B1TS = jnp.tril(jnp.ones((T, S), dtype=bool))[None, None]
-            scores_BHTS = jnp.where(mask_B1TS, scores_BHTS, jnp.finfo(jnp.float32).min)
-            probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
-            probs_BHTS = nn.Dropout(cfg.dropout, name="attn_dropout")(probs_BHTS, deterministic=deterministic)
-            y_BTHK = jnp.einsum("bhts,bshk->bthk", probs_BHTS.astype(v_BTHK.dtype), v_BTHK)
+            y_BTHK = _explicit_attention(q_BTHK, k_BTHK, v_BTHK, mask_B1TS, "bshk", dropout, deterministic)
 
         y_BTD = nn.DenseGeneral(
             features=D, axis=(-2, -1), use_bias=cfg.bias, dtype=cfg.dtype,
