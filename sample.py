@@ -23,8 +23,8 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from jaxgpt.cli import CLIError, Option, main_guard, parse_args
+from jaxgpt.pretrained import HUB_NAMES as PRETRAINED_NAMES
 
-PRETRAINED_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 SEPARATOR = "-" * 40
 
 OPTIONS: Dict[str, Option] = {

@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from jaxgpt.cli import CLIError, Option
+from jaxgpt.pretrained import HUB_NAMES as PRETRAINED_NAMES
 
-PRETRAINED_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 # Defaults are the embedded default run: a small character-level GPT on Python's own standard
 # library source, a few minutes on 2 CPU cores. Config files in configs/ override them.
