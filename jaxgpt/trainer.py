@@ -38,7 +38,7 @@ OPTIONS: Dict[str, Option] = {
     "data_dir": Option("", "where prepared token files are cached (default ~/.cache/jaxgpt)"),
     "val_fraction": Option(0.1, "fraction of the corpus held out for validation"),
     # batch
-    "batch_size": Option(16, "GLOBAL rows per micro-step, whatever the device/process count"),
+    "batch_size": Option(12, "GLOBAL rows per micro-step, whatever the device/process count"),
     "block_size": Option(128, "context length in tokens"),
     "gradient_accumulation_steps": Option(1, "micro-steps per optimizer update (scanned inside the step)"),
     # model
@@ -56,14 +56,14 @@ OPTIONS: Dict[str, Option] = {
     "remat": Option(False, "recompute block activations in the backward pass"),
     # optimizer
     "learning_rate": Option(1e-3, "peak learning rate"),
-    "max_iters": Option(1500, "optimizer updates in total"),
+    "max_iters": Option(1000, "optimizer updates in total"),
     "weight_decay": Option(0.1, "AdamW weight decay on matrices and embeddings"),
     "beta1": Option(0.9, "AdamW beta1"),
     "beta2": Option(0.99, "AdamW beta2"),
     "grad_clip": Option(1.0, "clip gradients at this global norm (0 = off)"),
     "decay_lr": Option(True, "warmup then cosine decay (else constant)"),
     "warmup_iters": Option(100, "linear warmup iterations"),
-    "lr_decay_iters": Option(1500, "cosine decay ends here (usually = max_iters)"),
+    "lr_decay_iters": Option(1000, "cosine decay ends here (usually = max_iters)"),
     "min_lr": Option(1e-4, "learning rate after decay"),
     # system
     "seed": Option(1337, "seed of parameters, batches and dropout"),
