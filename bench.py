@@ -212,8 +212,6 @@ def run_train(opts: Dict[str, Any]) -> None:
     the twin is the control for the quality bar (does PyTorch reach the same loss on this data?)."""
     import tempfile
 
-    import numpy as np
-
     from jaxgpt.metrics import read_metrics
     from jaxgpt.trainer import OPTIONS as TRAIN_KEYS, train
 

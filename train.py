@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from jaxgpt.cli import Option, main_guard, parse_args
+from jaxgpt.cli import main_guard, parse_args
 from jaxgpt.trainer import OPTIONS, TrainingDiverged, train
 
 SUMMARY = ("Train a GPT (nanoGPT conventions). Config files are plain Python assigning these keys; "

@@ -18,7 +18,7 @@ Keeping heads as their own axis lets tensor parallelism shard whole heads.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import chex
 import flax.linen as nn
