@@ -2,6 +2,8 @@
 
 task=train: the main job side by side with the PyTorch twin (same config, batches and schedule):
 median tokens/s and the val loss at each eval, the control for the quality bar.
+`--torch_batches=nanogpt` instead feeds the twin nanoGPT's own random stream (torch.manual_seed,
+model init, torch.randint batches), which makes its run nanoGPT's train.py run for that seed.
 
 Tasks live in TASKS: name -> (options, run). `--task` is read first, then the remaining arguments
 are parsed strictly against the common options plus that task's own, so another task (e.g. a
@@ -54,9 +56,13 @@ SAMPLE_OPTIONS: Dict[str, Option] = {
     "new_tokens": Option("500,240", "comma-separated max_new_tokens values to time", type=object),
     "batch_sizes": Option("1,8", "comma-separated batch sizes", type=object),
     "naive_tokens": Option(200, "tokens timed for the naive torch generate"),
+    "window_stride": Option(1, "jaxgpt generate's window_stride past block_size (1 = nanoGPT's exact window, "
+                               "as the torch rows)"),
     "temperature": Option(0.8, "sampling temperature (0 = greedy)"),
     "top_k": Option(200, "top-k filter (0 = none)"),
     "torch": Option(True, "also time the PyTorch twin"),
+    "torch_cached": Option(True, "also time the twin's KV-cached generate (slow past block_size, where it "
+                                 "re-runs the window per token)"),
 }
 
 
@@ -112,6 +118,8 @@ def run_sample(opts: Dict[str, Any]) -> None:
                     compute_dtype=opts["compute_dtype"])
     if not 1 <= opts["prompt_len"] <= cfg.block_size:
         raise CLIError(f"--prompt_len must be in [1, block_size={cfg.block_size}], got {opts['prompt_len']}")
+    if not 1 <= opts["window_stride"] <= cfg.block_size:
+        raise CLIError(f"--window_stride must be in [1, block_size={cfg.block_size}], got {opts['window_stride']}")
     temperature, top_k = opts["temperature"], opts["top_k"] or None
     greedy = temperature == 0
     key = jax.random.key(opts["seed"])
@@ -133,6 +141,7 @@ def run_sample(opts: Dict[str, Any]) -> None:
 
     print(f"# bench sample: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, vocab {cfg.vocab_size}, "
           f"block {cfg.block_size}, {cfg.compute_dtype}; prompt {opts['prompt_len']} tokens; "
+          f"jax window_stride {opts['window_stride']}; "
           f"{'greedy' if greedy else f'temperature {temperature}, top_k {top_k}'}")
     print(f"# machine: {_machine()}; jax {jax.__version__} on {jax.devices()[0].platform}"
           + (f"; torch {torch.__version__} with {torch.get_num_threads()} threads" if torch_model else "")
@@ -160,7 +169,7 @@ def run_sample(opts: Dict[str, Any]) -> None:
 
             def jax_run():  # a fresh key per call; the compiled functions are reused
                 out = generate(cfg, params, prompt, N, rng=jax.random.key(next(seeds)), temperature=temperature,
-                               top_k=top_k)
+                               top_k=top_k, window_stride=opts["window_stride"])
                 assert out.shape == (B, opts["prompt_len"] + N)
 
             t0 = time.perf_counter()
@@ -169,7 +178,7 @@ def run_sample(opts: Dict[str, Any]) -> None:
             med, _ = _timed(jax_run, opts["repeats"], opts["max_seconds"])
             rows.append(("jax generate", B, N, f"{max(first - med, 0.0):.2f}", med, B * N / med))
             _print_row(rows[-1], naive_tps)
-            if torch_model is not None:
+            if torch_model is not None and opts["torch_cached"]:
                 def torch_run():
                     torch_model.generate_cached(idx, N, temperature=temperature or 1.0, top_k=top_k,
                                                 greedy=greedy, generator=gen)
@@ -202,7 +211,13 @@ TRAIN_OPTIONS: Dict[str, Option] = {
     "config": Option("configs/shakespeare_char_cpu.py", "train.py config file both sides train with"),
     "dataset": Option("", "override the config's dataset (e.g. a local path to Tiny Shakespeare)"),
     "max_iters": Option(0, "override max_iters (0: the config's)"),
+    "train_seed": Option(None, "override the config's seed (both sides)", type=int),
+    "jax_run": Option(True, "train jaxgpt (False: only the PyTorch twin)"),
     "torch_run": Option(True, "also train the PyTorch twin on the same batches (the control)"),
+    "torch_batches": Option("jaxgpt", "the twin's batches: jaxgpt (the same batches as jaxgpt's run) or nanogpt "
+                                      "(nanoGPT's train.py stream: torch.manual_seed(seed), model init, then "
+                                      "torch.randint windows for training and evals from one generator, i.e. "
+                                      "nanoGPT's own run of this config)", choices=("jaxgpt", "nanogpt")),
 }
 
 
@@ -220,18 +235,24 @@ def run_train(opts: Dict[str, Any]) -> None:
         overrides.append(f"--dataset={opts['dataset']}")
     if opts["max_iters"]:
         overrides += [f"--max_iters={opts['max_iters']}", f"--lr_decay_iters={opts['max_iters']}"]
+    if opts["train_seed"] is not None:
+        overrides.append(f"--seed={opts['train_seed']}")
+    if not (opts["jax_run"] or opts["torch_run"]):
+        raise CLIError("--jax_run=False and --torch_run=False leave nothing to run")
     out = tempfile.mkdtemp(prefix="bench_train_")
     t_opts = parse_args(TRAIN_KEYS, [*overrides, f"--out_dir={out}/jax"])
-    t0 = time.time()
-    train(dict(t_opts))
-    jax_seconds = time.time() - t0
-    events = read_metrics(os.path.join(out, "jax", "metrics.jsonl"))
-    jax_evals = {e["iter"]: e["val_loss"] for e in events if "val_loss" in e}
-    jax_tps = statistics.median(e["tokens_per_sec"] for e in events if "tokens_per_sec" in e)
-    print(f"# bench train: {opts['config']} ({_machine()})")
-    rows = {"jaxgpt": (jax_seconds, jax_tps, jax_evals)}
+    rows = {}
+    if opts["jax_run"]:
+        t0 = time.time()
+        train(dict(t_opts))
+        jax_seconds = time.time() - t0
+        events = read_metrics(os.path.join(out, "jax", "metrics.jsonl"))
+        jax_evals = {e["iter"]: e["val_loss"] for e in events if "val_loss" in e}
+        jax_tps = statistics.median(e["tokens_per_sec"] for e in events if "tokens_per_sec" in e)
+        rows["jaxgpt"] = (jax_seconds, jax_tps, jax_evals)
+    print(f"# bench train: {opts['config']}, seed {t_opts['seed']} ({_machine()})")
     if opts["torch_run"]:
-        rows["torch twin"] = _train_torch(t_opts)
+        rows[f"torch twin ({opts['torch_batches']} batches)"] = _train_torch(t_opts, opts["torch_batches"])
     print("| impl | wall s | tokens/s (median of logs) | best val | val at each eval |")
     print("|---|---|---|---|---|")
     for name, (secs, tps, evals) in rows.items():
@@ -239,8 +260,11 @@ def run_train(opts: Dict[str, Any]) -> None:
         print(f"| {name} | {secs:.0f} | {tps:,.0f} | {min(evals.values()):.4f} | {curve} |")
 
 
-def _train_torch(o: Dict[str, Any]):
-    """nanoGPT's loop on the twin, fed by jaxgpt's own batch samplers and LR schedule."""
+def _train_torch(o: Dict[str, Any], batches: str = "jaxgpt"):
+    """nanoGPT's loop on the twin with jaxgpt's LR schedule. batches="jaxgpt": fed by jaxgpt's own
+    batch samplers (the same batches as jaxgpt's run). batches="nanogpt": nanoGPT's train.py
+    random stream, so the run is nanoGPT's own for this seed (the twin builds and initializes its
+    modules in nanoGPT's order, so torch.manual_seed gives nanoGPT's initial weights too)."""
     import numpy as np
     import torch
 
@@ -257,18 +281,44 @@ def _train_torch(o: Dict[str, Any]):
     model = TorchGPT(model_config_from_options(o, prepared.tokenizer.vocab_size))
     optimizer = configure_optimizer(model, o["learning_rate"], o["weight_decay"], (o["beta1"], o["beta2"]))
     schedule = lr_schedule(o["learning_rate"], o["min_lr"], o["warmup_iters"], o["lr_decay_iters"], o["decay_lr"])
-    train_s = data_lib.BatchSampler(prepared.train, seed=o["seed"], name="train")
-    evals = {s: data_lib.BatchSampler(t, seed=o["seed"] + 1 + i, name=s)
-             for i, (s, t) in enumerate((("train", prepared.train), ("val", prepared.val)))}
     B, T, A = o["batch_size"], o["block_size"], o["gradient_accumulation_steps"]
     as_long = lambda a: torch.tensor(np.array(a), dtype=torch.long)  # noqa: E731
+    if batches == "nanogpt":
+        splits = {"train": np.asarray(prepared.train), "val": np.asarray(prepared.val)}
+
+        def get_batch(split, n):  # nanoGPT's get_batch, n times: one torch.randint per batch
+            out = []
+            for _ in range(n):
+                data = splits[split]
+                ix = torch.randint(len(data) - T, (B,))
+                out.append((np.stack([data[i:i + T] for i in ix]), np.stack([data[i + 1:i + 1 + T] for i in ix])))
+            return np.stack([x for x, _ in out]), np.stack([y for _, y in out])
+
+        def train_batches(n):
+            return get_batch("train", n)
+
+        def eval_batches(split):
+            return get_batch(split, o["eval_iters"])
+    else:
+        train_s = data_lib.BatchSampler(prepared.train, seed=o["seed"], name="train")
+        evals = {s: data_lib.BatchSampler(t, seed=o["seed"] + 1 + i, name=s)
+                 for i, (s, t) in enumerate((("train", prepared.train), ("val", prepared.val)))}
+
+        def train_batches(n):
+            return train_s.sample_accum(n, B, T)
+
+        def eval_batches(split):
+            return evals[split].sample_accum(o["eval_iters"], B, T)
+
+    # nanoGPT fetches the first batch before its loop, and each next one right after a forward.
+    next_x, next_y = train_batches(1)
     val_losses, step_times, t0 = {}, [], time.time()
     for it in range(o["max_iters"] + 1):
         if it % o["eval_interval"] == 0 or it == o["max_iters"]:
             model.eval()
             with torch.no_grad():
-                for split, s in evals.items():
-                    x, y = s.sample_accum(o["eval_iters"], B, T)
+                for split in ("train", "val"):
+                    x, y = eval_batches(split)
                     loss = float(np.mean([model(as_long(x[i]), as_long(y[i]))[1].item() for i in range(len(x))]))
                     if split == "val":
                         val_losses[it] = loss
@@ -278,9 +328,9 @@ def _train_torch(o: Dict[str, Any]):
         ts = time.time()
         for group in optimizer.param_groups:
             group["lr"] = float(schedule(it))
-        x, y = train_s.sample_accum(A, B, T)
         for i in range(A):
-            _, loss = model(as_long(x[i]), as_long(y[i]))
+            _, loss = model(as_long(next_x[0]), as_long(next_y[0]))
+            next_x, next_y = train_batches(1)
             (loss / A).backward()
         if o["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"])

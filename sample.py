@@ -40,6 +40,9 @@ OPTIONS: Dict[str, Option] = {
     "top_k": Option(200, "keep only the top_k most likely tokens (None = no top-k filter)", type=object),
     "top_p": Option(1.0, "nucleus sampling: keep the smallest set of tokens with probability >= top_p "
                          "(1.0 = off)"),
+    "window_stride": Option(1, "past block_size: re-read the last block_size - window_stride + 1 tokens once "
+                               "every window_stride tokens (1 = nanoGPT's exact window, a full forward "
+                               "per token; larger is faster with a shorter context)"),
     "seed": Option(1337, "random seed"),
     "compute_dtype": Option("float32", "activations and matmuls", choices=("float32", "bfloat16")),
     "stop_at_eot": Option(False, "end a sample at the tokenizer's end-of-text token, if it has one"),
@@ -59,6 +62,8 @@ def _check_options(opts: Dict[str, Any]) -> None:
         raise CLIError(f"--top_k must be an integer >= 1 or None, got {top_k!r}")
     if not 0.0 < opts["top_p"] <= 1.0:
         raise CLIError(f"--top_p must be in (0, 1], got {opts['top_p']}")
+    if opts["window_stride"] < 1:
+        raise CLIError(f"--window_stride must be >= 1, got {opts['window_stride']}")
 
 
 def _read_start(start: Optional[str]) -> Optional[str]:
@@ -149,6 +154,9 @@ def main(argv: Sequence[str]) -> None:
     prompt = _encode_prompt(tokenizer, start)
     eos_id = tokenizer.eot_id if opts["stop_at_eot"] else None
     B, N = opts["num_samples"], opts["max_new_tokens"]
+    if opts["window_stride"] > config.block_size:
+        raise CLIError(f"--window_stride must be <= the model's block_size {config.block_size}, "
+                       f"got {opts['window_stride']}")
 
     def decode(ids) -> str:
         # A model vocabulary padded past the tokenizer's (e.g. 50304) may emit ids it cannot decode.
@@ -157,7 +165,8 @@ def main(argv: Sequence[str]) -> None:
     t0 = time.perf_counter()
     steps = generate_stream(config, params, [prompt] * B, N, rng=jax.random.key(opts["seed"]),
                             temperature=opts["temperature"], top_k=opts["top_k"],
-                            top_p=opts["top_p"] if opts["top_p"] < 1.0 else None, eos_id=eos_id)
+                            top_p=opts["top_p"] if opts["top_p"] < 1.0 else None, eos_id=eos_id,
+                            window_stride=opts["window_stride"])
     stream = _TextStream(decode) if opts["stream"] else None
     if stream is not None:
         print(start or "", end="", flush=True)

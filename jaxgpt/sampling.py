@@ -12,10 +12,12 @@ How a call runs (a compiled prefill, then the whole decode loop in one jit: no P
      the new tokens, so they cost no cache room.
   3. Cached phase (`lax.while_loop`): each step feeds the previous token into the cache and
      samples the next one. The cache holds min(block_size, bucket + max_new_tokens) slots.
-  4. Window phase, only when the sequence outgrows block_size (the learned positions end there):
-     nanoGPT's exact semantics, each further token re-runs the model on the last block_size
-     tokens with positions 0..block_size-1. Positions >= block_size are never used. This phase
-     costs a full forward pass per token, like nanoGPT's own generate.
+  4. Window phase, only when the sequence outgrows block_size (the learned positions end there).
+     By default nanoGPT's exact semantics: each further token re-runs the model on the last
+     block_size tokens with positions 0..block_size-1, a full forward pass per token like
+     nanoGPT's own generate. With window_stride=s > 1, the last block_size - s + 1 tokens are
+     re-run (positions from 0) once every s tokens, into the same cache, and the s - 1 tokens in
+     between are decoded from it. Positions >= block_size are never used.
 Rows that emit `eos_id` stop; their later tokens are eos_id; the loop exits early once every row
 has stopped.
 
@@ -150,6 +152,7 @@ class _Plan(NamedTuple):
     bucket: int  # Tb: compiled prompt length; the prompts take buffer/cache slots [0, T0) with T0 <= Tb
     max_new: int  # N new tokens: buffer slots [T0, T0 + N)
     capacity: int  # C = min(block_size, Tb + N) cache slots
+    window_stride: int  # s: past block_size, re-read the window once every s tokens
     greedy: bool
     top_k: Optional[int]
     use_top_p: bool
@@ -274,25 +277,58 @@ def _advance(config: GPTConfig, plan: _Plan, params, state: _State, j_stop, inp:
         chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
         return new_state
 
-    def window_step(state: _State) -> _State:
-        # nanoGPT: condition on the last block_size tokens, positions restart at 0.
-        start = T0 + state.j - W  # >= 1 here
-        win_BW = jax.lax.dynamic_slice_in_dim(state.buf_BL, start, W, axis=1)
-        slots_W = start + jnp.arange(W)
-        valid_BW = slots_W[None, :] >= pad_B[:, None]
-        first_B = jnp.maximum(start, pad_B)  # slot that gets position 0 in each row
-        pos_BW = jnp.where(valid_BW, slots_W[None, :] - first_B[:, None], 0)
-        fresh = init_kv_cache(config, plan.batch, W)
-        logits_BWV, _ = _decode(config, params, win_BW, pos_BW, fresh, jnp.int32(0), valid_BW)
-        new_state = _emit(plan, inp, state, logits_BWV[:, -1])
-        chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
-        return new_state
+    # Window phase (the sequence has outgrown block_size W): every `window_stride` (s) tokens,
+    # re-read the last P = W - s + 1 tokens with positions restarting at 0 (a prefill that
+    # overwrites cache slots [0, P)), then decode s - 1 tokens from that cache; the context grows
+    # from P to W tokens and never holds a position >= W. s = 1 is nanoGPT's exact window: every
+    # token re-reads W. (The cache has W slots whenever this phase exists: Tb + N > W + 1.)
+    stride = plan.window_stride
+    P = W - stride + 1
+
+    def window_layout(state: _State):
+        k = (state.j - n_cached) % stride  # tokens decoded since the last re-read
+        start = T0 + state.j - k - P  # buffer slot of the re-read window's first token
+        valid_BW = (start + jnp.arange(W))[None, :] >= pad_B[:, None]  # left padding stays masked
+        first_B = jnp.maximum(start, pad_B)  # buffer slot that gets position 0 in each row
+        return k, start, valid_BW, first_B
+
+    def reread(state: _State) -> _State:
+        _, start, valid_BW, first_B = window_layout(state)
+        win_BP = jax.lax.dynamic_slice_in_dim(state.buf_BL, start, P, axis=1)
+        slots_P = start + jnp.arange(P)
+        pos_BP = jnp.maximum(slots_P[None, :] - first_B[:, None], 0)
+        logits_BPV, caches = _decode(config, params, win_BP, pos_BP, state.caches, jnp.int32(0), valid_BW)
+        return _emit(plan, inp, state._replace(caches=caches), logits_BPV[:, -1])
+
+    def window_cached(state: _State) -> _State:
+        k, start, valid_BW, first_B = window_layout(state)
+        slot = T0 + state.j - 1  # the previous token's buffer slot; it goes to cache slot P + k - 1
+        tok_B1 = jax.lax.dynamic_slice_in_dim(state.buf_BL, slot, 1, axis=1)
+        pos_B1 = (slot - first_B)[:, None]
+        logits_B1V, caches = _decode(config, params, tok_B1, pos_B1, state.caches, P + k - 1, valid_BW)
+        return _emit(plan, inp, state._replace(caches=caches), logits_B1V[:, 0])
+
+    def window_phase(state: _State, end) -> _State:
+        # Nested loops rather than a lax.cond per token: a cond in the loop body made XLA copy
+        # the caches in and out of it every token.
+        def in_block(state: _State) -> jax.Array:  # more cached tokens before the next re-read
+            return running(state, end) & (window_layout(state)[0] != 0)
+
+        def block(state: _State) -> _State:  # one re-read, then up to s - 1 cached tokens
+            state = reread(state)
+            if stride > 1:
+                state = jax.lax.while_loop(in_block, window_cached, state)
+            return state
+
+        if stride > 1:  # a streamed call may stop, and so resume, in the middle of a block
+            state = jax.lax.while_loop(in_block, window_cached, state)
+        return jax.lax.while_loop(lambda s: running(s, end), block, state)
 
     end_cached = jnp.minimum(j_stop, n_cached)
     state = jax.lax.while_loop(lambda s: running(s, end_cached), cached_step, state)
     if plan.bucket + plan.max_new > W + 1:  # some prompt length in this bucket outgrows the block
-        end = jnp.minimum(j_stop, plan.max_new)
-        state = jax.lax.while_loop(lambda s: running(s, end), window_step, state)
+        assert C == W, (C, W)
+        state = window_phase(state, jnp.minimum(j_stop, plan.max_new))
     return state
 
 
@@ -395,7 +431,7 @@ def _check_params(config: GPTConfig, params) -> Any:
 
 
 def _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k, top_p, eos_id,
-             return_logits) -> Tuple[_Job, Any]:
+             return_logits, window_stride) -> Tuple[_Job, Any]:
     if not isinstance(config, GPTConfig):
         raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
     params = _check_params(config, params)
@@ -415,6 +451,11 @@ def _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k
         isinstance(eos_id, bool) or not isinstance(eos_id, numbers.Integral) or not 0 <= eos_id < config.vocab_size
     ):
         raise ValueError(f"eos_id must be None or a token id in [0, {config.vocab_size}), got {eos_id!r}")
+    if isinstance(window_stride, bool) or not isinstance(window_stride, numbers.Integral) or not (
+        1 <= window_stride <= config.block_size
+    ):
+        raise ValueError(f"window_stride must be an integer in [1, block_size={config.block_size}], "
+                         f"got {window_stride!r}")
     greedy = temperature == 0
     if greedy:
         key = jax.random.key(0)  # unused; keeps the argument list fixed
@@ -435,6 +476,7 @@ def _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k
         tokens_BT[i, pad_B[i]:T0] = row
     plan = _Plan(
         batch=B, bucket=Tb, max_new=N, capacity=min(config.block_size, Tb + N),
+        window_stride=int(window_stride),
         greedy=greedy,
         top_k=None if greedy or top_k is None else min(int(top_k), config.vocab_size),
         use_top_p=not greedy and top_p is not None and top_p < 1.0,
@@ -470,6 +512,7 @@ def generate(
     top_p: Optional[float] = None,
     eos_id: Optional[int] = None,
     return_logits: bool = False,
+    window_stride: int = 1,
 ):
     """Sample `max_new_tokens` tokens after each prompt; returns an int32 array (B, T0 + max_new_tokens).
 
@@ -478,8 +521,15 @@ def generate(
     right-aligned and the new tokens of every row are `out[:, T0:]`. PAD_ID is -1 (never a token);
     `row[row >= 0]` recovers a row. With equal-length prompts there is no padding.
     Prompts longer than block_size are returned whole, but the model conditions only on their
-    last block_size tokens (as nanoGPT crops idx_cond). Past block_size total tokens each new
-    token re-runs the model on the last block_size tokens (nanoGPT's exact sliding window).
+    last block_size tokens (as nanoGPT crops idx_cond). Past block_size total tokens, with the
+    default window_stride=1, each new token re-runs the model on the last block_size tokens
+    (nanoGPT's exact sliding window: a full forward per token). window_stride=s re-runs the last
+    block_size - s + 1 tokens once every s tokens and decodes the s - 1 tokens between from the
+    cache, so the context cycles from block_size - s + 1 to block_size tokens: about s times less
+    work per token, at the price of a shorter context. Positions restart at 0 at every re-run, so
+    no position >= block_size is ever used. The batch moves in lockstep: every row re-runs when
+    the longest prompt's sequence does, so with s > 1 a shorter row's context may be shorter than
+    it would be alone.
 
     temperature=0 is greedy argmax (rng may be None, top_k/top_p are ignored); otherwise rng (a
     jax PRNG key) is required and logits go through / temperature, top_k, top_p (nucleus), then a
@@ -489,7 +539,7 @@ def generate(
     garbage there.
     """
     job, params = _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k, top_p,
-                           eos_id, return_logits)
+                           eos_id, return_logits, window_stride)
     if job.plan.max_new == 0:
         out = _layout(job.rows, np.zeros((job.plan.batch, 0), np.int32))
         return (out, np.zeros((job.plan.batch, 0, config.vocab_size), np.float32)) if return_logits else out
@@ -514,6 +564,7 @@ def generate_stream(
     top_p: Optional[float] = None,
     eos_id: Optional[int] = None,
     chunk_size: int = 8,
+    window_stride: int = 1,
 ) -> Iterator[np.ndarray]:
     """Like `generate`, but yields the new tokens as they come: one int32 (B,) array per token.
 
@@ -525,7 +576,7 @@ def generate_stream(
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     # Validate eagerly (before the first next()), so bad arguments fail at the call site.
     job, params = _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k, top_p,
-                           eos_id, False)
+                           eos_id, False, window_stride)
     return _stream(config, params, job, int(chunk_size))
 
 

@@ -163,6 +163,8 @@ def _bad_input_cases(tmp_path, run_dir):
         ([f"--out_dir={run_dir}", "--top_k=0"], "--top_k"),
         ([f"--out_dir={run_dir}", "--max_new_tokens=0"], "--max_new_tokens"),
         ([f"--out_dir={run_dir}", "--num_samples=0"], "--num_samples"),
+        ([f"--out_dir={run_dir}", "--window_stride=0"], "--window_stride"),
+        ([f"--out_dir={run_dir}", "--window_stride=100000"], "block_size"),
         (["--init_from=not-a-model"], "--init_from"),
         ([f"--init_from={tmp_path}"], "config.json"),
         (["--bogus=1"], "unknown key --bogus"),

@@ -56,11 +56,20 @@ def _last_logits(cfg, params, ctx_1B, length):
     return GPT(cfg).apply({"params": params}, ctx_1B)[0, length - 1]
 
 
-def _recompute_greedy(cfg, params, prompt, n):
-    """nanoGPT's generate with argmax, in JAX: re-run the cropped context for every token."""
+def _context_len(seq_len, block_size, stride):
+    """Tokens the model conditions on after seq_len tokens: all of them up to block_size; past
+    it, block_size - stride + 1 right after a re-read, then one more per token up to block_size."""
+    if seq_len <= block_size:
+        return seq_len
+    return block_size - stride + 1 + (seq_len - block_size - 1) % stride
+
+
+def _recompute_greedy(cfg, params, prompt, n, stride=1):
+    """nanoGPT's generate with argmax, in JAX: re-run the cropped context for every token
+    (cropped to block_size, or per _context_len for a window_stride)."""
     idx, logits_all = list(prompt), []
     for _ in range(n):
-        ctx = idx[-cfg.block_size:]
+        ctx = idx[-_context_len(len(idx), cfg.block_size, stride):]
         padded = np.zeros((1, cfg.block_size), np.int32)
         padded[0, :len(ctx)] = ctx
         logits = np.asarray(_last_logits(cfg, params, padded, len(ctx)))
@@ -112,6 +121,39 @@ def test_generation_past_block_size_equals_window_reference_for_ragged_batch(mod
     for i, p in enumerate(prompts):
         row = out[i][out[i] != PAD_ID].tolist()
         assert row == _recompute_greedy(cfg, params, p, n)[0], f"row {i}"
+
+
+@pytest.mark.parametrize("stride", [7, BLOCK])  # BLOCK: the context cycles from 1 token to BLOCK
+def test_window_stride_logits_equal_full_recompute_of_the_strided_context(model, stride):
+    cfg, params, _ = model
+    prompt = _prompts(cfg, [6], seed=6)[0]
+    n = 2 * BLOCK + 5  # cached phase, then several re-reads
+    out, logits = generate(cfg, params, [prompt, prompt], n, temperature=0, return_logits=True,
+                           window_stride=stride)
+    ref_tokens, ref_logits = _recompute_greedy(cfg, params, prompt, n, stride=stride)
+    for row in range(2):
+        assert out[row].tolist() == ref_tokens
+        np.testing.assert_allclose(logits[row], ref_logits, rtol=LOGITS_RTOL, atol=LOGITS_ATOL)
+    streamed = np.stack(list(generate_stream(cfg, params, [prompt], n, temperature=0, window_stride=stride,
+                                             chunk_size=5)), axis=1)
+    assert streamed[0].tolist() == ref_tokens[len(prompt):]
+
+
+def test_window_stride_with_a_ragged_batch_rereads_in_lockstep(model):
+    cfg, params, _ = model
+    prompts = _prompts(cfg, [4, 11], seed=7)
+    n, stride = BLOCK + 12, 5
+    out = generate(cfg, params, prompts, n, temperature=0, window_stride=stride)
+    T0 = max(len(p) for p in prompts)
+    for i, p in enumerate(prompts):
+        idx = list(p)
+        for _ in range(n):  # the batch's sequence length (T0 + tokens so far) sets the window
+            keep = _context_len(T0 + len(idx) - len(p), cfg.block_size, stride)
+            ctx = idx[-keep:]
+            padded = np.zeros((1, cfg.block_size), np.int32)
+            padded[0, :len(ctx)] = ctx
+            idx.append(int(np.argmax(np.asarray(_last_logits(cfg, params, padded, len(ctx))))))
+        assert out[i][out[i] != PAD_ID].tolist() == idx, f"row {i}"
 
 
 def test_prompt_longer_than_block_size_conditions_on_last_block(model):
@@ -312,6 +354,9 @@ def test_bfloat16_compute_generates_valid_tokens():
     (dict(eos_id=71), "eos_id"),
     (dict(rng=None), "rng is required"),
     (dict(rng=7), "PRNG key"),
+    (dict(window_stride=0), "window_stride"),
+    (dict(window_stride=BLOCK + 1), "window_stride"),
+    (dict(window_stride=True), "window_stride"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_problem(model, kwargs, message):
     cfg, params, _ = model
