@@ -1,8 +1,9 @@
 """A GPT-2 style decoder-only transformer in flax.linen.
 
 Shapes are spelled in names: B batch, T query length, S key length (cache capacity),
-D width, H heads, K head width, V vocab, N = B*H (the KV cache's leading axis). Parameters are
-a plain pytree; everything here is a pure function of (params, inputs, rngs).
+D width, H heads, K head width, V vocab, N = B*H (the KV cache's leading axis), M = B*T
+(tokens flattened). Parameters are a plain pytree; everything here is a pure function of
+(params, inputs, rngs).
 
 Param tree (names follow nanoGPT/GPT-2 so weights map one to one):
     wte/embedding (V, D)            wpe/embedding (block_size, D)
@@ -141,11 +142,16 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.config
-        h_BTF = nn.Dense(4 * cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
-                         kernel_init=_normal(_STD), name="c_fc")(x_BTD)
-        h_BTF = nn.gelu(h_BTF, approximate=cfg.gelu == "tanh")
-        y_BTD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
-                         kernel_init=_normal(_STD / math.sqrt(2 * cfg.n_layer)), name="c_proj")(h_BTF)
+        B, T, D = x_BTD.shape
+        # Tokens flattened to one axis (M = B*T): with (B, T) kept apart, XLA:CPU's backward
+        # wrote the GELU gradient through a transposing copy for the c_fc weight gradient, about
+        # a quarter of a shakespeare_char_cpu train step (measured: 105 -> 75 ms per step).
+        h_MF = nn.Dense(4 * cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
+                        kernel_init=_normal(_STD), name="c_fc")(x_BTD.reshape(B * T, D))
+        h_MF = nn.gelu(h_MF, approximate=cfg.gelu == "tanh")
+        y_MD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
+                        kernel_init=_normal(_STD / math.sqrt(2 * cfg.n_layer)), name="c_proj")(h_MF)
+        y_BTD = y_MD.reshape(B, T, D)
         return nn.Dropout(cfg.dropout, name="resid_dropout")(y_BTD, deterministic=deterministic)
 
 
