@@ -294,8 +294,10 @@ def _train_torch(o: Dict[str, Any], batches: str = "jaxgpt"):
                 out.append((np.stack([data[i:i + T] for i in ix]), np.stack([data[i + 1:i + 1 + T] for i in ix])))
             return np.stack([x for x, _ in out]), np.stack([y for _, y in out])
 
-        def train_batches(n):
-            return get_batch("train", n)
+        def train_stream():  # one micro-batch per draw, as nanoGPT's loop draws them
+            while True:
+                x, y = get_batch("train", 1)
+                yield x[0], y[0]
 
         def eval_batches(split):
             return get_batch(split, o["eval_iters"])
@@ -304,14 +306,18 @@ def _train_torch(o: Dict[str, Any], batches: str = "jaxgpt"):
         evals = {s: data_lib.BatchSampler(t, seed=o["seed"] + 1 + i, name=s)
                  for i, (s, t) in enumerate((("train", prepared.train), ("val", prepared.val)))}
 
-        def train_batches(n):
-            return train_s.sample_accum(n, B, T)
+        def train_stream():  # a step's A micro-batches drawn in one go, as jaxgpt's trainer does
+            while True:
+                x, y = train_s.sample_accum(A, B, T)
+                yield from zip(x, y)
 
         def eval_batches(split):
             return evals[split].sample_accum(o["eval_iters"], B, T)
 
-    # nanoGPT fetches the first batch before its loop, and each next one right after a forward.
-    next_x, next_y = train_batches(1)
+    # nanoGPT fetches the first batch before its loop, and each next one right after a forward
+    # (so before the next eval's batches, which come from the same generator).
+    batches = train_stream()
+    next_x, next_y = next(batches)
     val_losses, step_times, t0 = {}, [], time.time()
     for it in range(o["max_iters"] + 1):
         if it % o["eval_interval"] == 0 or it == o["max_iters"]:
@@ -329,8 +335,8 @@ def _train_torch(o: Dict[str, Any], batches: str = "jaxgpt"):
         for group in optimizer.param_groups:
             group["lr"] = float(schedule(it))
         for i in range(A):
-            _, loss = model(as_long(next_x[0]), as_long(next_y[0]))
-            next_x, next_y = train_batches(1)
+            _, loss = model(as_long(next_x), as_long(next_y))
+            next_x, next_y = next(batches)
             (loss / A).backward()
         if o["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"])
