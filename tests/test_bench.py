@@ -1,0 +1,41 @@
+"""bench.py end to end on a tiny model: it runs, prints its table, and rejects bad input with one
+line and exit code 2. Only that it works is checked here; its timings are for people to read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, str(REPO / "bench.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sample_task_prints_a_row_per_implementation_past_block_size():
+    # 8 + 40 tokens > block_size 32: the window phase runs, with window_stride 8.
+    proc = _bench("--task=sample", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32",
+                  "--prompt_len=8", "--new_tokens=40", "--batch_sizes=1,2", "--window_stride=8",
+                  "--naive_tokens=4", "--repeats=1", "--threads=1")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "impl" not in line]
+    impls = sorted({row.split("|")[1].strip() for row in rows})
+    assert impls == ["jax generate", "torch cached", "torch naive"], proc.stdout
+    assert len(rows) == 6  # three implementations x two batch sizes
+    assert "window_stride 8" in proc.stdout
+
+
+def test_bad_input_exits_2_with_one_line():
+    for args, message in [(["--task=nope"], "--task"),
+                          (["--window_stride=0"], "--window_stride"),
+                          (["--batch_sizes=0"], "--batch_sizes"),
+                          (["--task=train", "--jax_run=False", "--torch_run=False"], "nothing to run")]:
+        proc = _bench(*args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
