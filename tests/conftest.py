@@ -11,7 +11,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+# The suite needs nothing outside the repository: text comes from the embedded stdlib corpus
+# (the running interpreter's own source files), from generators in the tests, or from tmp_path.
+CORPUS_CHARS = 300_000
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -22,6 +25,16 @@ def _isolated_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def shakespeare_path() -> str:
-    assert SHAKESPEARE.exists(), f"Tiny Shakespeare copy expected at {SHAKESPEARE}"
-    return str(SHAKESPEARE)
+def corpus_text() -> str:
+    """300k characters of the embedded stdlib corpus: real, learnable text every install has."""
+    from jaxgpt.data import resolve_corpus
+
+    return resolve_corpus("stdlib").text[:CORPUS_CHARS]
+
+
+@pytest.fixture(scope="session")
+def corpus_path(corpus_text, tmp_path_factory) -> str:
+    """corpus_text as a .txt file, for the CLIs' --dataset=PATH."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(corpus_text, encoding="utf-8")
+    return str(path)

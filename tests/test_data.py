@@ -1,5 +1,10 @@
-"""Corpora, prepare() and BatchSampler. No network: downloads use file:// or a refused local port."""
+"""Corpora, prepare() and BatchSampler. No network: downloads use file:// or a refused local port.
 
+No file outside the repository is read: the Tiny Shakespeare checks run on a small stand-in file
+whose sha256 the test computes and patches in, and the prepare checks use the embedded corpus.
+"""
+
+import hashlib
 import json
 import os
 import platform
@@ -8,10 +13,9 @@ import shutil
 import numpy as np
 import pytest
 
+import jaxgpt.data
 from jaxgpt.data import (
-    SHAKESPEARE_CHARS,
     SHAKESPEARE_FILENAME,
-    SHAKESPEARE_SHA256,
     STDLIB_HEADER,
     STDLIB_MODULES,
     BatchSampler,
@@ -23,18 +27,36 @@ from jaxgpt.data import (
     resolve_corpus,
 )
 
-SHAKESPEARE_PATH = "/work/shared/data/tinyshakespeare.txt"
 REFUSED_URL = "http://127.0.0.1:9/input.txt"  # discard port: connection refused at once
+STAND_IN = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 50
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch):
+    """A small file standing in for Tiny Shakespeare: its sha256 becomes the expected one."""
+    path = tmp_path / "source" / "input.txt"
+    path.parent.mkdir()
+    path.write_text(STAND_IN, encoding="utf-8")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(jaxgpt.data, "SHAKESPEARE_SHA256", digest)
+    return path, digest
 
 
 @pytest.fixture(scope="module")
-def shakespeare():
-    return resolve_corpus(SHAKESPEARE_PATH)
+def text_file(tmp_path_factory, corpus_text):
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text(corpus_text, encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
-def prepared_char(shakespeare, tmp_path_factory):
-    return prepare(shakespeare, "char", tmp_path_factory.mktemp("char"))
+def text_corpus(text_file):
+    return resolve_corpus(str(text_file))
+
+
+@pytest.fixture(scope="module")
+def prepared_char(text_corpus, tmp_path_factory):
+    return prepare(text_corpus, "char", tmp_path_factory.mktemp("char"))
 
 
 # ---- corpora -------------------------------------------------------------------------------------
@@ -51,9 +73,9 @@ def test_stdlib_corpus_is_deterministic_and_substantial():
     assert "def dataclass(" in a.text and "class ArgumentParser(" in a.text
 
 
-def test_local_file_and_folder(shakespeare, tmp_path):
-    assert shakespeare.sha256 == SHAKESPEARE_SHA256 and len(shakespeare.text) == SHAKESPEARE_CHARS
-    assert shakespeare.name == "tinyshakespeare"
+def test_local_file_and_folder(text_corpus, text_file, corpus_text, tmp_path):
+    assert text_corpus.sha256 == hashlib.sha256(text_file.read_bytes()).hexdigest()
+    assert text_corpus.text == corpus_text and text_corpus.name == "corpus"
     folder = tmp_path / "books"
     folder.mkdir()
     (folder / "b.txt").write_text("second\n")
@@ -84,18 +106,20 @@ def test_shakespeare_offline_error(tmp_path):
     assert not (cache / SHAKESPEARE_FILENAME).exists()
 
 
-def test_shakespeare_cache_hit_needs_no_network(tmp_path):
-    shutil.copyfile(SHAKESPEARE_PATH, tmp_path / SHAKESPEARE_FILENAME)
+def test_shakespeare_cache_hit_needs_no_network(tmp_path, stand_in):
+    source, digest = stand_in
+    shutil.copyfile(source, tmp_path / SHAKESPEARE_FILENAME)
     corpus = resolve_corpus("shakespeare", tmp_path, shakespeare_url=REFUSED_URL)
-    assert corpus.name == "shakespeare" and corpus.sha256 == SHAKESPEARE_SHA256
-    assert len(corpus.text) == SHAKESPEARE_CHARS
+    assert corpus.name == "shakespeare" and corpus.sha256 == digest
+    assert corpus.text == STAND_IN
     # a corrupt cached copy is not trusted: it is fetched again (and here that fails)
     (tmp_path / SHAKESPEARE_FILENAME).write_text("First Citizen:\n")
     with pytest.raises(DataError, match="could not download"):
         resolve_corpus("shakespeare", tmp_path, shakespeare_url=REFUSED_URL, timeout=2)
 
 
-def test_shakespeare_download_is_checksum_verified(tmp_path):
+def test_shakespeare_download_is_checksum_verified(tmp_path, stand_in):
+    source, digest = stand_in
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("not shakespeare\n")
     cache = tmp_path / "cache"
@@ -103,38 +127,42 @@ def test_shakespeare_download_is_checksum_verified(tmp_path):
         resolve_corpus("shakespeare", cache, shakespeare_url=wrong.as_uri())
     assert not (cache / SHAKESPEARE_FILENAME).exists()
     # a good "download" (file:// URL, no network) is kept in the cache and reused
-    corpus = resolve_corpus("shakespeare", cache, shakespeare_url=f"file://{SHAKESPEARE_PATH}")
-    assert corpus.sha256 == SHAKESPEARE_SHA256
-    assert (cache / SHAKESPEARE_FILENAME).read_bytes() == open(SHAKESPEARE_PATH, "rb").read()
+    corpus = resolve_corpus("shakespeare", cache, shakespeare_url=source.as_uri())
+    assert corpus.sha256 == digest
+    assert (cache / SHAKESPEARE_FILENAME).read_bytes() == source.read_bytes()
     assert resolve_corpus("shakespeare", cache, shakespeare_url=REFUSED_URL).text == corpus.text
 
 
 # ---- prepare -------------------------------------------------------------------------------------
 
-def test_prepare_char_files_dtypes_and_sizes(prepared_char, shakespeare):
+def test_prepare_char_files_dtypes_and_sizes(prepared_char, text_corpus):
     d = prepared_char
     out = d.out_dir
+    text = text_corpus.text
+    n_train = int(len(text) * 0.9)  # nanoGPT's split: data[:int(n*0.9)]
     assert sorted(os.listdir(out)) == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
-    # nanoGPT's shakespeare_char split: 1,003,854 train and 111,540 val characters
-    assert (len(d.train), len(d.val)) == (1_003_854, 111_540)
+    assert (len(d.train), len(d.val)) == (n_train, len(text) - n_train)
     assert isinstance(d.train, np.memmap) and d.train.dtype == np.uint16 and d.val.dtype == np.uint16
-    assert os.path.getsize(os.path.join(out, "train.bin")) == 2 * 1_003_854
+    assert os.path.getsize(os.path.join(out, "train.bin")) == 2 * n_train
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta == d.meta
-    assert meta["tokenizer_kind"] == "char" and meta["vocab_size"] == 65 and meta["dtype"] == "uint16"
-    assert meta["source_sha256"] == SHAKESPEARE_SHA256 and meta["format_version"] == 1
-    assert (meta["train_tokens"], meta["val_tokens"], meta["val_fraction"]) == (1_003_854, 111_540, 0.1)
-    assert d.tokenizer.decode(d.train[:200]) == shakespeare.text[:200]
-    assert d.tokenizer.decode(d.val) == shakespeare.text[1_003_854:]
+    assert meta["tokenizer_kind"] == "char" and meta["vocab_size"] == len(set(text)) and meta["dtype"] == "uint16"
+    assert meta["source_sha256"] == text_corpus.sha256 and meta["format_version"] == 1
+    assert (meta["train_tokens"], meta["val_tokens"], meta["val_fraction"]) == (n_train, len(text) - n_train, 0.1)
+    assert d.tokenizer.decode(d.train[:200]) == text[:200]
+    assert d.tokenizer.decode(d.val) == text[n_train:]
     again = load_prepared(out)
     assert again.meta == meta and np.array_equal(again.val, d.val) and again.tokenizer == d.tokenizer
 
 
-def test_prepare_gpt2_matches_nanogpt_counts(shakespeare, tmp_path):
-    d = prepare(shakespeare, "gpt2", tmp_path)
-    assert (d.meta["train_tokens"], d.meta["val_tokens"]) == (301_966, 36_059)  # nanoGPT's README
+def test_prepare_gpt2_counts_equal_whole_split_encodings(text_corpus, tmp_path):
+    d = prepare(text_corpus, "gpt2", tmp_path, chunk_chars=20_000)  # chunked: must not change the ids
+    n_train = int(len(text_corpus.text) * 0.9)
+    train_ids = d.tokenizer.encode(text_corpus.text[:n_train])
+    val_ids = d.tokenizer.encode(text_corpus.text[n_train:])
+    assert (d.meta["train_tokens"], d.meta["val_tokens"]) == (len(train_ids), len(val_ids))
+    assert d.train.tolist() == train_ids and d.val.tolist() == val_ids
     assert d.vocab_size == 50257 and d.meta["eot_id"] == 50256 and d.train.dtype == np.uint16
-    assert d.train[:2].tolist() == d.tokenizer.encode("First Citizen")
 
 
 def test_prepare_bpe_on_stdlib_records_python(tmp_path):

@@ -18,13 +18,11 @@ from jaxgpt.tokenizers import (
     tokenizer_from_dict,
 )
 
-SHAKESPEARE_PATH = "/work/shared/data/tinyshakespeare.txt"
-
 
 @pytest.fixture(scope="module")
-def shakespeare():
-    with open(SHAKESPEARE_PATH, encoding="utf-8") as f:
-        return f.read()
+def text(corpus_text):
+    """300k characters of the embedded stdlib corpus (tests/conftest.py)."""
+    return corpus_text
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +31,24 @@ def gpt2():
 
 
 @pytest.fixture(scope="module")
-def bpe(shakespeare):
-    return build_tokenizer("bpe", shakespeare[:300_000], vocab_size=1024)
+def bpe(text):
+    return build_tokenizer("bpe", text[:300_000], vocab_size=1024)
 
 
 # ---- char ----------------------------------------------------------------------------------------
 
-def test_char_vocab_and_round_trip(shakespeare):
-    tok = build_tokenizer("char", shakespeare)
-    assert tok.name == "char" and tok.vocab_size == 65 and tok.eot_id is None
-    assert tok.chars[:2] == "\n " and tok.chars == "".join(sorted(set(shakespeare)))
-    ids = tok.encode(shakespeare)
-    assert len(ids) == len(shakespeare) and min(ids) == 0 and max(ids) == 64
-    assert tok.decode(ids) == shakespeare
+def test_char_vocab_and_round_trip(text):
+    tok = build_tokenizer("char", text)
+    assert tok.name == "char" and tok.eot_id is None
+    assert tok.chars == "".join(sorted(set(text))) and tok.vocab_size == len(set(text))
+    ids = tok.encode(text)
+    assert len(ids) == len(text) and min(ids) == 0 and max(ids) == tok.vocab_size - 1
+    assert tok.decode(ids) == text
     assert tok.encode("hi") == [tok.chars.index("h"), tok.chars.index("i")]
 
 
-def test_char_unseen_characters_error_names_them_once_in_order(shakespeare):
-    tok = build_tokenizer("char", shakespeare)
+def test_char_unseen_characters_error_names_them_once_in_order(text):
+    tok = build_tokenizer("char", text)
     with pytest.raises(ValueError) as err:
         tok.encode("héllo € é")
     assert str(err.value) == "characters not in the char vocabulary: 'é', '€'"
@@ -82,10 +80,9 @@ def test_gpt2_known_ids(gpt2):
     assert gpt2.encode("a<|endoftext|>b", allow_special=True) == [64, 50256, 65]
 
 
-def test_gpt2_shakespeare_round_trip_and_count(gpt2, shakespeare):
-    ids = gpt2.encode(shakespeare)
-    assert len(ids) == 338_025  # nanoGPT's shakespeare prepare.py: 301,966 train + 36,059 val
-    assert gpt2.decode(ids) == shakespeare
+def test_gpt2_round_trip_and_compression(gpt2, text):
+    ids = gpt2.encode(text)
+    assert gpt2.decode(ids) == text and len(text) / 8 < len(ids) < len(text) / 2
 
 
 def test_gpt2_out_of_range_decode(gpt2):
@@ -95,22 +92,22 @@ def test_gpt2_out_of_range_decode(gpt2):
 
 # ---- bpe -----------------------------------------------------------------------------------------
 
-def test_bpe_size_eot_and_round_trip(bpe, shakespeare):
+def test_bpe_size_eot_and_round_trip(bpe, text):
     assert bpe.name == "bpe" and bpe.vocab_size == 1024 and bpe.eot_id == 1023
     assert bpe.encoding._pat_str == BPE_SPLIT_PATTERN
-    ids = bpe.encode(shakespeare)
-    assert max(ids) < 1023 and len(ids) < len(shakespeare) / 2  # it learned merges
-    assert bpe.decode(ids) == shakespeare
+    ids = bpe.encode(text)
+    assert max(ids) < 1023 and len(ids) < len(text) / 2  # it learned merges
+    assert bpe.decode(ids) == text
     assert bpe.encode("x<|endoftext|>", allow_special=True)[-1] == 1023
     text = "héllo € 日本 🙂"  # byte-level: characters never seen still round-trip
     assert bpe.decode(bpe.encode(text)) == text
 
 
-def test_bpe_training_is_deterministic_and_default_size(shakespeare):
-    a = build_tokenizer("bpe", shakespeare[:200_000], vocab_size=600)
-    b = BPETokenizer.train(shakespeare[:200_000], 600, chunk_chars=5_000)  # other chunking, same counts
+def test_bpe_training_is_deterministic_and_default_size(text):
+    a = build_tokenizer("bpe", text[:200_000], vocab_size=600)
+    b = BPETokenizer.train(text[:200_000], 600, chunk_chars=5_000)  # other chunking, same counts
     assert a == b and a.ranks == b.ranks
-    assert build_tokenizer("bpe", shakespeare).vocab_size == DEFAULT_BPE_VOCAB_SIZE == 4096
+    assert build_tokenizer("bpe", text).vocab_size == DEFAULT_BPE_VOCAB_SIZE == 4096
 
 
 def test_bpe_vocab_size_errors():
@@ -125,14 +122,14 @@ def test_bpe_vocab_size_errors():
 # ---- save / load ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["char", "gpt2", "bpe"])
-def test_save_load_round_trip(kind, tmp_path, shakespeare, gpt2, bpe):
-    tok = {"char": lambda: build_tokenizer("char", shakespeare), "gpt2": lambda: gpt2, "bpe": lambda: bpe}[kind]()
+def test_save_load_round_trip(kind, tmp_path, text, gpt2, bpe):
+    tok = {"char": lambda: build_tokenizer("char", text), "gpt2": lambda: gpt2, "bpe": lambda: bpe}[kind]()
     path = tmp_path / "tokenizer.json"
     tok.save(path)
     loaded = load_tokenizer(path)
     assert type(loaded) is type(tok) and loaded == tok
     assert (loaded.name, loaded.vocab_size, loaded.eot_id) == (tok.name, tok.vocab_size, tok.eot_id)
-    sample = shakespeare[:20_000]
+    sample = text[:20_000]
     assert loaded.encode(sample) == tok.encode(sample)
     d = json.loads(path.read_text(encoding="utf-8"))
     assert d["kind"] == kind
@@ -161,10 +158,12 @@ def test_load_errors(tmp_path):
 
 # ---- chunked encoding ----------------------------------------------------------------------------
 
-def test_safe_chunks_encode_like_the_whole_text(gpt2, bpe, shakespeare):
-    text = shakespeare[:100_000]
+def test_safe_chunks_encode_like_the_whole_text(gpt2, bpe, text):
+    text = text[:100_000]
     pieces = safe_chunks(text, 3_000)
-    assert "".join(pieces) == text and 20 < len(pieces) < 40
+    # Indented code has few safe cut points (a line starting in column 0), so pieces run long.
+    assert "".join(pieces) == text and len(pieces) >= 3
+    assert all(len(p) >= 3_000 for p in pieces[:-1])
     for tok in (gpt2, bpe):
         assert [i for ids in tok.encode_batch(pieces) for i in ids] == tok.encode(text)
 

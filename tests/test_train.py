@@ -78,8 +78,8 @@ def test_gradient_accumulation_equals_one_big_batch():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_train_writes_run_and_learns(tmp_path, shakespeare_path):
-    summary = train(tiny_opts(tmp_path, f"--dataset={shakespeare_path}", "--max_iters=40"))
+def test_train_writes_run_and_learns(tmp_path, corpus_path, corpus_text):
+    summary = train(tiny_opts(tmp_path, f"--dataset={corpus_path}", "--max_iters=40"))
     out = tmp_path / "run"
     for name in ("metrics.jsonl", "loss.png", "run_config.json", "tokenizer.json", "data_meta.json"):
         assert (out / name).is_file(), name
@@ -93,12 +93,12 @@ def test_train_writes_run_and_learns(tmp_path, shakespeare_path):
     assert len(summary["samples"]) == 1 and isinstance(summary["samples"][0], str)
     steps = Checkpointer(str(out / "checkpoints")).all_steps()
     assert 40 in steps and len(steps) <= 3  # last 2 plus the best
-    assert json.loads((out / "data_meta.json").read_text())["vocab_size"] == 65
+    assert json.loads((out / "data_meta.json").read_text())["vocab_size"] == len(set(corpus_text))
 
 
-def test_kill_and_resume_continues_exactly(tmp_path, shakespeare_path):
+def test_kill_and_resume_continues_exactly(tmp_path, corpus_path):
     # Also the same-seed check: the reference and the killed run are separate processes.
-    common = [*TINY, f"--dataset={shakespeare_path}", "--dropout=0.1", "--num_samples=0"]
+    common = [*TINY, f"--dataset={corpus_path}", "--dropout=0.1", "--num_samples=0"]
     reference = tmp_path / "reference"
     train(parse_args(OPTIONS, [f"--out_dir={reference}", *common, "--max_iters=40"]))
 
@@ -127,7 +127,7 @@ def test_kill_and_resume_continues_exactly(tmp_path, shakespeare_path):
     assert loss_events(killed / "metrics.jsonl") == loss_events(reference / "metrics.jsonl")
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, shakespeare_path, monkeypatch):
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus_path, monkeypatch):
     import jaxgpt.train_step as train_step_lib
 
     real = train_step_lib.make_train_step
@@ -144,11 +144,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, shakespeare_path, mo
 
     monkeypatch.setattr(train_step_lib, "make_train_step", poisoned)
     with pytest.raises(TrainingDiverged, match=r"iteration 15.*checkpoint \(iteration 10\).*intact"):
-        train(tiny_opts(tmp_path, f"--dataset={shakespeare_path}", "--max_iters=40"))
+        train(tiny_opts(tmp_path, f"--dataset={corpus_path}", "--max_iters=40"))
     assert Checkpointer(str(tmp_path / "run" / "checkpoints")).latest_step() == 10
 
 
-def test_bad_inputs_exit_2_with_one_line(tmp_path, shakespeare_path):
+def test_bad_inputs_exit_2_with_one_line(tmp_path, corpus_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     short = tmp_path / "short.txt"
@@ -175,19 +175,19 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, shakespeare_path):
         assert expected in lines[0], (args, lines[0])
 
 
-def test_out_dir_of_another_config_is_refused_and_kept(tmp_path, shakespeare_path):
-    opts = tiny_opts(tmp_path, f"--dataset={shakespeare_path}", "--max_iters=10", "--num_samples=0")
+def test_out_dir_of_another_config_is_refused_and_kept(tmp_path, corpus_path):
+    opts = tiny_opts(tmp_path, f"--dataset={corpus_path}", "--max_iters=10", "--num_samples=0")
     train(opts)
     before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
-    res = run_cli("train.py", f"--out_dir={tmp_path / 'run'}", *TINY, f"--dataset={shakespeare_path}", "--n_layer=3")
+    res = run_cli("train.py", f"--out_dir={tmp_path / 'run'}", *TINY, f"--dataset={corpus_path}", "--n_layer=3")
     assert res.returncode == 2 and "another config" in res.stderr
-    res = run_cli("train.py", f"--out_dir={tmp_path / 'run'}", *TINY, f"--dataset={shakespeare_path}")
+    res = run_cli("train.py", f"--out_dir={tmp_path / 'run'}", *TINY, f"--dataset={corpus_path}")
     assert res.returncode == 2 and "--init_from=resume" in res.stderr
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, shakespeare_path):
-    train(tiny_opts(tmp_path, f"--dataset={shakespeare_path}", "--max_iters=10", "--num_samples=0"))
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, corpus_path):
+    train(tiny_opts(tmp_path, f"--dataset={corpus_path}", "--max_iters=10", "--num_samples=0"))
     ckpt = tmp_path / "run" / "checkpoints" / "10"
     for root, _dirs, files in os.walk(ckpt):
         for name in files:
@@ -198,7 +198,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, shakespeare_path):
     assert len(res.stderr.strip().splitlines()) == 1 and "checkpoint" in res.stderr.lower()
 
 
-def test_full_disk_on_save_keeps_previous_checkpoint(tmp_path, shakespeare_path, monkeypatch):
+def test_full_disk_on_save_keeps_previous_checkpoint(tmp_path, corpus_path, monkeypatch):
     import errno
 
     from jaxgpt import checkpoint as ckpt_lib
@@ -214,7 +214,7 @@ def test_full_disk_on_save_keeps_previous_checkpoint(tmp_path, shakespeare_path,
 
     monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
     with pytest.raises(CheckpointError, match="No space left"):
-        train(tiny_opts(tmp_path, f"--dataset={shakespeare_path}", "--max_iters=30", "--num_samples=0"))
+        train(tiny_opts(tmp_path, f"--dataset={corpus_path}", "--max_iters=30", "--num_samples=0"))
     assert Checkpointer(str(tmp_path / "run" / "checkpoints")).latest_step() == 10
 
 

@@ -24,8 +24,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mesh_and_multi_process_runs_match_one_device(tmp_path, shakespeare_path):
-    args = [*RUN, f"--dataset={shakespeare_path}"]
+def test_mesh_and_multi_process_runs_match_one_device(tmp_path, corpus_path):
+    args = [*RUN, f"--dataset={corpus_path}"]
     train(parse_args(OPTIONS, [f"--out_dir={tmp_path / 'single'}", *args]))
     reference = loss_events(tmp_path / "single" / "metrics.jsonl")
 
