@@ -9,6 +9,10 @@ import jax.numpy as jnp
 
 GELU_KINDS = ("exact", "tanh")
 ATTN_IMPLS = ("dot_product_attention", "explicit")
+POS_EMBS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+SWIGLU_MULTIPLE = 64  # SwiGLU hidden width is rounded up to a multiple of this
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -28,6 +32,26 @@ class GPTConfig:
     attn_impl:       "dot_product_attention" (jax.nn.dot_product_attention, fused kernels on GPU)
                      or "explicit" (einsum + softmax, the textbook path). Same numbers.
     remat:           recompute each block's activations in the backward pass (jax.checkpoint).
+    layer_norm_eps:  epsilon of every normalization (LayerNorm or RMSNorm, qk-norm included).
+
+    Architecture switches for scaling studies (the defaults are GPT-2 and leave its param tree and
+    numbers untouched):
+    pos_emb:         "learned" (GPT-2's wpe table) or "rope": rotary embeddings on q and k of every
+                     head, no wpe parameter. Half-split convention (GPT-NeoX, Hugging Face Llama's
+                     rotate_half): the pair rotated by angle pos * rope_theta**(-2i/K) is (x[i],
+                     x[i + K/2]), i < K/2; needs an even head_dim. Angles use the absolute position
+                     ids the model is given (the KV cache stores rotated keys).
+    rope_theta:      RoPE base (10000, as RoFormer / GPT-NeoX / Llama 2).
+    norm:            "layernorm" or "rmsnorm" (scale only, no bias even when bias=True; same eps).
+    mlp:             "gelu" (c_fc -> GELU -> c_proj, hidden 4D) or "swiglu"
+                     (c_proj(silu(c_gate(x)) * c_fc(x)), Llama's SwiGLU); see mlp_hidden_dim.
+    qk_norm:         RMSNorm of q and k over the head width K (learned scales q_norm, k_norm of
+                     shape (K,), shared by the heads of a layer, eps = layer_norm_eps), applied
+                     after the qkv projection and BEFORE the rotary embedding (as OLMo 2, Qwen 3).
+    z_loss:          PaLM's auxiliary loss coefficient: the training loss adds
+                     z_loss * mean(logsumexp(logits)^2) over the counted targets (1e-4 in PaLM).
+                     Applied in the loss, not the forward pass: the training step must pass it on as
+                     model.cross_entropy_loss(logits, targets, z_loss=config.z_loss).
     """
 
     vocab_size: int = 50304
@@ -43,6 +67,12 @@ class GPTConfig:
     attn_impl: str = "dot_product_attention"
     remat: bool = False
     layer_norm_eps: float = 1e-5
+    pos_emb: str = "learned"
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    qk_norm: bool = False
+    z_loss: float = 0.0
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -68,15 +98,40 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig.attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}"
             )
-        for name in ("bias", "tie_embeddings", "remat"):
+        for name, kinds in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in kinds:
+                raise ValueError(f"GPTConfig.{name} must be one of {kinds}, got {getattr(self, name)!r}")
+        for name in ("bias", "tie_embeddings", "remat", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if not (isinstance(self.layer_norm_eps, float) and self.layer_norm_eps > 0):
             raise ValueError(f"GPTConfig.layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}")
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or not (
+            math.isfinite(self.rope_theta) and self.rope_theta > 1
+        ):
+            raise ValueError(f"GPTConfig.rope_theta must be a finite number > 1, got {self.rope_theta!r}")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"GPTConfig.pos_emb='rope' needs an even head_dim, got n_embd={self.n_embd} / "
+                f"n_head={self.n_head} = {self.head_dim}"
+            )
+        if isinstance(self.z_loss, bool) or not isinstance(self.z_loss, (int, float)) or not (
+            math.isfinite(self.z_loss) and self.z_loss >= 0
+        ):
+            raise ValueError(f"GPTConfig.z_loss must be a finite number >= 0, got {self.z_loss!r}")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        """Hidden width F of the MLP. gelu: 4D (GPT-2). swiglu: 8D/3 rounded up to a multiple of
+        SWIGLU_MULTIPLE (64), Llama's rule: three D x F matrices instead of two D x 4D keep the MLP's
+        parameters and FLOPs at (or just above, by the rounding) GPT-2's 8 D^2 per layer."""
+        if self.mlp == "gelu":
+            return 4 * self.n_embd
+        return SWIGLU_MULTIPLE * -(-8 * self.n_embd // (3 * SWIGLU_MULTIPLE))
 
     @property
     def dtype(self):
@@ -97,21 +152,31 @@ class GPTConfig:
         return cls(**values)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; like nanoGPT, position embeddings are left out by default."""
-        d, v, L = self.n_embd, self.vocab_size, self.n_layer
+        """Exact parameter count (equals the leaves of GPT(self).init's tree); like nanoGPT,
+        position embeddings (wpe, learned only; RoPE has none) are left out by default."""
+        d, v, L, f = self.n_embd, self.vocab_size, self.n_layer, self.mlp_hidden_dim
         b = 1 if self.bias else 0
-        ln = d * (1 + b)
+        ln = d * (1 + b) if self.norm == "layernorm" else d  # RMSNorm: scale only
         attn = d * 3 * d + 3 * d * b + d * d + d * b
-        mlp = d * 4 * d + 4 * d * b + 4 * d * d + d * b
-        total = v * d + self.block_size * d + L * (2 * ln + attn + mlp) + ln
+        if self.qk_norm:
+            attn += 2 * self.head_dim  # q_norm and k_norm scales (K,)
+        n_in = 1 if self.mlp == "gelu" else 2  # swiglu: c_fc and c_gate, both D -> F
+        mlp = n_in * (d * f + f * b) + f * d + d * b
+        wpe = self.block_size * d if self.pos_emb == "learned" else 0
+        total = v * d + wpe + L * (2 * ln + attn + mlp) + ln
         if not self.tie_embeddings:
             total += d * v + v * b
         if non_embedding:
-            total -= self.block_size * d
+            total -= wpe
         return total
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6N for the matmuls plus 12*L*D*T for attention (PaLM appendix B)."""
+        """Training FLOPs per token: 6N for the matmuls plus 12*L*D*T for attention (PaLM appendix B).
+
+        N = num_params() counts every matmul weight once whatever the switches (swiglu's third
+        matrix, an untied head; the tied head through wte); the attention term (QK^T and AV over
+        T keys, H*K = D) is the same for every switch. Elementwise work (norms, RoPE, GELU/SiLU)
+        is not counted, as in PaLM; norm scales and biases enter 6N like in nanoGPT's estimate."""
         t = seq_len or self.block_size
         return 6 * self.num_params() + 12 * self.n_layer * self.n_embd * t
 

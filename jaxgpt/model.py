@@ -6,13 +6,16 @@ D width, H heads, K head width, V vocab, N = B*H (the KV cache's leading axis), 
 (params, inputs, rngs).
 
 Param tree (names follow nanoGPT/GPT-2 so weights map one to one):
-    wte/embedding (V, D)            wpe/embedding (block_size, D)
+    wte/embedding (V, D)            wpe/embedding (block_size, D)     (pos_emb="learned" only)
     h_i/ln_1, h_i/ln_2              LayerNorm scale (D,), bias (D,)
     h_i/attn/c_attn kernel (D, 3, H, K), bias (3, H, K)   fused q, k, v
+    h_i/attn/q_norm, k_norm  scale (K,)                    (qk_norm=True only)
     h_i/attn/c_proj kernel (H, K, D),    bias (D,)
-    h_i/mlp/c_fc    kernel (D, 4D),      bias (4D,)
-    h_i/mlp/c_proj  kernel (4D, D),      bias (D,)
+    h_i/mlp/c_fc    kernel (D, F),       bias (F,)         F = config.mlp_hidden_dim (4D for gelu)
+    h_i/mlp/c_gate  kernel (D, F),       bias (F,)         (mlp="swiglu" only)
+    h_i/mlp/c_proj  kernel (F, D),       bias (D,)
     ln_f                            lm_head kernel (D, V), bias (V,)  (untied only)
+Biases exist iff config.bias. With norm="rmsnorm" every ln_* holds a scale (D,) only.
 Keeping heads as their own axis lets tensor parallelism shard whole heads.
 """
 
@@ -25,6 +28,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxgpt.config import GPTConfig
@@ -44,6 +48,34 @@ _STD = 0.02
 
 def _normal(std: float):
     return nn.initializers.normal(stddev=std)
+
+
+# cos and sin of the rotary angles, each (B, T, 1, K/2) float32 (the 1 broadcasts over heads).
+RopeTables = Tuple[jax.Array, jax.Array]
+
+
+def rope_tables(config: GPTConfig, pos_BT: jax.Array) -> RopeTables:
+    """Angles pos * rope_theta**(-2i/K) for i < K/2 at the given absolute position ids.
+
+    Computed once per forward from the same pos_BT the learned table would read, so cached
+    decoding, left padding and the sampler's window re-runs see exactly the positions a full
+    forward over the same context would."""
+    K = config.head_dim
+    inv_freq_F = (1.0 / config.rope_theta ** (np.arange(0, K, 2, dtype=np.float64) / K)).astype(np.float32)
+    angles_BTF = pos_BT.astype(jnp.float32)[:, :, None] * inv_freq_F
+    return jnp.cos(angles_BTF)[:, :, None, :], jnp.sin(angles_BTF)[:, :, None, :]
+
+
+def apply_rope(x_BTHK: jax.Array, tables: RopeTables) -> jax.Array:
+    """Rotate each head's pairs (x[i], x[i + K/2]) by angle i (half-split, GPT-NeoX / HF Llama's
+    rotate_half convention), in float32, back to x's dtype."""
+    cos_BT1F, sin_BT1F = tables
+    F = x_BTHK.shape[-1] // 2
+    x1_BTHF = x_BTHK[..., :F].astype(jnp.float32)
+    x2_BTHF = x_BTHK[..., F:].astype(jnp.float32)
+    rotated = jnp.concatenate([x1_BTHF * cos_BT1F - x2_BTHF * sin_BT1F,
+                               x2_BTHF * cos_BT1F + x1_BTHF * sin_BT1F], axis=-1)
+    return rotated.astype(x_BTHK.dtype)
 
 
 def causal_mask(query_pos_BT: jax.Array, key_valid_BS: jax.Array) -> jax.Array:
@@ -105,6 +137,7 @@ class CausalSelfAttention(nn.Module):
         deterministic: bool,
         kv_cache: Optional[Tuple[jax.Array, jax.Array]] = None,
         cache_index: Optional[jax.Array] = None,
+        rope: Optional[RopeTables] = None,
     ):
         cfg = self.config
         B, T, D = x_BTD.shape
@@ -114,6 +147,11 @@ class CausalSelfAttention(nn.Module):
             kernel_init=_normal(_STD), name="c_attn",
         )(x_BTD)
         q_BTHK, k_BTHK, v_BTHK = qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], qkv_BT3HK[:, :, 2]
+        if cfg.qk_norm:  # per head over K, one (K,) scale per layer; before the rotation
+            q_BTHK = _rms_norm(cfg, "q_norm")(q_BTHK)
+            k_BTHK = _rms_norm(cfg, "k_norm")(k_BTHK)
+        if rope is not None:  # keys are cached rotated: each at its own absolute position
+            q_BTHK, k_BTHK = apply_rope(q_BTHK, rope), apply_rope(k_BTHK, rope)
 
         attn_dropout = cfg.dropout > 0.0 and not deterministic
         dropout = nn.Dropout(cfg.dropout, name="attn_dropout") if attn_dropout else None
@@ -149,16 +187,31 @@ class MLP(nn.Module):
         # Tokens flattened to one axis (M = B*T): with (B, T) kept apart, XLA:CPU's backward
         # wrote the GELU gradient through a transposing copy for the c_fc weight gradient, about
         # a quarter of a shakespeare_char_cpu train step (measured: 105 -> 75 ms per step).
-        h_MF = nn.Dense(4 * cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
-                        kernel_init=_normal(_STD), name="c_fc")(x_BTD.reshape(B * T, D))
-        h_MF = nn.gelu(h_MF, approximate=cfg.gelu == "tanh")
+        F = cfg.mlp_hidden_dim
+        x_MD = x_BTD.reshape(B * T, D)
+        h_MF = nn.Dense(F, use_bias=cfg.bias, dtype=cfg.dtype,
+                        kernel_init=_normal(_STD), name="c_fc")(x_MD)
+        if cfg.mlp == "swiglu":  # c_proj(silu(c_gate(x)) * c_fc(x))
+            gate_MF = nn.Dense(F, use_bias=cfg.bias, dtype=cfg.dtype,
+                               kernel_init=_normal(_STD), name="c_gate")(x_MD)
+            h_MF = nn.silu(gate_MF) * h_MF
+        else:
+            h_MF = nn.gelu(h_MF, approximate=cfg.gelu == "tanh")
         y_MD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
                         kernel_init=_normal(_STD / math.sqrt(2 * cfg.n_layer)), name="c_proj")(h_MF)
         y_BTD = y_MD.reshape(B, T, D)
         return nn.Dropout(cfg.dropout, name="resid_dropout")(y_BTD, deterministic=deterministic)
 
 
-def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+def _rms_norm(cfg: GPTConfig, name: str) -> nn.RMSNorm:
+    """x / sqrt(mean(x^2) + eps) * scale over the last axis (statistics in float32)."""
+    return nn.RMSNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name=name)
+
+
+def _layer_norm(cfg: GPTConfig, name: str) -> nn.Module:
+    """The block/final normalization: LayerNorm (GPT-2) or, with norm="rmsnorm", RMSNorm."""
+    if cfg.norm == "rmsnorm":
+        return _rms_norm(cfg, name)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_bias=cfg.bias, dtype=cfg.dtype, name=name)
 
 
@@ -168,10 +221,10 @@ class Block(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BTD, mask_B1TS, deterministic: bool, kv_cache=None, cache_index=None):
+    def __call__(self, x_BTD, mask_B1TS, deterministic: bool, kv_cache=None, cache_index=None, rope=None):
         cfg = self.config
         h_BTD, new_cache = CausalSelfAttention(cfg, name="attn")(
-            _layer_norm(cfg, "ln_1")(x_BTD), mask_B1TS, deterministic, kv_cache, cache_index
+            _layer_norm(cfg, "ln_1")(x_BTD), mask_B1TS, deterministic, kv_cache, cache_index, rope
         )
         x_BTD = x_BTD + h_BTD
         x_BTD = x_BTD + MLP(cfg, name="mlp")(_layer_norm(cfg, "ln_2")(x_BTD), deterministic)
@@ -190,7 +243,8 @@ class GPT(nn.Module):
     def setup(self):
         cfg = self.config
         self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_normal(_STD), dtype=cfg.dtype)
-        self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(_STD), dtype=cfg.dtype)
+        if cfg.pos_emb == "learned":
+            self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_normal(_STD), dtype=cfg.dtype)
         self.drop = nn.Dropout(cfg.dropout)
         # deterministic is argument 3 (self is 0): static under remat.
         block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
@@ -206,12 +260,17 @@ class GPT(nn.Module):
 
     def _trunk(self, idx_BT, pos_BT, mask_B1TS, deterministic, kv_caches=None, cache_index=None):
         cfg = self.config
-        x_BTD = self.wte(idx_BT) + self.wpe(pos_BT)
+        x_BTD = self.wte(idx_BT)
+        rope = None
+        if cfg.pos_emb == "learned":
+            x_BTD = x_BTD + self.wpe(pos_BT)
+        else:  # one table for all layers
+            rope = rope_tables(cfg, pos_BT)
         x_BTD = self.drop(x_BTD, deterministic=deterministic)
         new_caches = []
         for i, block in enumerate(self.h):
             layer_cache = None if kv_caches is None else kv_caches[i]
-            x_BTD, new_cache = block(x_BTD, mask_B1TS, deterministic, layer_cache, cache_index)
+            x_BTD, new_cache = block(x_BTD, mask_B1TS, deterministic, layer_cache, cache_index, rope)
             new_caches.append(new_cache)
         x_BTD = self.ln_f(x_BTD)
         if cfg.tie_embeddings:
@@ -274,15 +333,23 @@ def init_kv_cache(config: GPTConfig, batch_size: int, capacity: int, dtype=None)
     return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.n_layer))
 
 
-def cross_entropy_loss(logits_BTV: jax.Array, targets_BT: jax.Array, ignore_index: int = -1) -> jax.Array:
-    """Mean token cross-entropy in float32 over targets != ignore_index (0 if none count)."""
+def cross_entropy_loss(logits_BTV: jax.Array, targets_BT: jax.Array, ignore_index: int = -1,
+                       z_loss: float = 0.0) -> jax.Array:
+    """Mean token cross-entropy in float32 over targets != ignore_index (0 if none count).
+
+    z_loss > 0 adds PaLM's auxiliary loss z_loss * mean(logsumexp(logits)^2) over the same
+    counted tokens (it pulls log Z towards 0, keeping the softmax normalizer stable). With the
+    default 0.0 (a Python number) nothing extra is computed: the loss is exactly the plain one.
+    """
     chex.assert_rank(logits_BTV, 3)
     chex.assert_shape(targets_BT, logits_BTV.shape[:2])
     chex.assert_type(targets_BT, int)
     counted_BT = targets_BT != ignore_index
     safe_targets_BT = jnp.where(counted_BT, targets_BT, 0)
-    losses_BT = optax.softmax_cross_entropy_with_integer_labels(
-        logits_BTV.astype(jnp.float32), safe_targets_BT
-    )
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, safe_targets_BT)
+    if not (isinstance(z_loss, (int, float)) and z_loss == 0):  # a traced coefficient counts too
+        log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+        losses_BT = losses_BT + z_loss * jnp.square(log_z_BT)
     total = jnp.sum(jnp.where(counted_BT, losses_BT, 0.0))
     return total / jnp.maximum(jnp.sum(counted_BT), 1).astype(jnp.float32)

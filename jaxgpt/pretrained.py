@@ -16,6 +16,12 @@ The key mapping lives here once, for GPT-2 style state dicts in Conv1D layout (w
     h.i.mlp.c_proj.weight (4D, D)     -> h_i/mlp/c_proj/kernel                 bias (D,)
     lm_head.weight (V, D) (a Linear)  -> lm_head/kernel (D, V)                 bias (V,)  (untied only)
 
+The architecture switches of GPTConfig (no GPT-2 checkpoint has them; they serve the PyTorch twin)
+follow the same scheme: pos_emb="rope" has no wpe.weight; norm="rmsnorm" has no ln_*.bias;
+qk_norm adds h.i.attn.q_norm.weight / k_norm.weight (K,) -> h_i/attn/q_norm/scale, k_norm/scale;
+mlp="swiglu" adds h.i.mlp.c_gate.weight (D, F) -> h_i/mlp/c_gate/kernel (bias (F,)), and c_fc,
+c_gate, c_proj use F = config.mlp_hidden_dim instead of 4D.
+
 jaxgpt.torch_twin reuses it: an nn.Linear state dict differs only by the transpose of the
 CONV1D_WEIGHTS, which it applies before calling `gpt2_state_to_params`.
 """
@@ -47,7 +53,8 @@ __all__ = [
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_ORG = "openai-community"
 # Weights GPT-2 stores as Conv1D (in, out); an nn.Linear stores them (out, in).
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight",
+                  "mlp.c_gate.weight")  # the last: mlp="swiglu" only
 # Fields a caller may change when loading; everything else is fixed by the checkpoint.
 OVERRIDABLE = ("dropout", "compute_dtype", "attn_impl", "remat", "block_size")
 
@@ -75,8 +82,10 @@ class PretrainedDownloadError(PretrainedError, RuntimeError):
 
 def _expected_shapes(config: GPTConfig) -> Dict[str, Tuple[int, ...]]:
     """Unprefixed GPT-2 key -> shape in Conv1D layout, for every parameter `config` implies."""
-    D, V, P = config.n_embd, config.vocab_size, config.block_size
-    shapes: Dict[str, Tuple[int, ...]] = {"wte.weight": (V, D), "wpe.weight": (P, D)}
+    D, V, P, F, K = config.n_embd, config.vocab_size, config.block_size, config.mlp_hidden_dim, config.head_dim
+    shapes: Dict[str, Tuple[int, ...]] = {"wte.weight": (V, D)}
+    if config.pos_emb == "learned":
+        shapes["wpe.weight"] = (P, D)
 
     def linear(name, d_in, d_out):
         shapes[f"{name}.weight"] = (d_in, d_out)
@@ -85,16 +94,21 @@ def _expected_shapes(config: GPTConfig) -> Dict[str, Tuple[int, ...]]:
 
     def layer_norm(name):
         shapes[f"{name}.weight"] = (D,)
-        if config.bias:
+        if config.bias and config.norm == "layernorm":
             shapes[f"{name}.bias"] = (D,)
 
     for i in range(config.n_layer):
         layer_norm(f"h.{i}.ln_1")
         linear(f"h.{i}.attn.c_attn", D, 3 * D)
+        if config.qk_norm:
+            shapes[f"h.{i}.attn.q_norm.weight"] = (K,)
+            shapes[f"h.{i}.attn.k_norm.weight"] = (K,)
         linear(f"h.{i}.attn.c_proj", D, D)
         layer_norm(f"h.{i}.ln_2")
-        linear(f"h.{i}.mlp.c_fc", D, 4 * D)
-        linear(f"h.{i}.mlp.c_proj", 4 * D, D)
+        linear(f"h.{i}.mlp.c_fc", D, F)
+        if config.mlp == "swiglu":
+            linear(f"h.{i}.mlp.c_gate", D, F)
+        linear(f"h.{i}.mlp.c_proj", F, D)
     layer_norm("ln_f")
     if not config.tie_embeddings:
         shapes["lm_head.weight"] = (V, D)  # a Linear in GPT-2 too: (out, in)
@@ -159,23 +173,29 @@ def gpt2_state_to_params(state: Mapping[str, Any], config: GPTConfig) -> Dict[st
 
     def layer_norm(name):
         leaf = {"scale": arrays[f"{name}.weight"]}
-        if config.bias:
+        if config.bias and config.norm == "layernorm":
             leaf["bias"] = arrays[f"{name}.bias"]
         return leaf
 
-    params: Dict[str, Any] = {
-        "wte": {"embedding": arrays["wte.weight"]},
-        "wpe": {"embedding": arrays["wpe.weight"]},
-    }
+    params: Dict[str, Any] = {"wte": {"embedding": arrays["wte.weight"]}}
+    if config.pos_emb == "learned":
+        params["wpe"] = {"embedding": arrays["wpe.weight"]}
     for i in range(config.n_layer):
         p = f"h.{i}"
+        # Output features of c_attn are [q | k | v], each heads-major: (3, H, K).
+        attn = {"c_attn": dense(f"{p}.attn.c_attn", (D, 3, H, K), (3, H, K)),
+                "c_proj": dense(f"{p}.attn.c_proj", (H, K, D))}
+        if config.qk_norm:
+            attn["q_norm"] = {"scale": arrays[f"{p}.attn.q_norm.weight"]}
+            attn["k_norm"] = {"scale": arrays[f"{p}.attn.k_norm.weight"]}
+        mlp = {"c_fc": dense(f"{p}.mlp.c_fc"), "c_proj": dense(f"{p}.mlp.c_proj")}
+        if config.mlp == "swiglu":
+            mlp["c_gate"] = dense(f"{p}.mlp.c_gate")
         params[f"h_{i}"] = {
             "ln_1": layer_norm(f"{p}.ln_1"),
-            # Output features of c_attn are [q | k | v], each heads-major: (3, H, K).
-            "attn": {"c_attn": dense(f"{p}.attn.c_attn", (D, 3, H, K), (3, H, K)),
-                     "c_proj": dense(f"{p}.attn.c_proj", (H, K, D))},
+            "attn": attn,
             "ln_2": layer_norm(f"{p}.ln_2"),
-            "mlp": {"c_fc": dense(f"{p}.mlp.c_fc"), "c_proj": dense(f"{p}.mlp.c_proj")},
+            "mlp": mlp,
         }
     params["ln_f"] = layer_norm("ln_f")
     if not config.tie_embeddings:
@@ -193,8 +213,10 @@ def params_to_gpt2_state(params: Mapping[str, Any], config: GPTConfig,
     `lm_head.weight` is always present; with tied embeddings it is a copy of `wte.weight`
     (as in GPT2LMHeadModel.state_dict()). The exact inverse of `gpt2_state_to_params`.
     """
-    D = config.n_embd
-    expected_top = {"wte", "wpe", "ln_f", *(f"h_{i}" for i in range(config.n_layer))}
+    D, F = config.n_embd, config.mlp_hidden_dim
+    expected_top = {"wte", "ln_f", *(f"h_{i}" for i in range(config.n_layer))}
+    if config.pos_emb == "learned":
+        expected_top.add("wpe")
     if not config.tie_embeddings:
         expected_top.add("lm_head")
     if set(params) != expected_top:
@@ -212,19 +234,25 @@ def params_to_gpt2_state(params: Mapping[str, Any], config: GPTConfig,
 
     def layer_norm(name, leaf):
         state[f"{name}.weight"] = a(leaf["scale"])
-        if config.bias:
+        if config.bias and config.norm == "layernorm":
             state[f"{name}.bias"] = a(leaf["bias"])
 
     state["wte.weight"] = a(params["wte"]["embedding"])
-    state["wpe.weight"] = a(params["wpe"]["embedding"])
+    if config.pos_emb == "learned":
+        state["wpe.weight"] = a(params["wpe"]["embedding"])
     for i in range(config.n_layer):
         p, block = f"h.{i}", params[f"h_{i}"]
         layer_norm(f"{p}.ln_1", block["ln_1"])
         dense(f"{p}.attn.c_attn", block["attn"]["c_attn"], (D, 3 * D), (3 * D,))
+        if config.qk_norm:
+            state[f"{p}.attn.q_norm.weight"] = a(block["attn"]["q_norm"]["scale"])
+            state[f"{p}.attn.k_norm.weight"] = a(block["attn"]["k_norm"]["scale"])
         dense(f"{p}.attn.c_proj", block["attn"]["c_proj"], (D, D), (D,))
         layer_norm(f"{p}.ln_2", block["ln_2"])
-        dense(f"{p}.mlp.c_fc", block["mlp"]["c_fc"], (D, 4 * D), (4 * D,))
-        dense(f"{p}.mlp.c_proj", block["mlp"]["c_proj"], (4 * D, D), (D,))
+        dense(f"{p}.mlp.c_fc", block["mlp"]["c_fc"], (D, F), (F,))
+        if config.mlp == "swiglu":
+            dense(f"{p}.mlp.c_gate", block["mlp"]["c_gate"], (D, F), (F,))
+        dense(f"{p}.mlp.c_proj", block["mlp"]["c_proj"], (F, D), (D,))
     layer_norm("ln_f", params["ln_f"])
     if config.tie_embeddings:
         state["lm_head.weight"] = state["wte.weight"].copy()
@@ -243,7 +271,14 @@ def params_to_gpt2_state(params: Mapping[str, Any], config: GPTConfig,
 def _describe(config: GPTConfig) -> str:
     return (f"GPTConfig(n_layer={config.n_layer}, n_head={config.n_head}, n_embd={config.n_embd}, "
             f"vocab_size={config.vocab_size}, block_size={config.block_size}, bias={config.bias}, "
-            f"tie_embeddings={config.tie_embeddings})")
+            f"tie_embeddings={config.tie_embeddings}{_describe_switches(config)})")
+
+
+def _describe_switches(config: GPTConfig) -> str:
+    """', pos_emb=..., ...' for the architecture switches that differ from GPT-2 (else '')."""
+    gpt2 = GPTConfig()
+    return "".join(f", {name}={getattr(config, name)!r}" for name in ("pos_emb", "norm", "mlp", "qk_norm")
+                   if getattr(config, name) != getattr(gpt2, name))
 
 
 # ----------------------------------------------------------------------------------------------

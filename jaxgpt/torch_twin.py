@@ -6,6 +6,11 @@ layout: `transformer.h.{i}.attn.c_attn.weight` is (3D, D). The JAX runtime never
 
 Weight transfer: `torch_to_flax(state_dict, config)` and `flax_to_torch(params, config)`; both go
 through jaxgpt.pretrained's single GPT-2 key mapping (Linear weights are Conv1D weights transposed).
+
+The architecture switches of GPTConfig are built the usual torch way too: pos_emb="rope" as in
+Hugging Face's Llama (an inv_freq buffer, cat(freqs, freqs), rotate_half: the half-split
+convention), norm="rmsnorm" and qk_norm with nn.RMSNorm, mlp="swiglu" as
+c_proj(F.silu(c_gate(x)) * c_fc(x)), and config.z_loss in forward's loss.
 """
 
 from __future__ import annotations
@@ -27,20 +32,57 @@ __all__ = ["TorchGPT", "configure_optimizer", "torch_to_flax", "flax_to_torch"]
 TorchKVCache = List[Tuple[torch.Tensor, torch.Tensor]]
 
 
+def _norm(config: GPTConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=config.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=config.layer_norm_eps, bias=config.bias)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos, sin (T, K) for position ids (T,), Hugging Face Llama style (no parameters)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        freqs = torch.outer(pos.float(), self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        if config.qk_norm:
+            self.q_norm = nn.RMSNorm(config.head_dim, eps=config.layer_norm_eps)
+            self.k_norm = nn.RMSNorm(config.head_dim, eps=config.layer_norm_eps)
+        self.qk_norm = config.qk_norm
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-                start: int = 0) -> torch.Tensor:
+                start: int = 0, rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         B, T, D = x.shape
         H = self.n_head
         q, k, v = self.c_attn(x).split(D, dim=2)
         q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, K)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary_pos_emb(q, *rope), apply_rotary_pos_emb(k, *rope)
         if kv_cache is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
@@ -64,25 +106,34 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = config.mlp_hidden_dim
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        if config.mlp == "swiglu":
+            self.c_gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        else:
+            self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
+        self.swiglu = config.mlp == "swiglu"
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        if self.swiglu:
+            h = F.silu(self.c_gate(x)) * self.c_fc(x)
+        else:
+            h = self.gelu(self.c_fc(x))
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_1 = _norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_2 = _norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, start: int = 0):
-        x = x + self.attn(self.ln_1(x), kv_cache, start)
+    def forward(self, x, kv_cache=None, start: int = 0, rope=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, start, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -92,12 +143,16 @@ class TorchGPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_emb == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **modules,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
+            ln_f=_norm(config, config.n_embd),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size,
                                  bias=config.bias and not config.tie_embeddings)
@@ -125,17 +180,30 @@ class TorchGPT(nn.Module):
                 f"sequence length {start + T} exceeds GPTConfig.block_size={self.config.block_size}"
             )
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.pos_emb == "learned":
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = self.rotary(pos)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if kv_caches is None else kv_caches[i], start)
+            x = block(x, None if kv_caches is None else kv_caches[i], start, rope)
         return self.lm_head(self.transformer.ln_f(x))
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
-        """(B, T) token ids -> (logits (B, T, V), mean cross-entropy over targets != -1, or None)."""
+        """(B, T) token ids -> (logits (B, T, V), mean cross-entropy over targets != -1, or None).
+
+        With config.z_loss > 0 the loss adds z_loss * mean(logsumexp(logits)^2) over the same
+        targets (PaLM's z-loss)."""
         logits = self._logits(idx)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            flat_logits, flat_targets = logits.view(-1, logits.size(-1)), targets.reshape(-1)
+            loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1)
+            if self.config.z_loss:
+                log_z = torch.logsumexp(flat_logits[flat_targets != -1], dim=-1)
+                loss = loss + self.config.z_loss * log_z.square().mean()
         return logits, loss
 
     # ------------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ import torch
 from jaxgpt.model import GPT, cross_entropy_loss
 from jaxgpt.optim import make_optimizer
 from jaxgpt.torch_twin import configure_optimizer, flax_to_torch, torch_to_flax
+from jaxgpt.tasks import lm_loss
 from jaxgpt.train_step import create_train_state, make_train_step
-from torch_helpers import (assert_trees_close, max_abs_diff, random_tokens, random_torch_model,
+from torch_helpers import (assert_trees_close, torch_grads, max_abs_diff, random_tokens, random_torch_model,
                            tiny_config, trees_exactly_equal)
 
 assert not jax.config.jax_enable_x64
@@ -71,14 +72,6 @@ CASES = [  # n_layer 3 only once: its compile costs ~2x that of n_layer 1 on thi
 ]
 
 
-def _torch_grads(model) -> dict:
-    grads = {}
-    for name, p in model.named_parameters():  # a tied weight is listed once
-        assert p.grad is not None, f"torch gave no gradient for {name}"
-        grads[name] = p.grad.detach().clone()
-    return grads
-
-
 @pytest.fixture(scope="module", params=CASES, ids=[c.name for c in CASES])
 def run(request):
     return _run_case(request.param, ADAM_EPS)
@@ -108,7 +101,7 @@ def _run_case(case: Case, eps: float) -> dict:
     t_loss.backward()
     out.update(logits=np.asarray(logits), loss=float(loss), grads=grads,
                t_logits=t_logits.detach().numpy(), t_loss=t_loss.item(),
-               t_grads=torch_to_flax(_torch_grads(tm), cfg))
+               t_grads=torch_to_flax(torch_grads(tm), cfg))
 
     # AdamW trajectory vs the torch loop, a different batch every step.
     x_NABT = random_tokens(cfg, (N_STEPS, case.accum, case.B, case.T), seed=300 + seed)
@@ -116,7 +109,7 @@ def _run_case(case: Case, eps: float) -> dict:
     optimizer = make_optimizer(LR, weight_decay=WEIGHT_DECAY, beta1=BETAS[0], beta2=BETAS[1],
                                eps=eps, grad_clip=0)
     if case.shared_step:
-        shared_step = jax.jit(make_train_step(model, optimizer))
+        shared_step = jax.jit(make_train_step(lm_loss(model), optimizer))
 
         def jax_step(state, x_ABT, y_ABT):
             state, metrics = shared_step(state, (x_ABT, y_ABT), jax.random.key(0))
@@ -154,7 +147,7 @@ def _run_case(case: Case, eps: float) -> dict:
                                torch.from_numpy(y_NABT[step, a]).long())
             (micro_loss / case.accum).backward()
             t_loss_sum += micro_loss.item()
-        second_moments = _second_moments(second_moments, (step_grads, torch_to_flax(_torch_grads(tm), cfg)))
+        second_moments = _second_moments(second_moments, (step_grads, torch_to_flax(torch_grads(tm), cfg)))
         clear = _clear_of_eps(*second_moments, step + 1, jax.device_get(state.params))
         conditioned = clear if conditioned is None else jax.tree_util.tree_map(np.logical_and, conditioned, clear)
         t_opt.step()

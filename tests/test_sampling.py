@@ -45,6 +45,18 @@ def model():
     return _model(n_layer=1)  # one layer compiles faster; the torch parity tests use two
 
 
+# Every architecture switch that is not GPT-2's. RoPE reads the position ids decode is given, so
+# its cached keys, left padding and the window re-runs (positions from 0) must equal a full
+# recompute of the same context exactly as the learned table does.
+SWITCHES = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True)
+
+
+@pytest.fixture(scope="module", params=["gpt2", "switches"])
+def any_model(request, model):
+    """The GPT-2 model above, and one with all the switches on (for the cache/window tests)."""
+    return model if request.param == "gpt2" else _model(n_layer=1, **SWITCHES)
+
+
 def _prompts(cfg, lengths, seed=0):
     rs = np.random.default_rng(seed)
     return [rs.integers(0, cfg.vocab_size, size=n).tolist() for n in lengths]
@@ -85,7 +97,8 @@ def _recompute_greedy(cfg, params, prompt, n, stride=1):
     dict(),                                             # GPT-2: tied head, biases, tanh GELU
     dict(tie_embeddings=False, bias=False),             # untied head, no biases at all
     dict(tie_embeddings=False, gelu="exact", attn_impl="explicit"),
-], ids=["tied-bias", "untied-nobias", "untied-exact-explicit"])
+    dict(tie_embeddings=False, **SWITCHES),             # rope, rmsnorm, swiglu, qk_norm
+], ids=["tied-bias", "untied-nobias", "untied-exact-explicit", "untied-switches"])
 def test_greedy_matches_torch_twin_token_for_token(overrides):
     cfg, params, tmodel = _model(seed=3, **overrides)
     prompt = np.array(_prompts(cfg, [5, 5], seed=1), np.int32)
@@ -102,8 +115,8 @@ def test_greedy_matches_torch_twin_token_for_token(overrides):
     assert len(set(ours[0, 5:].tolist())) > 5, "degenerate test: greedy output barely varies"
 
 
-def test_cached_logits_equal_full_recompute_at_every_step(model):
-    cfg, params, _ = model
+def test_cached_logits_equal_full_recompute_at_every_step(any_model):
+    cfg, params, _ = any_model
     prompt = _prompts(cfg, [7], seed=2)[0]
     n = 40  # slots 0..31 cached, then 15 window steps
     out, logits = generate(cfg, params, [prompt], n, temperature=0, return_logits=True)
@@ -113,8 +126,8 @@ def test_cached_logits_equal_full_recompute_at_every_step(model):
     np.testing.assert_allclose(logits[0], ref_logits, rtol=LOGITS_RTOL, atol=LOGITS_ATOL)
 
 
-def test_generation_past_block_size_equals_window_reference_for_ragged_batch(model):
-    cfg, params, _ = model
+def test_generation_past_block_size_equals_window_reference_for_ragged_batch(any_model):
+    cfg, params, _ = any_model
     prompts = _prompts(cfg, [3, 12, 30], seed=4)  # the 30-token prompt fills the cache at once
     n = 45
     out = generate(cfg, params, prompts, n, temperature=0)
@@ -124,8 +137,8 @@ def test_generation_past_block_size_equals_window_reference_for_ragged_batch(mod
 
 
 @pytest.mark.parametrize("stride", [7, BLOCK])  # BLOCK: the context cycles from 1 token to BLOCK
-def test_window_stride_logits_equal_full_recompute_of_the_strided_context(model, stride):
-    cfg, params, _ = model
+def test_window_stride_logits_equal_full_recompute_of_the_strided_context(any_model, stride):
+    cfg, params, _ = any_model
     prompt = _prompts(cfg, [6], seed=6)[0]
     n = 2 * BLOCK + 5  # cached phase, then several re-reads
     out, logits = generate(cfg, params, [prompt, prompt], n, temperature=0, return_logits=True,
@@ -139,8 +152,8 @@ def test_window_stride_logits_equal_full_recompute_of_the_strided_context(model,
     assert streamed[0].tolist() == ref_tokens[len(prompt):]
 
 
-def test_window_stride_with_a_ragged_batch_rereads_in_lockstep(model):
-    cfg, params, _ = model
+def test_window_stride_with_a_ragged_batch_rereads_in_lockstep(any_model):
+    cfg, params, _ = any_model
     prompts = _prompts(cfg, [4, 11], seed=7)
     n, stride = BLOCK + 12, 5
     out = generate(cfg, params, prompts, n, temperature=0, window_stride=stride)

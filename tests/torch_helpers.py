@@ -27,7 +27,7 @@ def random_torch_model(config: GPTConfig, seed: int = 0) -> TorchGPT:
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            if "ln_" in name and name.endswith("weight"):
+            if ("ln_" in name or name.endswith("_norm.weight")) and name.endswith("weight"):  # norm scales
                 p.copy_(1.0 + 0.1 * noise)
             elif p.dim() == 1:  # biases
                 p.copy_(0.1 * noise)
@@ -45,6 +45,15 @@ def random_tokens(config: GPTConfig, shape, seed: int = 0, ignore_fraction: floa
     if ignore_fraction:
         tokens[rng.random(shape) < ignore_fraction] = -1
     return tokens
+
+
+def torch_grads(model) -> dict:
+    """{name: gradient} of every parameter after a backward pass (a tied weight is listed once)."""
+    grads = {}
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"torch gave no gradient for {name}"
+        grads[name] = p.grad.detach().clone()
+    return grads
 
 
 def max_abs_diff(a, b) -> float:
