@@ -228,7 +228,7 @@ def run_train(opts: Dict[str, Any]) -> None:
     import tempfile
 
     from jaxgpt.metrics import read_metrics
-    from jaxgpt.trainer import OPTIONS as TRAIN_KEYS, train
+    from jaxgpt.trainer import config_from_argv, train
 
     overrides = [opts["config"], "--progress=False", "--num_samples=0"]
     if opts["dataset"]:
@@ -240,19 +240,19 @@ def run_train(opts: Dict[str, Any]) -> None:
     if not (opts["jax_run"] or opts["torch_run"]):
         raise CLIError("--jax_run=False and --torch_run=False leave nothing to run")
     out = tempfile.mkdtemp(prefix="bench_train_")
-    t_opts = parse_args(TRAIN_KEYS, [*overrides, f"--out_dir={out}/jax"])
+    t_cfg = config_from_argv([*overrides, f"--out_dir={out}/jax"])
     rows = {}
     if opts["jax_run"]:
         t0 = time.time()
-        train(dict(t_opts))
+        train(t_cfg)
         jax_seconds = time.time() - t0
         events = read_metrics(os.path.join(out, "jax", "metrics.jsonl"))
         jax_evals = {e["iter"]: e["val_loss"] for e in events if "val_loss" in e}
         jax_tps = statistics.median(e["tokens_per_sec"] for e in events if "tokens_per_sec" in e)
         rows["jaxgpt"] = (jax_seconds, jax_tps, jax_evals)
-    print(f"# bench train: {opts['config']}, seed {t_opts['seed']} ({_machine()})")
+    print(f"# bench train: {opts['config']}, seed {t_cfg.seed} ({_machine()})")
     if opts["torch_run"]:
-        rows[f"torch twin ({opts['torch_batches']} batches)"] = _train_torch(t_opts, opts["torch_batches"])
+        rows[f"torch twin ({opts['torch_batches']} batches)"] = _train_torch(t_cfg, opts["torch_batches"])
     print("| impl | wall s | tokens/s (median of logs) | best val | val at each eval |")
     print("|---|---|---|---|---|")
     for name, (secs, tps, evals) in rows.items():
@@ -260,7 +260,7 @@ def run_train(opts: Dict[str, Any]) -> None:
         print(f"| {name} | {secs:.0f} | {tps:,.0f} | {min(evals.values()):.4f} | {curve} |")
 
 
-def _train_torch(o: Dict[str, Any], batches: str = "jaxgpt"):
+def _train_torch(o, batches: str = "jaxgpt"):
     """nanoGPT's loop on the twin with jaxgpt's LR schedule. batches="jaxgpt": fed by jaxgpt's own
     batch samplers (the same batches as jaxgpt's run). batches="nanogpt": nanoGPT's train.py
     random stream, so the run is nanoGPT's own for this seed (the twin builds and initializes its
@@ -268,20 +268,17 @@ def _train_torch(o: Dict[str, Any], batches: str = "jaxgpt"):
     import numpy as np
     import torch
 
-    from jaxgpt import data as data_lib
     from jaxgpt.optim import lr_schedule
+    from jaxgpt.tasks import LMBatches
     from jaxgpt.torch_twin import TorchGPT, configure_optimizer
-    from jaxgpt.trainer import model_config_from_options
+    from jaxgpt.trainer import model_config_from_options, prepare_data
 
-    torch.manual_seed(o["seed"])
-    cache = o["data_dir"] or data_lib.default_cache_dir()
-    corpus = data_lib.resolve_corpus(o["dataset"], cache)
-    prepared = data_lib.prepare(corpus, o["tokenizer"], os.path.join(
-        cache, "prepared", f"{corpus.name}-{o['tokenizer']}-{corpus.sha256[:12]}"), val_fraction=o["val_fraction"])
+    torch.manual_seed(o.seed)
+    _, prepared = prepare_data(o)  # the trainer's own data preparation
     model = TorchGPT(model_config_from_options(o, prepared.tokenizer.vocab_size))
-    optimizer = configure_optimizer(model, o["learning_rate"], o["weight_decay"], (o["beta1"], o["beta2"]))
-    schedule = lr_schedule(o["learning_rate"], o["min_lr"], o["warmup_iters"], o["lr_decay_iters"], o["decay_lr"])
-    B, T, A = o["batch_size"], o["block_size"], o["gradient_accumulation_steps"]
+    optimizer = configure_optimizer(model, o.learning_rate, o.weight_decay, (o.beta1, o.beta2))
+    schedule = lr_schedule(o.learning_rate, o.min_lr, o.warmup_iters, o.lr_decay_iters, o.decay_lr)
+    B, T, A = o.batch_size, o.block_size, o.gradient_accumulation_steps
     as_long = lambda a: torch.tensor(np.array(a), dtype=torch.long)  # noqa: E731
     if batches == "nanogpt":
         splits = {"train": np.asarray(prepared.train), "val": np.asarray(prepared.val)}
@@ -300,27 +297,26 @@ def _train_torch(o: Dict[str, Any], batches: str = "jaxgpt"):
                 yield x[0], y[0]
 
         def eval_batches(split):
-            return get_batch(split, o["eval_iters"])
+            return get_batch(split, o.eval_iters)
     else:
-        train_s = data_lib.BatchSampler(prepared.train, seed=o["seed"], name="train")
-        evals = {s: data_lib.BatchSampler(t, seed=o["seed"] + 1 + i, name=s)
-                 for i, (s, t) in enumerate((("train", prepared.train), ("val", prepared.val)))}
+        jax_batches = LMBatches(prepared, o.seed, T)  # the trainer's own batch source
+        everything = slice(0, B)
 
         def train_stream():  # a step's A micro-batches drawn in one go, as jaxgpt's trainer does
             while True:
-                x, y = train_s.sample_accum(A, B, T)
+                x, y = jax_batches.train_batch(A, B, everything)
                 yield from zip(x, y)
 
         def eval_batches(split):
-            return evals[split].sample_accum(o["eval_iters"], B, T)
+            return jax_batches.eval_batch(split, o.eval_iters, B, everything)
 
     # nanoGPT fetches the first batch before its loop, and each next one right after a forward
     # (so before the next eval's batches, which come from the same generator).
     batches = train_stream()
     next_x, next_y = next(batches)
     val_losses, step_times, t0 = {}, [], time.time()
-    for it in range(o["max_iters"] + 1):
-        if it % o["eval_interval"] == 0 or it == o["max_iters"]:
+    for it in range(o.max_iters + 1):
+        if it % o.eval_interval == 0 or it == o.max_iters:
             model.eval()
             with torch.no_grad():
                 for split in ("train", "val"):
@@ -329,7 +325,7 @@ def _train_torch(o: Dict[str, Any], batches: str = "jaxgpt"):
                     if split == "val":
                         val_losses[it] = loss
             model.train()
-        if it == o["max_iters"]:
+        if it == o.max_iters:
             break
         ts = time.time()
         for group in optimizer.param_groups:
@@ -338,8 +334,8 @@ def _train_torch(o: Dict[str, Any], batches: str = "jaxgpt"):
             _, loss = model(as_long(next_x), as_long(next_y))
             next_x, next_y = next(batches)
             (loss / A).backward()
-        if o["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"])
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step_times.append(time.time() - ts)

@@ -37,7 +37,8 @@ OPTIONS: Dict[str, Option] = {
     "num_samples": Option(10, "samples, generated as one batch"),
     "max_new_tokens": Option(500, "tokens generated per sample"),
     "temperature": Option(0.8, "1.0 = no change, < 1 = less random, 0 = greedy"),
-    "top_k": Option(200, "keep only the top_k most likely tokens (None = no top-k filter)", type=object),
+    "top_k": Option(200, "keep only the top_k most likely tokens (None = no top-k filter)", type=int,
+                    optional=True),
     "top_p": Option(1.0, "nucleus sampling: keep the smallest set of tokens with probability >= top_p "
                          "(1.0 = off)"),
     "window_stride": Option(1, "past block_size: re-read the last block_size - window_stride + 1 tokens once "
@@ -58,7 +59,7 @@ def _check_options(opts: Dict[str, Any]) -> None:
     if not opts["temperature"] >= 0 or opts["temperature"] == float("inf"):
         raise CLIError(f"--temperature must be a finite number >= 0, got {opts['temperature']}")
     top_k = opts["top_k"]
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and top_k < 1:
         raise CLIError(f"--top_k must be an integer >= 1 or None, got {top_k!r}")
     if not 0.0 < opts["top_p"] <= 1.0:
         raise CLIError(f"--top_p must be in (0, 1], got {opts['top_p']}")

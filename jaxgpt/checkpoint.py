@@ -95,7 +95,9 @@ class Checkpointer:
                                                keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=None if read_only else ocp_managers.AnyPreservationPolicy(policies),
-            best_fn=_val_loss, best_mode="min",
+            # Without keep_best nothing ranks steps by val_loss, so orbax reads no step's metrics
+            # when it opens: a resume can still read an intact step beside a corrupt one.
+            best_fn=_val_loss if keep_best else None, best_mode="min",
             # Synchronous: save returns once the step is committed (renamed into place), and a
             # failure surfaces here instead of in a background thread.
             enable_async_checkpointing=False,
@@ -103,13 +105,26 @@ class Checkpointer:
             # log warnings on every open, which sample.py would print.
             create=not read_only, cleanup_tmp_directories=not read_only,
         )
-        try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
-        except Exception as exc:  # unreadable directory, bad metadata, ...
-            raise CheckpointError(f"cannot open checkpoints at {self.directory}: {_one_line(exc)}") from exc
+        self._options = options
+        self._manager = None
+        if not read_only:
+            self._open_manager()
+
+    def _open_manager(self):
+        """orbax's CheckpointManager reads every step's metadata when it opens, so one corrupt
+        step would make every other unreadable; read-only use opens it only to rank by val_loss."""
+        if self._manager is None:
+            try:
+                self._manager = ocp.CheckpointManager(self.directory, options=self._options, item_names=_ITEMS)
+            except Exception as exc:  # unreadable directory, bad metadata, ...
+                raise CheckpointError(f"cannot open checkpoints at {self.directory}: {_one_line(exc)}") from exc
+        return self._manager
 
     # ------------------------------------------------------------------------------- queries
     def all_steps(self) -> list:
+        if self.read_only:  # committed steps are folders named by their number (orbax renames on commit)
+            return sorted(int(name) for name in os.listdir(self.directory)
+                          if name.isdigit() and os.path.isdir(os.path.join(self.directory, name)))
         return sorted(int(s) for s in self._manager.all_steps())
 
     def latest_step(self) -> Optional[int]:
@@ -118,11 +133,11 @@ class Checkpointer:
 
     def best_step(self) -> Optional[int]:
         """Step with the lowest recorded val_loss (None if no save had one)."""
-        step = self._manager.best_step()
+        step = self._open_manager().best_step()
         return None if step is None else int(step)
 
     def val_loss(self, step: int) -> Optional[float]:
-        metrics = self._manager.metrics(step)
+        metrics = self._open_manager().metrics(step)
         return None if not metrics else _val_loss(metrics)
 
     # ---------------------------------------------------------------------------------- save
@@ -184,6 +199,9 @@ class Checkpointer:
 
     def _restore(self, step: int, **items):
         try:
+            if self.read_only:  # this step alone, whatever state the others are in
+                with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
+                    return reader.restore(os.path.join(self.directory, str(step)), args=ocp.args.Composite(**items))
             return self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as exc:
             raise CheckpointError(f"checkpoint at step {step} in {self.directory} is unreadable "
@@ -216,7 +234,8 @@ class Checkpointer:
         return dict(self._restore(step, extra=ocp.args.JsonRestore())["extra"] or {})
 
     def close(self) -> None:
-        self._manager.close()
+        if self._manager is not None:
+            self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self

@@ -1,22 +1,27 @@
 """nanoGPT-style command lines: `script.py [config.py ...] [--key=value ...]`, checked strictly.
 
-Config files are plain Python that assign some of the known keys. Every key must be known, every
-value must have the key's type; anything else is a `CLIError` with a one-line message, which
-`main_guard` turns into exit code 2 without a traceback.
+Config files are plain Python that assign some of the known keys. Every key must be known, and
+every value is parsed by the key's declared type: `--start=3.10` stays the text "3.10" for a
+string key, `--n_layer=0x10` is refused for an integer key. Anything wrong is a `CLIError` (a
+ValueError) naming the key, in one line, which `main_guard` turns into exit code 2 without a traceback.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import logging
+import math
 import os
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence
 
 
-class CLIError(Exception):
-    """Bad user input: printed as one line, exit code 2."""
+class ConfigError(ValueError):
+    """A bad option value, from a command line, a config file or a saved run: one line naming the
+    key. The scripts print it and exit 2."""
+
+
+CLIError = ConfigError  # the scripts' name for it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,40 +30,64 @@ class Option:
     help: str
     type: Optional[type] = None  # inferred from default when None; needed when default is None
     choices: Optional[Sequence[Any]] = None
+    optional: bool = False  # None is accepted ("None" on the command line)
 
     @property
     def value_type(self):
         return self.type if self.type is not None else type(self.default)
 
 
-def _coerce(key: str, value: Any, option: Option) -> Any:
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_text(key: str, text: str, option: Option) -> Any:
+    """A command-line value, parsed by the option's declared type (never by guessing)."""
     want = option.value_type
-    if value is None and option.default is None:
+    if (option.optional or option.default is None) and text == "None":
         return None
     if want is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            value = value.lower() in ("true", "1", "yes")
+        if text.lower() in _TRUE + _FALSE:
+            return check_value(key, text.lower() in _TRUE, option)
+        raise CLIError(f"--{key} must be True or False, got {text!r}")
+    if want is int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise CLIError(f"--{key} must be an integer, got {text!r}") from None
+        return check_value(key, value, option)
+    if want is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise CLIError(f"--{key} must be a number, got {text!r}") from None
+        return check_value(key, value, option)
+    return check_value(key, text, option)  # str and free-form keys keep the raw text
+
+
+def check_value(key: str, value: Any, option: Option, where: str = "") -> Any:
+    """A Python value (from a config file, or parsed text) checked against the declared type."""
+    want = option.value_type
+    name = f"{key!r}{where}" if where else f"--{key}"
+    if value is None and (option.optional or option.default is None):
+        return None
+    if want is bool:
         if not isinstance(value, bool):
-            raise CLIError(f"--{key} must be True or False, got {value!r}")
+            raise CLIError(f"{name} must be True or False, got {value!r}")
     elif want is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise CLIError(f"--{key} must be an integer, got {value!r}")
+            raise CLIError(f"{name} must be an integer, got {value!r}")
     elif want is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CLIError(f"--{key} must be a number, got {value!r}")
+            raise CLIError(f"{name} must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise CLIError(f"{name} must be a finite number, got {value!r}")
     elif want is str:
-        value = str(value)
+        if not isinstance(value, str):
+            raise CLIError(f"{name} must be a string, got {value!r}")
     if option.choices is not None and value not in option.choices:
-        raise CLIError(f"--{key} must be one of {list(option.choices)}, got {value!r}")
+        raise CLIError(f"{name} must be one of {list(option.choices)}, got {value!r}")
     return value
-
-
-def _parse_literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare string such as --dataset=shakespeare
 
 
 def format_help(prog: str, summary: str, options: Dict[str, Option]) -> str:
@@ -69,9 +98,31 @@ def format_help(prog: str, summary: str, options: Dict[str, Option]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(options: Dict[str, Option], argv: Sequence[str], prog: str = "", summary: str = "") -> Dict[str, Any]:
-    """Defaults, then config files in order, then --key=value overrides; later wins."""
-    values = {key: opt.default for key, opt in options.items()}
+def read_config_file(path: str, options: Dict[str, Option]) -> Dict[str, Any]:
+    """The known keys a config file assigns, each checked against its declared type."""
+    if not os.path.isfile(path):
+        raise CLIError(f"config file not found: {path}")
+    namespace: Dict[str, Any] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        exec(compile(source, path, "exec"), namespace)  # config files are trusted user Python
+    except Exception as exc:  # noqa: BLE001 - report any error in the user's file in one line
+        raise CLIError(f"config file {path} failed: {type(exc).__name__}: {exc}") from None
+    values = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or callable(value) or type(value).__name__ == "module":
+            continue
+        if key not in options:
+            raise CLIError(f"unknown key {key!r} in config file {path}")
+        values[key] = check_value(key, value, options[key], where=f" in config file {path}")
+    return values
+
+
+def parse_given(options: Dict[str, Option], argv: Sequence[str], prog: str = "",
+                summary: str = "") -> Dict[str, Any]:
+    """Only the keys that config files and --key=value pairs set, in order (later wins)."""
+    given: Dict[str, Any] = {}
     for arg in argv:
         if arg in ("-h", "--help"):
             print(format_help(prog, summary, options))
@@ -82,28 +133,20 @@ def parse_args(options: Dict[str, Option], argv: Sequence[str], prog: str = "", 
             key, text = arg[2:].split("=", 1)
             if key not in options:
                 raise CLIError(f"unknown key --{key} (see --help)")
-            values[key] = _coerce(key, _parse_literal(text), options[key])
+            given[key] = parse_text(key, text, options[key])
         else:
-            if not os.path.isfile(arg):
-                raise CLIError(f"config file not found: {arg}")
-            namespace: Dict[str, Any] = {}
-            with open(arg, encoding="utf-8") as f:
-                source = f.read()
-            try:
-                exec(compile(source, arg, "exec"), namespace)  # config files are trusted user Python
-            except Exception as exc:  # noqa: BLE001 - report any error in the user's file in one line
-                raise CLIError(f"config file {arg} failed: {type(exc).__name__}: {exc}") from None
-            for key, value in namespace.items():
-                if key.startswith("_") or callable(value) or type(value).__name__ == "module":
-                    continue
-                if key not in options:
-                    raise CLIError(f"unknown key {key!r} in config file {arg}")
-                values[key] = _coerce(key, value, options[key])
-    return values
+            given.update(read_config_file(arg, options))
+    return given
+
+
+def parse_args(options: Dict[str, Option], argv: Sequence[str], prog: str = "", summary: str = "") -> Dict[str, Any]:
+    """Defaults, then config files in order, then --key=value overrides; later wins."""
+    return {**{key: opt.default for key, opt in options.items()}, **parse_given(options, argv, prog, summary)}
 
 
 def main_guard(main: Callable[[Sequence[str]], Any]) -> None:
-    """Run main(argv); bad input (CLIError, ValueError) becomes one line on stderr and exit 2.
+    """Run main(argv); bad input (ValueError, which CLIError and the library's errors are) and
+    file-system errors become one line on stderr and exit 2.
 
     Set JAXGPT_DEBUG=1 to get the traceback and the libraries' own log lines instead.
     """
@@ -114,8 +157,12 @@ def main_guard(main: Callable[[Sequence[str]], Any]) -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         main(sys.argv[1:])
-    except (CLIError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ValueError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:  # a full disk, a read-only folder, a path that is a file, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

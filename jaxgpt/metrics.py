@@ -27,11 +27,32 @@ class MetricsLog:
             f.write(json.dumps(event) + "\n")
 
 
+class MetricsError(ValueError):
+    """metrics.jsonl is not what a run writes: one line naming the file and the line."""
+
+
 def read_metrics(path: str) -> List[Dict]:
+    """The events of a metrics.jsonl. A last line cut short (a run killed mid-write: no final
+    newline) is dropped; any other unreadable line is a MetricsError naming it."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    lines = text.split("\n")
+    events = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: the write was cut short
+                break
+            raise MetricsError(f"{path}:{number} is not a JSON event; fix or remove that line") from None
+        if not isinstance(event, dict) or not isinstance(event.get("iter"), int):
+            raise MetricsError(f"{path}:{number} is not a metrics event (no integer 'iter')")
+        events.append(event)
+    return events
 
 
 def plot_losses(metrics_path: str, png_path: str, title: str = "") -> None:

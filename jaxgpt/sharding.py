@@ -38,12 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jaxgpt.train_step import TrainState, create_train_state
-
 __all__ = [
     "MESH_AXES", "BATCH_AXES", "PARTITION_RULES", "resolve_mesh_shape", "make_mesh", "param_specs",
-    "spec_for_path", "unshardable_dims", "state_shardings", "abstract_train_state", "with_shardings",
-    "init_train_state", "batch_sharding", "replicated", "process_rows", "global_batch",
+    "spec_for_path", "unshardable_dims", "state_shardings", "with_shardings", "batch_sharding", "replicated", "process_rows", "global_batch",
     "replicate", "compile_train_step", "compile_eval_step", "initialize_distributed",
     "bytes_per_device",
 ]
@@ -52,7 +49,8 @@ MESH_AXES = ("dp", "fsdp", "tp")
 BATCH_AXES = ("dp", "fsdp")  # batch rows are split over both data axes
 
 # (regex searched in the '/'-joined path, PartitionSpec). First match wins; the last rule
-# replicates everything else (LayerNorm scales/biases, c_proj biases, scalars). The same table
+# replicates everything else (LayerNorm/RMSNorm scales and biases, the qk-norm scales (K,) that
+# every head shares, c_proj biases, scalars). The same table
 # serves optimizer state: an AdamW moment's path ends with its parameter's path
 # (".../mu/h_0/attn/c_attn/kernel"), so moments are sharded exactly like their parameter.
 PARTITION_RULES: Tuple[Tuple[str, P], ...] = (
@@ -60,9 +58,12 @@ PARTITION_RULES: Tuple[Tuple[str, P], ...] = (
     (r"(^|/)attn/c_attn/kernel$", P("fsdp", None, "tp", None)),
     (r"(^|/)attn/c_attn/bias$", P(None, "tp", None)),
     (r"(^|/)attn/c_proj/kernel$", P("tp", None, "fsdp")),
-    # MLP: c_fc column-parallel (D, 4D), c_proj row-parallel (4D, D)
+    # MLP: c_fc column-parallel (D, F), c_proj row-parallel (F, D); swiglu's gate (D, F) is split
+    # like c_fc, so silu(gate) * c_fc stays local to each tp shard
     (r"(^|/)mlp/c_fc/kernel$", P("fsdp", "tp")),
     (r"(^|/)mlp/c_fc/bias$", P("tp")),
+    (r"(^|/)mlp/c_gate/kernel$", P("fsdp", "tp")),
+    (r"(^|/)mlp/c_gate/bias$", P("tp")),
     (r"(^|/)mlp/c_proj/kernel$", P("tp", "fsdp")),
     # embeddings: token table split along vocab (V, D); positions along width
     (r"(^|/)wte/embedding$", P("tp", "fsdp")),
@@ -179,7 +180,7 @@ def unshardable_dims(params, mesh: Mesh) -> list:
     return out
 
 
-def state_shardings(mesh: Mesh, abstract_state: TrainState) -> TrainState:
+def state_shardings(mesh: Mesh, abstract_state):
     """NamedSharding for every leaf of a TrainState: params by the rules, optimizer moments like
     their parameter (same path suffix), step and counts replicated."""
     specs = param_specs(abstract_state, mesh)
@@ -191,45 +192,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-# ----------------------------------------------------------------------------------------- init
-
-def abstract_train_state(model, optimizer, block_size: int, mesh: Optional[Mesh] = None,
-                         rng=None) -> TrainState:
-    """TrainState of jax.ShapeDtypeStruct (no memory used). With a mesh, each leaf carries its
-    NamedSharding from state_shardings: the target `Checkpointer.restore` wants."""
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    abstract = jax.eval_shape(_init_fn(model, optimizer, block_size), rng)
-    if mesh is None:
-        return abstract
-    return with_shardings(abstract, state_shardings(mesh, abstract))
-
-
 def with_shardings(abstract, shardings):
     """The abstract tree with `.sharding` set on every jax.ShapeDtypeStruct leaf."""
     return jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
-def _init_fn(model, optimizer, block_size: int):
-    def init(rng):
-        idx_BT = jnp.zeros((1, block_size), jnp.int32)
-        params = model.init(rng, idx_BT)["params"]
-        return create_train_state(params, optimizer)
-
-    return init
-
-
-def init_train_state(model, optimizer, mesh: Mesh, rng: jax.Array, block_size: int) -> TrainState:
-    """Parameters and optimizer state born sharded: shapes from jax.eval_shape, then one jitted
-    init whose out_shardings place every leaf, so no device ever holds the full model.
-
-    rng must be the same on every process (it is replicated).
-    """
-    init = _init_fn(model, optimizer, block_size)
-    abstract = jax.eval_shape(init, rng)
-    shardings = state_shardings(mesh, abstract)
-    rng = replicate(mesh, rng)
-    return jax.jit(init, in_shardings=replicated(mesh), out_shardings=shardings)(rng)
 
 
 # ---------------------------------------------------------------------------------------- batch
@@ -299,7 +265,7 @@ def replicate(mesh: Mesh, x):
 
 # -------------------------------------------------------------------------------------- compile
 
-def compile_train_step(train_step: Callable, mesh: Mesh, state_sharding: TrainState) -> Callable:
+def compile_train_step(train_step: Callable, mesh: Mesh, state_sharding) -> Callable:
     """jit(train_step) for `(state, (x_ABT, y_ABT), rng) -> (state, metrics)` on the mesh.
 
     State in/out with its shardings (donated: updated in place), batch rows split by
@@ -316,7 +282,7 @@ def compile_train_step(train_step: Callable, mesh: Mesh, state_sharding: TrainSt
 
 
 def compile_eval_step(eval_loss: Callable, mesh: Mesh, params_sharding) -> Callable:
-    """jit(eval_loss) for `(params, (x_NBT, y_NBT)) -> loss`, replicated scalar out."""
+    """jit(eval_step) for `(params, (x_NBT, y_NBT)) -> metrics`, replicated out."""
     batch = batch_sharding(mesh)
     return jax.jit(eval_loss, in_shardings=(params_sharding, (batch, batch)),
                    out_shardings=replicated(mesh))
@@ -373,6 +339,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     nothing happens. On CPU the gloo collectives are selected first (CPU has none by default).
     Call before anything that touches devices (jax.devices(), any array creation).
     """
+    if jax.distributed.is_initialized():  # idempotent: the trainer calls it before reading a checkpoint
+        return True
     given = (coordinator_address, num_processes, process_id)
     if all(v is None for v in given) and not _cluster_detected():
         return False

@@ -1,408 +1,610 @@
-"""The training run behind train.py: options, data, mesh, the jitted step, evals, checkpoints.
+"""The training loop every task shares, as named steps with explicit state.
 
-`train(options)` is importable (tests call it in-process); train.py only parses the command line.
+    train(cfg) =
+      1. resolve_run(cfg)      validate and resolve everything: config, corpus, tokenizer, model,
+                               mesh, and a resume target with its compatibility (architecture,
+                               tokenizer, corpus sha256). Reads only; writes nothing to out_dir.
+      2. RunDirLock(out_dir)   one writer per run directory.
+      3. start_run_dir(run)    only now: --overwrite's deletions, tokenizer/data/config files.
+      4. run_loop(...)         step, eval, checkpoint, log, on a LoopState passed as a value.
+      5. finish                close the checkpointer on every path, then the end-of-run samples.
+
+So a command that fails (bad input, a mismatched resume, a busy directory) fails in step 1 or 2
+and leaves the run directory as it was. The library raises ValueError subclasses (ConfigError,
+DataError, CheckpointError) and TrainingDiverged; train.py turns them into one line.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
+import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from jaxgpt.cli import CLIError, Option
+from jaxgpt.cli import ConfigError, parse_given
 from jaxgpt.pretrained import HUB_NAMES as PRETRAINED_NAMES
+from jaxgpt.run_config import (FIXED_ON_RESUME, OPTIONS, TrainConfig, changed_run_options, config_from_sources,
+                               load_json_object, read_run_options, write_json_atomic)
+from jaxgpt.run_dir import RunDirLock, check_out_dir, clear_run_files
 
+__all__ = ["TrainingDiverged", "ResolvedRun", "LoopState", "config_from_argv", "resolve_run", "train",
+           "model_config_from_options", "prepare_data", "OPTIONS", "TrainConfig"]
 
-# Defaults are the embedded default run: a small character-level GPT on Python's own standard
-# library source, a few minutes on 2 CPU cores. Config files in configs/ override them.
-OPTIONS: Dict[str, Option] = {
-    # I/O
-    "out_dir": Option("out", "run directory: checkpoints, metrics.jsonl, loss.png, config"),
-    "eval_interval": Option(250, "evaluate (and checkpoint) every N iterations"),
-    "log_interval": Option(10, "log train loss every N iterations"),
-    "eval_iters": Option(20, "batches per split in each evaluation"),
-    "eval_only": Option(False, "evaluate once and exit"),
-    "always_save_checkpoint": Option(True, "checkpoint at every eval (else only when val improves)"),
-    "keep_checkpoints": Option(2, "keep the last N checkpoints (plus the best-val one)"),
-    "init_from": Option("scratch", "scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | path to a HF GPT-2 dir"),
-    "overwrite": Option(False, "allow starting from scratch in an out_dir that holds another run"),
-    # data
-    "dataset": Option("stdlib", "stdlib (embedded, offline) | shakespeare | path to a .txt file or folder"),
-    "tokenizer": Option("char", "char | gpt2 | bpe", choices=("char", "gpt2", "bpe")),
-    "bpe_vocab_size": Option(4096, "vocabulary size when tokenizer=bpe"),
-    "data_dir": Option("", "where prepared token files are cached (default ~/.cache/jaxgpt)"),
-    "val_fraction": Option(0.1, "fraction of the corpus held out for validation"),
-    # batch
-    "batch_size": Option(12, "GLOBAL rows per micro-step, whatever the device/process count"),
-    "block_size": Option(128, "context length in tokens"),
-    "gradient_accumulation_steps": Option(1, "micro-steps per optimizer update (scanned inside the step)"),
-    # model
-    "n_layer": Option(4, "transformer blocks"),
-    "n_head": Option(4, "attention heads"),
-    "n_embd": Option(128, "residual width"),
-    "dropout": Option(0.0, "dropout rate (embedding, attention, residual)"),
-    "bias": Option(True, "biases in Linear layers and LayerNorms"),
-    "gelu": Option("tanh", "tanh | exact", choices=("tanh", "exact")),
-    "tie_embeddings": Option(True, "share the token embedding with the output head"),
-    "attn_impl": Option("dot_product_attention", "dot_product_attention | explicit",
-                        choices=("dot_product_attention", "explicit")),
-    "compute_dtype": Option("float32", "float32 | bfloat16 (params stay float32)",
-                            choices=("float32", "bfloat16")),
-    "remat": Option(False, "recompute block activations in the backward pass"),
-    # optimizer
-    "learning_rate": Option(1e-3, "peak learning rate"),
-    "max_iters": Option(1000, "optimizer updates in total"),
-    "weight_decay": Option(0.1, "AdamW weight decay on matrices and embeddings"),
-    "beta1": Option(0.9, "AdamW beta1"),
-    "beta2": Option(0.99, "AdamW beta2"),
-    "grad_clip": Option(1.0, "clip gradients at this global norm (0 = off)"),
-    "decay_lr": Option(True, "warmup then cosine decay (else constant)"),
-    "warmup_iters": Option(100, "linear warmup iterations"),
-    "lr_decay_iters": Option(1000, "cosine decay ends here (usually = max_iters)"),
-    "min_lr": Option(1e-4, "learning rate after decay"),
-    # system
-    "seed": Option(1337, "seed of parameters, batches and dropout"),
-    "dp": Option(-1, "data-parallel mesh axis (-1 = all devices left)"),
-    "fsdp": Option(1, "fully-sharded data-parallel mesh axis (params/optimizer sharded)"),
-    "tp": Option(1, "tensor-parallel mesh axis (Megatron-style; must divide n_head)"),
-    "coordinator_address": Option("", "HOST:PORT of process 0, for multi-host runs"),
-    "num_processes": Option(1, "processes in a multi-host run"),
-    "process_id": Option(0, "this process's index in a multi-host run"),
-    # end of run
-    "num_samples": Option(2, "samples printed at the end of the run"),
-    "sample_tokens": Option(200, "tokens per end-of-run sample"),
-    "progress": Option(True, "show a progress bar"),
-}
-
-# Keys that define the run: another value for one of these means another run.
-_ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "gelu", "tie_embeddings",
-                      "dataset", "tokenizer", "bpe_vocab_size")
+SUMMARY = ("Train a GPT (nanoGPT conventions). Config files are plain Python assigning these keys; "
+           "--key=value overrides them. batch_size is the global batch of one micro-step on any mesh, "
+           "so a config gives the same losses on 1 device or 256.")
 
 
 class TrainingDiverged(RuntimeError):
     pass
 
 
-def validate_options(opts: Dict[str, Any]) -> None:
-    positive = ("batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head",
-                "n_embd", "eval_interval", "log_interval", "eval_iters", "keep_checkpoints",
-                "bpe_vocab_size", "num_processes")
-    for key in positive:
-        if opts[key] < 1:
-            raise CLIError(f"--{key} must be >= 1, got {opts[key]}")
-    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "num_samples", "sample_tokens",
-                "process_id", "weight_decay", "grad_clip", "min_lr"):
-        if opts[key] < 0:
-            raise CLIError(f"--{key} must be >= 0, got {opts[key]}")
-    if not opts["learning_rate"] > 0:
-        raise CLIError(f"--learning_rate must be > 0, got {opts['learning_rate']}")
-    if not 0.0 < opts["val_fraction"] < 1.0:
-        raise CLIError(f"--val_fraction must be in (0, 1), got {opts['val_fraction']}")
-    for key in ("beta1", "beta2"):
-        if not 0.0 <= opts[key] < 1.0:
-            raise CLIError(f"--{key} must be in [0, 1), got {opts[key]}")
-    if not 0.0 <= opts["dropout"] < 1.0:
-        raise CLIError(f"--dropout must be in [0, 1), got {opts['dropout']}")
-    if opts["n_embd"] % opts["n_head"]:
-        raise CLIError(f"--n_embd={opts['n_embd']} is not divisible by --n_head={opts['n_head']}")
-    if opts["process_id"] >= opts["num_processes"]:
-        raise CLIError(f"--process_id={opts['process_id']} must be < --num_processes={opts['num_processes']}")
-    for key in ("dp", "fsdp", "tp"):
-        if opts[key] == 0 or opts[key] < -1:
-            raise CLIError(f"--{key} must be >= 1 or -1, got {opts[key]}")
+# ------------------------------------------------------------------------------- configuration
+
+def _checkpoint_dir(out_dir: str) -> str:
+    from jaxgpt.checkpoint import CHECKPOINT_SUBDIR
+
+    return os.path.join(out_dir, CHECKPOINT_SUBDIR)
 
 
-def _check_out_dir(opts: Dict[str, Any]) -> None:
-    """Refuse to clobber a run of another config, or any run when not resuming, unless told."""
-    path = os.path.join(opts["out_dir"], "run_config.json")
-    if opts["init_from"] == "resume" or opts["overwrite"] or not os.path.exists(path):
-        return
-    with open(path) as f:
-        previous = json.load(f)
-    differs = [f"{k}: {previous.get(k)!r} -> {opts[k]!r}" for k in _ARCHITECTURE_KEYS if previous.get(k) != opts[k]]
-    if differs:
-        raise CLIError(f"out_dir {opts['out_dir']} holds a run of another config ({'; '.join(differs)}); "
-                       "pass --overwrite=True to replace it or choose another --out_dir")
-    if os.path.isdir(os.path.join(opts["out_dir"], "checkpoints")):
-        raise CLIError(f"out_dir {opts['out_dir']} already holds this run: pass --init_from=resume to continue "
-                       "it or --overwrite=True to start over")
+def _checkpoint_steps(out_dir: str) -> List[int]:
+    """Steps of the committed checkpoints in out_dir (orbax's temporary folders excluded)."""
+    directory = _checkpoint_dir(out_dir)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
-def model_config_from_options(opts: Dict[str, Any], vocab_size: int):
+def _resume_step(cfg: TrainConfig) -> int:
+    steps = _checkpoint_steps(cfg.out_dir)
+    if not os.path.isdir(cfg.out_dir):
+        raise ConfigError(f"--init_from=resume but --out_dir={cfg.out_dir} does not exist")
+    if not steps:
+        raise ConfigError(f"--init_from=resume but {cfg.out_dir} holds no checkpoint (the run stopped before its "
+                          "first save): run again without --init_from=resume to start it over")
+    if cfg.resume_step is None:
+        return steps[-1]
+    if cfg.resume_step not in steps:
+        raise ConfigError(f"--resume_step={cfg.resume_step}: {cfg.out_dir} has checkpoints {steps}")
+    return cfg.resume_step
+
+
+def _unreadable(out_dir: str, step: int, exc: Exception) -> ConfigError:
+    """A corrupt checkpoint's error, offering the intact-looking earlier steps."""
+    earlier = [s for s in _checkpoint_steps(out_dir) if s < step]
+    hint = (f"; earlier checkpoint(s) {earlier}: pass --resume_step={earlier[-1]} to continue from one"
+            if earlier else "")
+    return ConfigError(f"{exc}{hint}")
+
+
+def _read_checkpoint_extra(out_dir: str, step: int) -> Dict[str, Any]:
+    from jaxgpt.checkpoint import CheckpointError, Checkpointer
+
+    try:
+        with Checkpointer(_checkpoint_dir(out_dir), keep_best=False, read_only=True) as ckpt:
+            return ckpt.restore_extra(step)
+    except CheckpointError as exc:
+        raise _unreadable(out_dir, step, exc) from None
+
+
+def _join_processes(cfg: TrainConfig) -> None:
+    """Multi-host: must come before anything touches the devices (checkpoint reads included)."""
+    from jaxgpt import sharding
+
+    sharding.initialize_distributed(cfg.coordinator_address or None,
+                                    cfg.num_processes if cfg.coordinator_address else None,
+                                    cfg.process_id if cfg.coordinator_address else None)
+
+
+def config_from_argv(argv) -> TrainConfig:
+    """The run's TrainConfig from a command line. With --init_from=resume the base is the run
+    options saved with the checkpoint being continued, so only what is given again changes."""
+    given = parse_given(OPTIONS, argv, "train.py", SUMMARY)
+    cfg = config_from_sources(given)
+    if cfg.init_from != "resume":
+        return cfg
+    _join_processes(cfg)
+    step = _resume_step(cfg)
+    extra = _read_checkpoint_extra(cfg.out_dir, step)
+    source = f"checkpoint {step} in {cfg.out_dir}"
+    saved = extra.get("run_config", extra.get("options"))  # "options": checkpoints before run_config existed
+    if saved is None:
+        raise ConfigError(f"{source} records no run options")
+    return config_from_sources(given, read_run_options(saved, source))
+
+
+def model_config_from_options(cfg: TrainConfig, vocab_size: int):
     from jaxgpt.config import GPTConfig
 
     return GPTConfig(
-        vocab_size=vocab_size, block_size=opts["block_size"], n_layer=opts["n_layer"],
-        n_head=opts["n_head"], n_embd=opts["n_embd"], dropout=opts["dropout"], bias=opts["bias"],
-        gelu=opts["gelu"], tie_embeddings=opts["tie_embeddings"], compute_dtype=opts["compute_dtype"],
-        attn_impl=opts["attn_impl"], remat=opts["remat"],
+        vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu, tie_embeddings=cfg.tie_embeddings,
+        compute_dtype=cfg.compute_dtype, attn_impl=cfg.attn_impl, remat=cfg.remat, pos_emb=cfg.pos_emb,
+        rope_theta=cfg.rope_theta, norm=cfg.norm, mlp=cfg.mlp, qk_norm=cfg.qk_norm, z_loss=cfg.z_loss,
     )
 
 
-def train(opts: Dict[str, Any]) -> Dict[str, Any]:
-    """Run one training job; returns a summary dict. Raises CLIError/ValueError on bad input."""
-    validate_options(opts)
+def prepare_data(cfg: TrainConfig):
+    """(corpus, prepared data) for cfg: tokenized once into the cache, reused while unchanged.
+    Shared by the trainer and bench.py."""
+    from jaxgpt import data as data_lib
+
+    cache_dir = cfg.data_dir or data_lib.default_cache_dir()
+    corpus = data_lib.resolve_corpus(cfg.dataset, cache_dir)
+    prep_dir = os.path.join(cache_dir, "prepared", f"{corpus.name}-{cfg.tokenizer}-{corpus.sha256[:12]}")
+    try:
+        prepared = data_lib.prepare(corpus, cfg.tokenizer, prep_dir,
+                                    vocab_size=cfg.bpe_vocab_size if cfg.tokenizer == "bpe" else None,
+                                    val_fraction=cfg.val_fraction)
+    except OSError as exc:
+        raise data_lib.DataError(f"cannot write prepared data under {cache_dir} (--data_dir): "
+                                 f"{exc.strerror or exc}") from None
+    return corpus, prepared
+
+
+# ---------------------------------------------------------------------- step 1: resolve the run
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    step: int
+    state: Any  # TrainState on the run's mesh
+    extra: Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedRun:
+    """Everything a run needs, validated; nothing has been written to out_dir yet."""
+    cfg: TrainConfig
+    corpus: Any
+    prepared: Any
+    model_config: Any
+    task: Any
+    mesh: Any
+    rows: slice
+    optimizer: Any
+    schedule: Callable
+    pretrained_params: Any
+    restored: Optional[Restored]
+    notes: List[str]
+
+    @property
+    def out_dir(self) -> str:
+        return self.cfg.out_dir
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return _checkpoint_dir(self.cfg.out_dir)
+
+
+def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
+    """A new run may not silently replace one that has checkpoints."""
+    steps = _checkpoint_steps(cfg.out_dir)
+    if cfg.overwrite or cfg.eval_only:
+        return
+    if not steps:
+        if os.path.exists(os.path.join(cfg.out_dir, "run_config.json")):
+            notes.append(f"note: {cfg.out_dir} held no checkpoint; starting that run over")
+        return
+    saved_path = os.path.join(cfg.out_dir, "run_config.json")
+    previous = read_run_options(load_json_object(saved_path), saved_path) if os.path.exists(saved_path) else {}
+    now = cfg.run_options()
+    differs = [f"{k}: {previous[k]!r} -> {now[k]!r}" for k in FIXED_ON_RESUME if k in previous and previous[k] != now[k]]
+    if differs:
+        raise ConfigError(f"out_dir {cfg.out_dir} holds a run of another config ({'; '.join(differs)}); "
+                          "pass --overwrite=True to replace it or choose another --out_dir")
+    raise ConfigError(f"out_dir {cfg.out_dir} already holds this run (checkpoints {steps}): pass --init_from=resume "
+                      "to continue it or --overwrite=True to start over")
+
+
+def _check_resume_compatible(cfg: TrainConfig, extra: Dict[str, Any], corpus, prepared, notes: List[str]) -> None:
+    """The data and architecture of a resumed run must be the checkpoint's: another corpus or
+    tokenizer would remap every token id, silently."""
+    saved = read_run_options(extra.get("run_config", extra.get("options", {})), f"checkpoint in {cfg.out_dir}")
+    now = cfg.run_options()
+    fixed = [f"--{k}={now[k]!r} (the run has {saved[k]!r})" for k in FIXED_ON_RESUME if k in saved and saved[k] != now[k]]
+    if fixed:
+        raise ConfigError(f"cannot resume {cfg.out_dir} with another data or architecture setting: {'; '.join(fixed)}; "
+                          "start a new --out_dir")
+    meta_path = os.path.join(cfg.out_dir, "data_meta.json")
+    meta = extra.get("data_meta") or (load_json_object(meta_path) if os.path.exists(meta_path) else {})
+    if meta.get("source_sha256") not in (None, corpus.sha256):
+        raise ConfigError(f"the corpus {corpus.source} changed since this run started (sha256 {corpus.sha256[:12]}..., "
+                          f"the run's was {meta['source_sha256'][:12]}...): resuming would remap its token ids; "
+                          "restore the original text or start a new --out_dir")
+    tok_path = os.path.join(cfg.out_dir, "tokenizer.json")
+    if os.path.exists(tok_path):
+        from jaxgpt.tokenizers import TokenizerError, load_tokenizer
+
+        try:
+            saved_tokenizer = load_tokenizer(tok_path)
+        except TokenizerError as exc:
+            raise ConfigError(f"cannot resume: {exc}") from None
+        if saved_tokenizer != prepared.tokenizer:
+            raise ConfigError(f"cannot resume: {tok_path} differs from the tokenizer of --dataset={cfg.dataset} "
+                              f"--tokenizer={cfg.tokenizer}; start a new --out_dir")
+    notes.extend(f"resume: {change}" for change in changed_run_options(saved, cfg))
+
+
+def resolve_run(cfg: TrainConfig) -> ResolvedRun:
+    """Step 1: validate and resolve everything; nothing is written to out_dir."""
     from jaxgpt import sharding
 
-    # Multi-host: must come before anything touches the devices.
-    sharding.initialize_distributed(opts["coordinator_address"] or None,
-                                    opts["num_processes"] if opts["coordinator_address"] else None,
-                                    opts["process_id"] if opts["coordinator_address"] else None)
+    notes: List[str] = []
+    check_out_dir(cfg.out_dir)
+    resuming = cfg.init_from == "resume"
+    pretrained = cfg.init_from in PRETRAINED_NAMES or (not resuming and os.path.isdir(cfg.init_from))
+    if not (resuming or pretrained or cfg.init_from == "scratch"):
+        raise ConfigError(f"--init_from must be scratch, resume, one of {list(PRETRAINED_NAMES)} or a directory; "
+                          f"got {cfg.init_from!r}")
+    if not resuming:
+        _check_fresh_start(cfg, notes)
+    step = _resume_step(cfg) if resuming else None
+    _join_processes(cfg)
+    extra = _read_checkpoint_extra(cfg.out_dir, step) if resuming else None
 
     import jax
-    import jax.numpy as jnp
 
-    from jaxgpt import checkpoint as ckpt
-    from jaxgpt import data as data_lib
-    from jaxgpt.flops import device_peak_flops, mfu
-    from jaxgpt.metrics import MetricsLog, plot_losses
-    from jaxgpt.model import GPT
     from jaxgpt.optim import lr_schedule, make_optimizer
-    from jaxgpt.train_step import TrainState, make_eval_step, make_train_step
+    from jaxgpt.tasks import language_modeling
 
-    is_main = jax.process_index() == 0
-    out_dir = opts["out_dir"]
-    _check_out_dir(opts)
-    ckpt_dir = os.path.join(out_dir, "checkpoints")
-    resuming = opts["init_from"] == "resume"
-    if resuming and not os.path.isdir(ckpt_dir):
-        raise CLIError(f"--init_from=resume but {ckpt_dir} does not exist")
-    if opts["overwrite"] and not resuming and is_main and os.path.isdir(ckpt_dir):
-        import shutil
-
-        shutil.rmtree(ckpt_dir)
-    os.makedirs(out_dir, exist_ok=True)
-
-    # ---- data ----
-    cache_dir = opts["data_dir"] or data_lib.default_cache_dir()
-    corpus = data_lib.resolve_corpus(opts["dataset"], cache_dir)
-    prep_dir = os.path.join(cache_dir, "prepared",
-                            f"{corpus.name}-{opts['tokenizer']}-{corpus.sha256[:12]}")
-    prepared = data_lib.prepare(corpus, opts["tokenizer"], prep_dir,
-                                vocab_size=opts["bpe_vocab_size"] if opts["tokenizer"] == "bpe" else None,
-                                val_fraction=opts["val_fraction"])
+    corpus, prepared = prepare_data(cfg)
+    if resuming:
+        _check_resume_compatible(cfg, extra, corpus, prepared, notes)
     tokenizer = prepared.tokenizer
-    if is_main:
-        tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-        with open(os.path.join(out_dir, "data_meta.json"), "w") as f:
-            json.dump(prepared.meta, f, indent=2)
 
-    # ---- model and optimizer ----
     pretrained_params = None
-    if opts["init_from"] in PRETRAINED_NAMES or os.path.isdir(opts["init_from"]):
+    if pretrained:
         from jaxgpt.pretrained import load_pretrained
 
-        base_cfg, pretrained_params = load_pretrained(opts["init_from"])
-        if opts["block_size"] > base_cfg.block_size:
-            raise CLIError(f"--block_size={opts['block_size']} exceeds the pretrained model's {base_cfg.block_size}")
+        base_cfg, pretrained_params = load_pretrained(cfg.init_from)
+        if cfg.block_size > base_cfg.block_size:
+            raise ConfigError(f"--block_size={cfg.block_size} exceeds the pretrained model's {base_cfg.block_size}")
         if tokenizer.vocab_size > base_cfg.vocab_size:
-            raise CLIError(f"--tokenizer={opts['tokenizer']} has {tokenizer.vocab_size} tokens but the pretrained "
-                           f"model only {base_cfg.vocab_size}: use --tokenizer=gpt2")
-        model_cfg = base_cfg.replace(dropout=opts["dropout"], compute_dtype=opts["compute_dtype"],
-                                     attn_impl=opts["attn_impl"], remat=opts["remat"])
-        for key in ("n_layer", "n_head", "n_embd", "bias", "gelu", "tie_embeddings"):
-            opts[key] = getattr(model_cfg, key)
-        if opts["block_size"] < model_cfg.block_size:  # crop learned positions, as nanoGPT does
+            raise ConfigError(f"--tokenizer={cfg.tokenizer} has {tokenizer.vocab_size} tokens but the pretrained "
+                              f"model only {base_cfg.vocab_size}: use --tokenizer=gpt2")
+        model_cfg = base_cfg.replace(dropout=cfg.dropout, compute_dtype=cfg.compute_dtype, attn_impl=cfg.attn_impl,
+                                     remat=cfg.remat, z_loss=cfg.z_loss)
+        cfg = cfg.replace(**{k: getattr(model_cfg, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
+                                                                  "tie_embeddings")})
+        if cfg.block_size < model_cfg.block_size:  # crop learned positions, as nanoGPT does
             pretrained_params = dict(pretrained_params)
-            pretrained_params["wpe"] = {"embedding": pretrained_params["wpe"]["embedding"][: opts["block_size"]]}
-            model_cfg = model_cfg.replace(block_size=opts["block_size"])
-    elif opts["init_from"] not in ("scratch", "resume"):
-        raise CLIError(f"--init_from must be scratch, resume, one of {list(PRETRAINED_NAMES)} or a directory; "
-                       f"got {opts['init_from']!r}")
+            pretrained_params["wpe"] = {"embedding": pretrained_params["wpe"]["embedding"][: cfg.block_size]}
+            model_cfg = model_cfg.replace(block_size=cfg.block_size)
     else:
-        model_cfg = model_config_from_options(opts, tokenizer.vocab_size)
+        model_cfg = model_config_from_options(cfg, tokenizer.vocab_size)
 
     for split, tokens in (("train", prepared.train), ("val", prepared.val)):
-        if len(tokens) < opts["block_size"] + 1:
-            raise CLIError(f"the {split} split has {len(tokens)} tokens, fewer than block_size+1 = "
-                           f"{opts['block_size'] + 1}: use a larger corpus or a smaller --block_size")
+        if len(tokens) < cfg.block_size + 1:
+            raise ConfigError(f"the {split} split has {len(tokens)} tokens, fewer than block_size+1 = "
+                              f"{cfg.block_size + 1}: use a larger corpus or a smaller --block_size")
 
-    model = GPT(model_cfg)
-    schedule = lr_schedule(opts["learning_rate"], opts["min_lr"], opts["warmup_iters"],
-                           opts["lr_decay_iters"], opts["decay_lr"])
-    optimizer = make_optimizer(schedule, weight_decay=opts["weight_decay"], beta1=opts["beta1"],
-                               beta2=opts["beta2"], grad_clip=opts["grad_clip"])
-
-    mesh = sharding.make_mesh(opts["dp"], opts["fsdp"], opts["tp"])
+    task = language_modeling(model_cfg, prepared, cfg.seed)
+    schedule = lr_schedule(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
+    optimizer = make_optimizer(schedule, weight_decay=cfg.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2,
+                               grad_clip=cfg.grad_clip)
+    mesh = sharding.make_mesh(cfg.dp, cfg.fsdp, cfg.tp)
     try:
-        rows = sharding.process_rows(mesh, opts["batch_size"])  # this process's rows of each global batch
+        rows = sharding.process_rows(mesh, cfg.batch_size)  # this process's rows of each global batch
     except ValueError as exc:
-        raise CLIError(f"--batch_size: {exc}") from None
-    if is_main:
-        for where in sharding.unshardable_dims(jax.eval_shape(
-                lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]), mesh):
-            print(f"note: replicated instead of sharded (size not divisible): {where}")
-    rng = jax.random.key(opts["seed"])
-    init_rng, dropout_rng, sample_rng = jax.random.split(rng, 3)
+        raise ConfigError(f"--batch_size: {exc}") from None
+    if jax.process_index() == 0:
+        abstract_params = jax.eval_shape(task.init_params, jax.random.key(0))
+        notes.extend(f"note: replicated instead of sharded (size not divisible): {where}"
+                     for where in sharding.unshardable_dims(abstract_params, mesh))
 
-    # Every process draws the same global batch from the same seed and keeps its own rows.
-    train_sampler = data_lib.BatchSampler(prepared.train, seed=opts["seed"], name="train")
-    eval_samplers = {split: data_lib.BatchSampler(tokens, seed=opts["seed"] + 1 + i, name=split)
-                     for i, (split, tokens) in enumerate((("train", prepared.train), ("val", prepared.val)))}
-
-    checkpointer = ckpt.Checkpointer(ckpt_dir, keep_last=opts["keep_checkpoints"], keep_best=True)
-    iter_num, best_val = 0, math.inf
+    restored = None
     if resuming:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise CLIError(f"--init_from=resume but {ckpt_dir} holds no checkpoint")
-        # Restored straight onto this run's mesh, whatever mesh wrote it.
-        abstract = sharding.abstract_train_state(model, optimizer, model_cfg.block_size, mesh)
-        state, extra = checkpointer.restore(abstract, step)
-        if extra.get("model_config") != model_cfg.to_dict():
-            raise CLIError(f"the checkpoint in {ckpt_dir} was trained with another model config; "
-                           "start a new --out_dir or use the same options")
-        train_sampler.load_state_dict(extra["train_sampler"])
-        for split, s in eval_samplers.items():
-            s.load_state_dict(extra["eval_samplers"][split])
-        iter_num, best_val = int(extra["iter_num"]), float(extra["best_val_loss"])
+        from jaxgpt.config import GPTConfig
+
+        try:  # from_dict: a checkpoint older than a GPTConfig field has that field's default
+            saved_model = GPTConfig.from_dict(extra.get("model_config") or {})
+        except (TypeError, ValueError):
+            saved_model = None
+        if saved_model != model_cfg:
+            raise ConfigError(f"the checkpoint in {_checkpoint_dir(cfg.out_dir)} was trained with another model config; "
+                              "start a new --out_dir or use the same options")
+        restored = _restore(cfg, step, task, optimizer, mesh)
+    return ResolvedRun(cfg, corpus, prepared, model_cfg, task, mesh, rows, optimizer, schedule, pretrained_params,
+                       restored, notes)
+
+
+def _restore(cfg: TrainConfig, step: int, task, optimizer, mesh) -> Restored:
+    """The checkpointed state, straight onto this run's mesh (whatever mesh wrote it)."""
+    from jaxgpt.checkpoint import CheckpointError, Checkpointer
+    from jaxgpt.train_step import abstract_train_state
+
+    abstract = abstract_train_state(task.init_params, optimizer, mesh)
+    try:
+        with Checkpointer(_checkpoint_dir(cfg.out_dir), keep_best=False, read_only=True) as ckpt:
+            state, extra = ckpt.restore(abstract, step)
+    except CheckpointError as exc:
+        raise _unreadable(cfg.out_dir, step, exc) from None
+    try:
+        task.batches.load_state_dict(extra)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"checkpoint {step} in {cfg.out_dir} has no usable batch-sampler state ({exc})") from None
+    return Restored(step, state, extra)
+
+
+# ------------------------------------------------------------------- step 3: start the run dir
+
+def start_run_dir(run: ResolvedRun) -> None:
+    """Under the lock: --overwrite's deletions, then the files a fresh run starts with."""
+    cfg = run.cfg
+    if run.restored is not None:  # a resumed run's files were checked in resolve_run and stay
+        later = [s for s in _checkpoint_steps(cfg.out_dir) if s > run.restored.step]
+        if later:  # --resume_step: the run goes on from there; later steps are kept aside, not deleted
+            aside = os.path.join(cfg.out_dir, "checkpoints-set-aside")
+            os.makedirs(aside, exist_ok=True)
+            for step in later:
+                os.replace(os.path.join(run.checkpoint_dir, str(step)), os.path.join(aside, f"{step}-{int(time.time())}"))
+            print(f"resume: continuing from checkpoint {run.restored.step}; later checkpoint(s) {later} moved to {aside}")
+        return
+    if cfg.overwrite:
+        removed = clear_run_files(cfg.out_dir)
+        if removed:
+            print(f"overwrite: removed {', '.join(removed)} from {cfg.out_dir}")
     else:
-        state = sharding.init_train_state(model, optimizer, mesh, init_rng, model_cfg.block_size)
-        if pretrained_params is not None:
-            shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-            params = jax.device_put(pretrained_params, shardings.params)
-            state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)),
-                            out_shardings=shardings)(params)
-    state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
+        clear_run_files(cfg.out_dir)  # a run that never checkpointed (see _check_fresh_start)
+    run.prepared.tokenizer.save(os.path.join(cfg.out_dir, "tokenizer.json"))
+    write_json_atomic(os.path.join(cfg.out_dir, "data_meta.json"), run.prepared.meta)
+    write_json_atomic(os.path.join(cfg.out_dir, "run_config.json"), cfg.run_options())
 
-    if is_main:
-        with open(os.path.join(out_dir, "run_config.json"), "w") as f:
-            json.dump(opts, f, indent=2, sort_keys=True)
 
-    train_step = sharding.compile_train_step(make_train_step(model, optimizer, schedule), mesh, state_sharding)
-    eval_loss = sharding.compile_eval_step(make_eval_step(model), mesh, state_sharding.params)
+# ------------------------------------------------------------------------- step 4: the loop
 
-    A, B, T = opts["gradient_accumulation_steps"], opts["batch_size"], opts["block_size"]
+@dataclasses.dataclass(frozen=True)
+class LoopState:
+    """What changes as the run goes, passed from step to step as a value. (The task's batch
+    samplers are the one stateful part: numpy generators, checkpointed by state_dict.)"""
+    train_state: Any
+    iter_num: int
+    best_val: float
+    last_val: float = math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    train: Callable
+    eval: Callable
+
+
+def compile_steps(run: ResolvedRun, state_sharding) -> Steps:
+    from jaxgpt import sharding
+    from jaxgpt.train_step import make_eval_step, make_train_step
+
+    train_step = sharding.compile_train_step(make_train_step(run.task.loss, run.optimizer, run.schedule),
+                                             run.mesh, state_sharding)
+    eval_step = sharding.compile_eval_step(make_eval_step(run.task.loss), run.mesh, state_sharding.params)
+    return Steps(train_step, eval_step)
+
+
+def initial_loop_state(run: ResolvedRun, rng) -> LoopState:
+    from jaxgpt.train_step import init_train_state
+
+    if run.restored is not None:
+        extra = run.restored.extra
+        return LoopState(run.restored.state, int(extra["iter_num"]), float(extra["best_val_loss"]))
+    state = init_train_state(run.task.init_params, run.optimizer, run.mesh, rng, params=run.pretrained_params)
+    return LoopState(state, 0, math.inf)
+
+
+def _global(run: ResolvedRun, batch):
+    from jaxgpt import sharding
+
+    return tuple(sharding.global_batch(run.mesh, x) for x in batch)
+
+
+def evaluate(run: ResolvedRun, steps: Steps, params) -> Dict[str, float]:
+    cfg = run.cfg
+    out = {}
+    for split in run.task.eval_splits:
+        batch = run.task.batches.eval_batch(split, cfg.eval_iters, cfg.batch_size, run.rows)
+        out[split] = float(steps.eval(params, _global(run, batch))["loss"])
+    return out
+
+
+def save_checkpoint(run: ResolvedRun, checkpointer, loop: LoopState, val_loss: float) -> None:
+    extra = {"iter_num": loop.iter_num, "best_val_loss": loop.best_val, "model_config": run.model_config.to_dict(),
+             "run_config": run.cfg.run_options(), "data_meta": run.prepared.meta, **run.task.batches.state_dict()}
+    checkpointer.save(loop.iter_num, loop.train_state, extra, val_loss=val_loss)
+    if _is_main():  # run_config.json follows the newest checkpoint (what a resume continues)
+        write_json_atomic(os.path.join(run.out_dir, "run_config.json"), run.cfg.run_options())
+
+
+def _is_main() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+class _Reporter:
+    """metrics.jsonl, loss.png, the progress bar and the eval lines (process 0 only)."""
+
+    def __init__(self, run: ResolvedRun, resume_iter: Optional[int], initial: int):
+        from jaxgpt.metrics import MetricsLog
+
+        self.run, self.active = run, _is_main()
+        self.metrics_path = os.path.join(run.out_dir, "metrics.jsonl")
+        self.log = MetricsLog(self.metrics_path, resume_iter=resume_iter) if self.active else None
+        self.bar = None
+        if self.active and run.cfg.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=run.cfg.max_iters, initial=initial, unit="it", dynamic_ncols=True)
+
+    def event(self, event: Dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(event)
+
+    def line(self, text: str) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def plot(self) -> None:
+        if not self.active:
+            return
+        from jaxgpt.metrics import plot_losses
+
+        run = self.run
+        try:
+            plot_losses(self.metrics_path, os.path.join(run.out_dir, "loss.png"),
+                        f"{run.corpus.name} / {run.cfg.tokenizer} / {run.model_config.num_params() / 1e6:.2f}M params")
+        except OSError as exc:  # a full disk: the plot is a convenience, the run goes on
+            print(f"warning: could not write loss.png: {exc.strerror or exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, report: _Reporter, dropout_rng
+             ) -> LoopState:
+    """Step 4: train to max_iters, evaluating and checkpointing every eval_interval."""
+    from jaxgpt.flops import device_peak_flops, mfu
+    import jax
+
+    cfg = run.cfg
+    A, B, T = cfg.gradient_accumulation_steps, cfg.batch_size, cfg.block_size
     tokens_per_iter = A * B * T
-    flops_per_token = model_cfg.flops_per_token(T)
-    peak_one, peak_source = device_peak_flops()
+    flops_per_token = run.model_config.flops_per_token(T)
+    peak_one, _ = device_peak_flops()
     # Simulated CPU devices share one host's cores: a CPU's peak is per process, not per device.
     peak_total = peak_one * (jax.process_count() if jax.devices()[0].platform == "cpu" else jax.device_count())
-
-    def estimate_loss() -> Dict[str, float]:
-        out = {}
-        for split, s in eval_samplers.items():
-            x, y = s.sample_accum(opts["eval_iters"], B, T, rows=rows)
-            out[split] = float(eval_loss(state.params, (sharding.global_batch(mesh, x),
-                                                        sharding.global_batch(mesh, y))))
-        return out
-
-    metrics_log = MetricsLog(os.path.join(out_dir, "metrics.jsonl"), resume_iter=iter_num if resuming else None) \
-        if is_main else None
-
-    def log(event):
-        if metrics_log is not None:
-            metrics_log.write(event)
-
-    if is_main:
-        n_params = model_cfg.num_params()
-        print(f"jaxgpt: {n_params / 1e6:.2f}M params | {corpus.name} ({opts['tokenizer']}, vocab {tokenizer.vocab_size}, "
-              f"{len(prepared.train):,} train / {len(prepared.val):,} val tokens) | mesh {dict(mesh.shape)} on "
-              f"{jax.device_count()} {jax.devices()[0].platform} device(s) | {tokens_per_iter:,} tokens/iter")
-        print(f"MFU peak: {peak_source}")
-
-    if opts["eval_only"]:
-        losses = estimate_loss()
-        if is_main:
-            print(f"eval: train {losses['train']:.4f}, val {losses['val']:.4f}")
-        return {"train_loss": losses["train"], "val_loss": losses["val"], "iters": iter_num}
-
-    progress = None
-    if is_main and opts["progress"]:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=opts["max_iters"], initial=iter_num, unit="it", dynamic_ncols=True)
-
-    def save(val_loss: Optional[float]) -> None:
-        extra = {
-            "iter_num": iter_num, "best_val_loss": best_val, "model_config": model_cfg.to_dict(),
-            "train_sampler": train_sampler.state_dict(),
-            "eval_samplers": {k: s.state_dict() for k, s in eval_samplers.items()},
-            "options": opts,
-        }
-        checkpointer.save(iter_num, state, extra, val_loss=val_loss)
-
-    t_start = time.time()
-    last_val = math.nan
-    skip_eval_at = iter_num if resuming else None  # that eval was logged before the checkpoint
+    skip_eval_at = loop.iter_num if run.restored is not None else None  # logged before the checkpoint
     t_last, tokens_since = time.time(), 0
     while True:
-        if (iter_num % opts["eval_interval"] == 0 or iter_num == opts["max_iters"]) and iter_num != skip_eval_at:
-            losses = estimate_loss()
-            last_val = losses["val"]
-            log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]})
-            if is_main:
-                line = f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                if progress is not None:
-                    progress.write(line)
-                else:
-                    print(line, flush=True)
-            improved = losses["val"] < best_val
-            best_val = min(best_val, losses["val"])
-            if iter_num > 0 and (improved or opts["always_save_checkpoint"]):
-                save(losses["val"])
-            if is_main:
-                plot_losses(os.path.join(out_dir, "metrics.jsonl"), os.path.join(out_dir, "loss.png"),
-                            f"{corpus.name} / {opts['tokenizer']} / {model_cfg.num_params() / 1e6:.2f}M params")
+        it = loop.iter_num
+        if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != skip_eval_at:
+            losses = evaluate(run, steps, loop.train_state.params)
+            report.event({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
+            report.line(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            improved = losses["val"] < loop.best_val
+            loop = dataclasses.replace(loop, best_val=min(loop.best_val, losses["val"]), last_val=losses["val"])
+            if it > 0 and (improved or cfg.always_save_checkpoint):
+                save_checkpoint(run, checkpointer, loop, losses["val"])
+            report.plot()
             t_last, tokens_since = time.time(), 0  # keep eval time out of tokens/s
-        if iter_num >= opts["max_iters"]:
-            break
-        x, y = train_sampler.sample_accum(A, B, T, rows=rows)
-        state, metrics = train_step(state, (sharding.global_batch(mesh, x), sharding.global_batch(mesh, y)),
-                                    dropout_rng)
-        iter_num += 1
+        if it >= cfg.max_iters:
+            return loop
+        batch = run.task.batches.train_batch(A, B, run.rows)
+        state, metrics = steps.train(loop.train_state, _global(run, batch), dropout_rng)
+        loop = dataclasses.replace(loop, train_state=state, iter_num=it + 1)
         tokens_since += tokens_per_iter
         loss = float(metrics["loss"])  # a host sync per step: also how NaNs are caught at their step
         if not math.isfinite(loss):
             last_good = checkpointer.latest_step()
             raise TrainingDiverged(
-                f"loss became {loss} at iteration {iter_num}; stopping. "
-                + (f"The last good checkpoint (iteration {last_good}) in {ckpt_dir} is intact."
+                f"loss became {loss} at iteration {loop.iter_num}; stopping. "
+                + (f"The last good checkpoint (iteration {last_good}) in {run.checkpoint_dir} is intact."
                    if last_good is not None else "No checkpoint was written yet."))
-        if iter_num % opts["log_interval"] == 0 or iter_num == opts["max_iters"]:
-            dt = max(time.time() - t_last, 1e-9)
-            tps = tokens_since / dt
-            event = {"iter": iter_num, "train_loss": loss, "lr": float(metrics["lr"]),
+        if loop.iter_num % cfg.log_interval == 0 or loop.iter_num == cfg.max_iters:
+            tps = tokens_since / max(time.time() - t_last, 1e-9)
+            event = {"iter": loop.iter_num, "train_loss": loss, "lr": float(metrics["lr"]),
                      "grad_norm": float(metrics["grad_norm"]), "tokens_per_sec": tps,
                      "mfu": mfu(flops_per_token, tps, peak_total)}
-            log(event)
-            if progress is not None:
-                progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{100 * event['mfu']:.1f}%")
+            report.event(event)
+            if report.bar is not None:
+                report.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{100 * event['mfu']:.1f}%")
             t_last, tokens_since = time.time(), 0
-        if progress is not None:
-            progress.update(1)
-    if progress is not None:
-        progress.close()
-    checkpointer.close()
-    elapsed = time.time() - t_start
-    summary = {"iters": iter_num, "best_val_loss": best_val, "last_val_loss": last_val, "seconds": elapsed,
-               "out_dir": out_dir}
+        if report.bar is not None:
+            report.bar.update(1)
+
+
+# ------------------------------------------------------------------------------ the whole run
+
+def _header(run: ResolvedRun) -> None:
+    import jax
+
+    from jaxgpt.flops import device_peak_flops
+
+    cfg, prepared = run.cfg, run.prepared
+    print(f"jaxgpt: {run.model_config.num_params() / 1e6:.2f}M params | {run.corpus.name} ({cfg.tokenizer}, vocab "
+          f"{prepared.tokenizer.vocab_size}, {len(prepared.train):,} train / {len(prepared.val):,} val tokens) | mesh "
+          f"{dict(run.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s) | "
+          f"{cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,} tokens/iter")
+    print(f"MFU peak: {device_peak_flops()[1]}")
+    for note in run.notes:
+        print(note)
+
+
+def train(cfg: TrainConfig) -> Dict[str, Any]:
+    """Run one training job (the steps in the module docstring); returns a summary dict."""
+    import jax
+
+    from jaxgpt.checkpoint import Checkpointer
+
+    run = resolve_run(cfg)
+    cfg = run.cfg  # with a pretrained model's architecture filled in
+    init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(cfg.seed), 3)
+    is_main = _is_main()
     if is_main:
-        print(f"done: {iter_num} iterations in {elapsed:.1f}s | best val loss {best_val:.4f} | "
-              f"checkpoints, metrics.jsonl and loss.png in {out_dir}")
-        if opts["num_samples"] > 0 and opts["sample_tokens"] > 0:
-            summary["samples"] = _print_samples(model_cfg, state.params, tokenizer, opts, sample_rng)
+        _header(run)
+    if cfg.eval_only:  # reads only: no lock, nothing written
+        loop = initial_loop_state(run, init_rng)
+        steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
+        losses = evaluate(run, steps, loop.train_state.params)
+        if is_main:
+            print(f"eval: train {losses['train']:.4f}, val {losses['val']:.4f}")
+        return {"train_loss": losses["train"], "val_loss": losses["val"], "iters": loop.iter_num}
+
+    lock = RunDirLock(cfg.out_dir)
+    if is_main:
+        lock.acquire()
+    try:
+        if is_main:
+            start_run_dir(run)
+        loop = initial_loop_state(run, init_rng)
+        steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
+        report = _Reporter(run, resume_iter=loop.iter_num if run.restored is not None else None,
+                           initial=loop.iter_num)
+        t_start = time.time()
+        try:
+            with Checkpointer(run.checkpoint_dir, keep_last=cfg.keep_checkpoints, keep_best=True) as checkpointer:
+                loop = run_loop(run, steps, loop, checkpointer, report, dropout_rng)
+        finally:
+            report.close()
+        elapsed = time.time() - t_start
+    except BaseException:
+        if is_main and not _checkpoint_steps(cfg.out_dir):
+            lock.remove_created_dir()  # a new run that failed before its first checkpoint leaves nothing
+        raise
+    finally:
+        lock.release()
+
+    summary = {"iters": loop.iter_num, "best_val_loss": loop.best_val, "last_val_loss": loop.last_val,
+               "seconds": elapsed, "out_dir": cfg.out_dir}
+    if is_main:
+        print(f"done: {loop.iter_num} iterations in {elapsed:.1f}s | best val loss {loop.best_val:.4f} | "
+              f"checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")
+        if cfg.num_samples > 0 and cfg.sample_tokens > 0:
+            summary["samples"] = _print_samples(run, loop.train_state.params, sample_rng)
     return summary
 
 
-def _print_samples(model_cfg, params, tokenizer, opts, rng):
+def _print_samples(run: ResolvedRun, params, rng) -> List[str]:
     import jax
 
     from jaxgpt.sampling import generate
 
+    tokenizer, cfg = run.prepared.tokenizer, run.cfg
     start = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
-    prompt = np.array([start] * opts["num_samples"], dtype=np.int32)
-    params = jax.device_get(params)
-    out = generate(model_cfg, params, prompt, opts["sample_tokens"], rng=rng, temperature=0.8, top_k=200)
+    prompt = np.array([start] * cfg.num_samples, dtype=np.int32)
+    out = generate(run.model_config, jax.device_get(params), prompt, cfg.sample_tokens, rng=rng, temperature=0.8,
+                   top_k=200)
     texts = []
     for row in np.asarray(out):
-        text = tokenizer.decode([int(t) for t in row[len(start):]])
-        texts.append(text)
+        texts.append(tokenizer.decode([int(t) for t in row[len(start):]]))
         print("-" * 40)
-        print(text)
+        print(texts[-1])
     print("-" * 40)
     return texts

@@ -37,7 +37,8 @@ from jaxgpt import sharding as sh  # noqa: E402
 from jaxgpt.config import GPTConfig  # noqa: E402
 from jaxgpt.model import GPT  # noqa: E402
 from jaxgpt.optim import make_optimizer  # noqa: E402
-from jaxgpt.train_step import make_eval_step, make_train_step  # noqa: E402
+from jaxgpt.tasks import lm_loss, model_init  # noqa: E402
+from jaxgpt.train_step import abstract_train_state, init_train_state, make_eval_step, make_train_step  # noqa: E402
 
 # Tiny but with every kind of parameter; every sharded dim divisible by 8 (vocab, D, 4D, heads).
 # Dropout on (its random bits must not depend on the sharding) and A=2 gradient accumulation.
@@ -65,12 +66,12 @@ def train(config: GPTConfig, mesh, data: np.ndarray, snapshot_at: int | None = N
     model = GPT(config)
     optimizer = make_optimizer(LR, weight_decay=0.1, grad_clip=1.0)
     if initial_state is None:
-        state = sh.init_train_state(model, optimizer, mesh, jax.random.PRNGKey(0), config.block_size)
+        state = init_train_state(model_init(model), optimizer, mesh, jax.random.PRNGKey(0))
         shardings = sh.state_shardings(mesh, jax.eval_shape(lambda s: s, state))
     else:
         shardings = sh.state_shardings(mesh, initial_state)
         state = jax.device_put(initial_state, shardings)
-    step_fn = sh.compile_train_step(make_train_step(model, optimizer), mesh, shardings)
+    step_fn = sh.compile_train_step(make_train_step(lm_loss(model), optimizer), mesh, shardings)
     rows = sh.process_rows(mesh, BATCH)
     rng = sh.replicate(mesh, jax.random.PRNGKey(1))
     losses, snapshot, first = [], None, None
@@ -142,7 +143,8 @@ def run_meshes(out_dir: str) -> None:
     np.savez(os.path.join(out_dir, f"base_params_step{MP_STEPS}.npz"), **snapshot)
     losses, base_state, _, _, _ = train(BASE, one, data_a2, initial_state=init_host)
     result["losses"]["a2/1"] = losses
-    eval_loss = make_eval_step(GPT(BASE))
+    eval_step = make_eval_step(lm_loss(GPT(BASE)))
+    eval_loss = lambda params, batch: eval_step(params, batch)["loss"]  # noqa: E731
     eval_batch = make_data(BASE, 2, 1, seed=2)[0]  # (N=2, B, T+1)
     eval_x, eval_y = eval_batch[..., :-1], eval_batch[..., 1:]
     result["eval"] = {"1": float(jax.jit(eval_loss)(base_state.params, (eval_x, eval_y)))}
@@ -175,7 +177,7 @@ def run_meshes(out_dir: str) -> None:
     np.savez(os.path.join(out_dir, "fsdp_params.npz"), **host_params(fsdp_state.params))
     result["restore"] = {}
     for name, mesh in (("dp2tp4", sh.make_mesh(2, 1, 4)), ("1", one)):
-        target = sh.abstract_train_state(GPT(BASE), make_optimizer(LR), BASE.block_size, mesh)
+        target = abstract_train_state(model_init(GPT(BASE)), make_optimizer(LR), mesh)
         target_shardings = jax.tree_util.tree_map(lambda a: a.sharding, target)
         with Checkpointer(ckpt_dir) as ckpt:
             restored, extra = ckpt.restore(target)

@@ -27,6 +27,8 @@ from jaxgpt.checkpoint import load_inference_params
 from jaxgpt.config import GPTConfig
 from jaxgpt.model import GPT
 from jaxgpt.optim import make_optimizer
+from jaxgpt.tasks import model_init
+from jaxgpt.train_step import abstract_train_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -137,7 +139,7 @@ def test_non_divisible_dims_are_replicated():
 def test_optimizer_state_follows_its_parameter():
     model, optimizer = GPT(UNTIED), make_optimizer(1e-3)
     mesh = sh.make_mesh(devices=jax.devices()[:1])
-    abstract = sh.abstract_train_state(model, optimizer, UNTIED.block_size, mesh)
+    abstract = abstract_train_state(model_init(model), optimizer, mesh)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(
         lambda a: isinstance(a, jax.ShapeDtypeStruct) and a.sharding.mesh == mesh, abstract))
     flat = {sh._path_str(p): a.sharding.spec

@@ -14,11 +14,11 @@ import pytest
 
 from jaxgpt import GPT, GPTConfig
 from jaxgpt.checkpoint import Checkpointer
-from jaxgpt.cli import parse_args
 from jaxgpt.metrics import read_metrics
 from jaxgpt.optim import lr_schedule, make_optimizer
+from jaxgpt.tasks import lm_loss
 from jaxgpt.train_step import create_train_state, make_eval_step, make_train_step
-from jaxgpt.trainer import OPTIONS, TrainingDiverged, train
+from jaxgpt.trainer import OPTIONS, TrainingDiverged, config_from_argv, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
 
 
 def tiny_opts(tmp_path, *extra):
-    return parse_args(OPTIONS, [f"--out_dir={tmp_path / 'run'}", *TINY, *extra])
+    return config_from_argv([f"--out_dir={tmp_path / 'run'}", *TINY, *extra])
 
 
 def run_cli(script, *args, timeout=300):
@@ -48,14 +48,14 @@ def test_train_step_decreases_loss():
     params = model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"]
     optimizer = make_optimizer(lr_schedule(3e-3, 3e-4, 2, 50), weight_decay=0.1, grad_clip=1.0)
     state = create_train_state(params, optimizer)
-    step = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
-    eval_loss = jax.jit(make_eval_step(model))
+    step = jax.jit(make_train_step(lm_loss(model), optimizer), donate_argnums=0)
+    eval_loss = jax.jit(make_eval_step(lm_loss(model)))
     tokens = np.random.default_rng(0).integers(0, 64, (2, 4, 17))  # 2 accumulation micro-steps
     batch = (jnp.asarray(tokens[..., :-1]), jnp.asarray(tokens[..., 1:]))
-    before = float(eval_loss(state.params, batch))
+    before = float(eval_loss(state.params, batch)["loss"])
     for _ in range(20):
         state, metrics = step(state, batch, jax.random.key(1))
-    after = float(eval_loss(state.params, batch))
+    after = float(eval_loss(state.params, batch)["loss"])
     assert int(state.step) == 20
     assert np.isfinite(float(metrics["grad_norm"]))
     assert after < before - 0.5, (before, after)
@@ -66,7 +66,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     model = GPT(cfg)
     params = model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"]
     optimizer = make_optimizer(1e-3, grad_clip=0.0)
-    step = jax.jit(make_train_step(model, optimizer))
+    step = jax.jit(make_train_step(lm_loss(model), optimizer))
     tokens = np.random.default_rng(1).integers(0, 64, (4, 2, 17))
     x, y = tokens[..., :-1], tokens[..., 1:]
     accum, m_accum = step(create_train_state(params, optimizer), (x, y), jax.random.key(0))
@@ -100,7 +100,7 @@ def test_kill_and_resume_continues_exactly(tmp_path, corpus_path):
     # Also the same-seed check: the reference and the killed run are separate processes.
     common = [*TINY, f"--dataset={corpus_path}", "--dropout=0.1", "--num_samples=0"]
     reference = tmp_path / "reference"
-    train(parse_args(OPTIONS, [f"--out_dir={reference}", *common, "--max_iters=40"]))
+    train(config_from_argv([f"--out_dir={reference}", *common, "--max_iters=40"]))
 
     # The same run, made long and killed with SIGKILL once a checkpoint exists.
     killed = tmp_path / "killed"
@@ -132,8 +132,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus_path, monkeyp
 
     real = train_step_lib.make_train_step
 
-    def poisoned(model, optimizer, schedule=None):
-        step = real(model, optimizer, schedule)
+    def poisoned(loss_fn, optimizer, schedule=None):
+        step = real(loss_fn, optimizer, schedule)
 
         def wrapped(state, batch, rng):
             new_state, metrics = step(state, batch, rng)

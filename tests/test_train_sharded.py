@@ -5,8 +5,7 @@ import socket
 import subprocess
 import sys
 
-from jaxgpt.cli import parse_args
-from jaxgpt.trainer import OPTIONS, train
+from jaxgpt.trainer import config_from_argv, train
 from test_train import REPO, TINY, loss_events
 
 RUN = [*TINY, "--n_head=4", "--batch_size=8", "--max_iters=20", "--num_samples=0", "--dropout=0.1"]
@@ -26,7 +25,7 @@ def _free_port() -> int:
 
 def test_mesh_and_multi_process_runs_match_one_device(tmp_path, corpus_path):
     args = [*RUN, f"--dataset={corpus_path}"]
-    train(parse_args(OPTIONS, [f"--out_dir={tmp_path / 'single'}", *args]))
+    train(config_from_argv([f"--out_dir={tmp_path / 'single'}", *args]))
     reference = loss_events(tmp_path / "single" / "metrics.jsonl")
 
     # One process, 8 simulated devices, all three axes in use.
