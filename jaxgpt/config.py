@@ -52,6 +52,16 @@ class GPTConfig:
                      z_loss * mean(logsumexp(logits)^2) over the counted targets (1e-4 in PaLM).
                      Applied in the loss, not the forward pass: the training step must pass it on as
                      model.cross_entropy_loss(logits, targets, z_loss=config.z_loss).
+
+    Maximal update parametrization (muP, Yang et al. 2022, "Tensor Programs V"; the conventions of
+    microsoft/mup's MuReadout / MuAdam), so that a learning rate tuned at a small width transfers
+    to larger widths under AdamW. Off by default: GPT-2's numbers are unchanged bit for bit.
+    mup:             use muP (attention scale, readout multiplier, init; see jaxgpt.model). The
+                     per-layer learning rates live in the optimizer: jaxgpt.optim.mup_lr_scales.
+    mup_base_width:  the width d_base at which muP equals this (standard) parametrization; needed
+                     (> 0) when mup is on. Width multiplier m = n_embd / mup_base_width
+                     (mup_width_mult). Widths are compared at the same n_head: the head width at the
+                     base is K_base = mup_base_width / n_head.
     """
 
     vocab_size: int = 50304
@@ -73,6 +83,8 @@ class GPTConfig:
     mlp: str = "gelu"
     qk_norm: bool = False
     z_loss: float = 0.0
+    mup: bool = False
+    mup_base_width: int = 0
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -101,7 +113,7 @@ class GPTConfig:
         for name, kinds in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
             if getattr(self, name) not in kinds:
                 raise ValueError(f"GPTConfig.{name} must be one of {kinds}, got {getattr(self, name)!r}")
-        for name in ("bias", "tie_embeddings", "remat", "qk_norm"):
+        for name in ("bias", "tie_embeddings", "remat", "qk_norm", "mup"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if not (isinstance(self.layer_norm_eps, float) and self.layer_norm_eps > 0):
@@ -119,6 +131,12 @@ class GPTConfig:
             math.isfinite(self.z_loss) and self.z_loss >= 0
         ):
             raise ValueError(f"GPTConfig.z_loss must be a finite number >= 0, got {self.z_loss!r}")
+        base = self.mup_base_width
+        if isinstance(base, bool) or not isinstance(base, int) or base < 0:
+            raise ValueError(f"GPTConfig.mup_base_width must be a non-negative integer, got {base!r}")
+        if self.mup and base == 0:
+            raise ValueError(f"GPTConfig.mup_base_width must be a positive integer when mup=True "
+                             f"(the width where muP equals standard parametrization), got {base!r}")
 
     @property
     def head_dim(self) -> int:
@@ -129,9 +147,33 @@ class GPTConfig:
         """Hidden width F of the MLP. gelu: 4D (GPT-2). swiglu: 8D/3 rounded up to a multiple of
         SWIGLU_MULTIPLE (64), Llama's rule: three D x F matrices instead of two D x 4D keep the MLP's
         parameters and FLOPs at (or just above, by the rounding) GPT-2's 8 D^2 per layer."""
-        if self.mlp == "gelu":
-            return 4 * self.n_embd
-        return SWIGLU_MULTIPLE * -(-8 * self.n_embd // (3 * SWIGLU_MULTIPLE))
+        return _mlp_hidden_dim(self.mlp, self.n_embd)
+
+    # muP multipliers (jaxgpt.model, jaxgpt.torch_twin, jaxgpt.optim). All are 1 (and the attention
+    # scale 1/sqrt(K)) when mup is off, and equal those values at n_embd == mup_base_width.
+    @property
+    def mup_width_mult(self) -> float:
+        """m = n_embd / mup_base_width: the fan-in multiplier of every D-input matrix (1.0 off muP)."""
+        return self.n_embd / self.mup_base_width if self.mup else 1.0
+
+    @property
+    def mup_mlp_width_mult(self) -> float:
+        """F / F_base: the fan-in multiplier of the MLP's output projection c_proj (input width F).
+        Exactly m for mlp="gelu" (F = 4D); for "swiglu" F is rounded to a multiple of 64, so this
+        is F / F_base with F_base the hidden width at n_embd = mup_base_width."""
+        if not self.mup:
+            return 1.0
+        return self.mlp_hidden_dim / _mlp_hidden_dim(self.mlp, self.mup_base_width)
+
+    @property
+    def mup_attn_scale(self) -> float:
+        """Attention-logit scale: 1/sqrt(K) off muP; sqrt(K_base) / K under muP (K_base =
+        mup_base_width / n_head), i.e. 1/K up to a width-independent constant, equal to 1/sqrt(K)
+        at the base width."""
+        K = self.head_dim
+        if not self.mup:
+            return 1.0 / math.sqrt(K)
+        return math.sqrt(self.mup_base_width / self.n_head) / K
 
     @property
     def dtype(self):
@@ -179,6 +221,12 @@ class GPTConfig:
         is not counted, as in PaLM; norm scales and biases enter 6N like in nanoGPT's estimate."""
         t = seq_len or self.block_size
         return 6 * self.num_params() + 12 * self.n_layer * self.n_embd * t
+
+
+def _mlp_hidden_dim(mlp: str, n_embd: int) -> int:
+    if mlp == "gelu":
+        return 4 * n_embd
+    return SWIGLU_MULTIPLE * -(-8 * n_embd // (3 * SWIGLU_MULTIPLE))
 
 
 def param_count(params) -> int:

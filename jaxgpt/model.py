@@ -17,6 +17,31 @@ Param tree (names follow nanoGPT/GPT-2 so weights map one to one):
     ln_f                            lm_head kernel (D, V), bias (V,)  (untied only)
 Biases exist iff config.bias. With norm="rmsnorm" every ln_* holds a scale (D,) only.
 Keeping heads as their own axis lets tensor parallelism shard whole heads.
+
+muP (config.mup; Yang et al. 2022, "Tensor Programs V", Table 3 for Adam, with microsoft/mup's
+MuReadout / MuSharedReadout / MuAdam conventions). m = config.mup_width_mult = n_embd / mup_base_width;
+at m = 1 every choice below is GPT-2's (standard parametrization, SP), so a base model tuned in SP
+is the muP model at its base width. The param tree is the same as in SP.
+  - Attention logits: q.k * sqrt(K_base) / K instead of q.k / sqrt(K) (config.mup_attn_scale;
+    K_base = mup_base_width / n_head). After training q and k are correlated, so q.k grows like K:
+    1/K keeps the logits O(1) as the head width grows. The sqrt(K_base) constant (rather than
+    microsoft/mup's attn_mult or a fixed 8/K) makes it exactly 1/sqrt(K) at the base width.
+  - Readout: the final hidden state is multiplied by 1/m before the output head (MuReadout's
+    `x * output_mult / width_mult`, output_mult = 1; an untied head's bias is not scaled, as there).
+    With tied embeddings this applies only to the head use of wte (MuSharedReadout): the embedding
+    itself keeps its input-layer parametrization. The untied head keeps GPT-2's N(0, 0.02) init,
+    not zero init (microsoft/mup's readout_zero_init is an allowed special case, left off so tied
+    and untied heads start alike); with the 1/m multiplier its effective variance is
+    0.02^2 / m^2, i.e. ~ 1/fan_in^2 as muP wants for the output layer.
+  - Init: hidden matrices (c_attn, attn c_proj, c_fc, c_gate, mlp c_proj: both dimensions grow
+    with width) get std sigma / sqrt(fan_in / fan_in_base), i.e. variance ~ 1/fan_in, equal to
+    GPT-2's sigma at the base width (sigma = 0.02; fan_in multiplier m, or F / F_base for the MLP's
+    c_proj). Embeddings (wte, wpe), biases and norm scales keep their width-independent init. The
+    residual projections' GPT-2 factor 1/sqrt(2 n_layer) is a depth correction, independent of
+    width: it multiplies the muP std unchanged (std = 0.02 / sqrt(2 n_layer) / sqrt(fan_in mult)),
+    so it is the same relative correction at every width and transfers with the base model.
+  - Learning rates: not here but in the optimizer (jaxgpt.optim.mup_lr_scales: hidden matrices
+    lr / m, everything vector-like lr).
 """
 
 from __future__ import annotations
@@ -90,10 +115,18 @@ def _masked_softmax(scores_BHTS: jax.Array, mask_B1TS: jax.Array) -> jax.Array:
     return jax.nn.softmax(jnp.where(mask_B1TS, scores_BHTS, jnp.finfo(jnp.float32).min), axis=-1)
 
 
-def _explicit_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, dropout, deterministic: bool):
-    """softmax(q k^T / sqrt(K)) v with float32 scores (causal when mask_B1TS is None)."""
+def _scale_scores(scores, K: int, scale: Optional[float]):
+    """scores / sqrt(K) (GPT-2, scale None: the exact division of the original code) or scores * scale."""
+    return scores / math.sqrt(K) if scale is None else scores * scale
+
+
+def _explicit_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, dropout, deterministic: bool,
+                        scale: Optional[float] = None):
+    """softmax(q k^T / sqrt(K)) v with float32 scores (causal when mask_B1TS is None); with a
+    scale (muP), softmax(q k^T * scale) v."""
     T, K = q_BTHK.shape[1], q_BTHK.shape[3]
-    scores_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32) / math.sqrt(K)
+    scores_BHTS = _scale_scores(
+        jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32), K, scale)
     if mask_B1TS is None:
         mask_B1TS = jnp.tril(jnp.ones((T, k_BSHK.shape[1]), dtype=bool))[None, None]
     probs_BHTS = _masked_softmax(scores_BHTS, mask_B1TS)
@@ -102,7 +135,8 @@ def _explicit_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, dropout, deterministi
     return jnp.einsum("bhts,bshk->bthk", probs_BHTS.astype(v_BSHK.dtype), v_BSHK)
 
 
-def _cached_attention(q_BTHK, k_BTHK, v_BTHK, kv_cache, cache_index, mask_B1TS, dtype):
+def _cached_attention(q_BTHK, k_BTHK, v_BTHK, kv_cache, cache_index, mask_B1TS, dtype,
+                      scale: Optional[float] = None):
     """Write this call's keys and values to cache slots [cache_index, cache_index + T), then attend
     over the whole cache; mask_B1TS hides the slots each query may not see. Returns (y, cache)."""
     B, T, H, K = q_BTHK.shape
@@ -118,12 +152,18 @@ def _cached_attention(q_BTHK, k_BTHK, v_BTHK, kv_cache, cache_index, mask_B1TS, 
     start = (0, cache_index, 0)
     k_cache_NSK = jax.lax.dynamic_update_slice(k_cache_NSK, merge_heads(k_BTHK, k_cache_NSK.dtype), start)
     v_cache_NSK = jax.lax.dynamic_update_slice(v_cache_NSK, merge_heads(v_BTHK, v_cache_NSK.dtype), start)
-    scores_NTS = jnp.einsum("ntk,nsk->nts", merge_heads(q_BTHK, dtype), k_cache_NSK.astype(dtype),
-                            preferred_element_type=jnp.float32) / math.sqrt(K)
+    scores_NTS = _scale_scores(jnp.einsum("ntk,nsk->nts", merge_heads(q_BTHK, dtype), k_cache_NSK.astype(dtype),
+                                          preferred_element_type=jnp.float32), K, scale)
     probs_NTS = _masked_softmax(scores_NTS.reshape(B, H, T, S), mask_B1TS).reshape(N, T, S)
     y_NTK = jnp.einsum("nts,nsk->ntk", probs_NTS.astype(dtype), v_cache_NSK.astype(dtype))
     y_BTHK = y_NTK.reshape(B, H, T, K).transpose(0, 2, 1, 3)
     return y_BTHK, (k_cache_NSK, v_cache_NSK)
+
+
+def _hidden_init(cfg: GPTConfig, std: float, fan_in_mult: float):
+    """N(0, std^2) for a hidden matrix; under muP std / sqrt(fan_in_mult) (variance ~ 1/fan_in,
+    std itself at the base width). GPT-2 (mup off): exactly std."""
+    return _normal(std / math.sqrt(fan_in_mult) if cfg.mup else std)
 
 
 class CausalSelfAttention(nn.Module):
@@ -142,9 +182,11 @@ class CausalSelfAttention(nn.Module):
         cfg = self.config
         B, T, D = x_BTD.shape
         H, K = cfg.n_head, cfg.head_dim
+        # muP: 1/K attention (sqrt(K_base)/K, see the module docstring); None keeps GPT-2's 1/sqrt(K).
+        scale = cfg.mup_attn_scale if cfg.mup else None
         qkv_BT3HK = nn.DenseGeneral(
             features=(3, H, K), use_bias=cfg.bias, dtype=cfg.dtype,
-            kernel_init=_normal(_STD), name="c_attn",
+            kernel_init=_hidden_init(cfg, _STD, cfg.mup_width_mult), name="c_attn",
         )(x_BTD)
         q_BTHK, k_BTHK, v_BTHK = qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], qkv_BT3HK[:, :, 2]
         if cfg.qk_norm:  # per head over K, one (K,) scale per layer; before the rotation
@@ -158,20 +200,20 @@ class CausalSelfAttention(nn.Module):
         new_cache = None
         if kv_cache is not None:
             y_BTHK, new_cache = _cached_attention(q_BTHK, k_BTHK, v_BTHK, kv_cache, cache_index,
-                                                  mask_B1TS, cfg.dtype)
+                                                  mask_B1TS, cfg.dtype, scale)
         elif cfg.attn_impl == "dot_product_attention" and not attn_dropout:
             # is_causal lets XLA/cuDNN pick a fused causal kernel when no explicit mask is needed.
             y_BTHK = jax.nn.dot_product_attention(
-                q_BTHK, k_BTHK, v_BTHK, mask=mask_B1TS, is_causal=mask_B1TS is None
+                q_BTHK, k_BTHK, v_BTHK, mask=mask_B1TS, is_causal=mask_B1TS is None, scale=scale
             )
         else:
             # The textbook path; also used whenever attention dropout is active, which
             # jax.nn.dot_product_attention does not offer.
-            y_BTHK = _explicit_attention(q_BTHK, k_BTHK, v_BTHK, mask_B1TS, dropout, deterministic)
+            y_BTHK = _explicit_attention(q_BTHK, k_BTHK, v_BTHK, mask_B1TS, dropout, deterministic, scale)
 
         y_BTD = nn.DenseGeneral(
             features=D, axis=(-2, -1), use_bias=cfg.bias, dtype=cfg.dtype,
-            kernel_init=_normal(_STD / math.sqrt(2 * cfg.n_layer)), name="c_proj",
+            kernel_init=_hidden_init(cfg, _STD / math.sqrt(2 * cfg.n_layer), cfg.mup_width_mult), name="c_proj",
         )(y_BTHK)
         y_BTD = nn.Dropout(cfg.dropout, name="resid_dropout")(y_BTD, deterministic=deterministic)
         return y_BTD, new_cache
@@ -190,15 +232,16 @@ class MLP(nn.Module):
         F = cfg.mlp_hidden_dim
         x_MD = x_BTD.reshape(B * T, D)
         h_MF = nn.Dense(F, use_bias=cfg.bias, dtype=cfg.dtype,
-                        kernel_init=_normal(_STD), name="c_fc")(x_MD)
+                        kernel_init=_hidden_init(cfg, _STD, cfg.mup_width_mult), name="c_fc")(x_MD)
         if cfg.mlp == "swiglu":  # c_proj(silu(c_gate(x)) * c_fc(x))
             gate_MF = nn.Dense(F, use_bias=cfg.bias, dtype=cfg.dtype,
-                               kernel_init=_normal(_STD), name="c_gate")(x_MD)
+                               kernel_init=_hidden_init(cfg, _STD, cfg.mup_width_mult), name="c_gate")(x_MD)
             h_MF = nn.silu(gate_MF) * h_MF
         else:
             h_MF = nn.gelu(h_MF, approximate=cfg.gelu == "tanh")
         y_MD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
-                        kernel_init=_normal(_STD / math.sqrt(2 * cfg.n_layer)), name="c_proj")(h_MF)
+                        kernel_init=_hidden_init(cfg, _STD / math.sqrt(2 * cfg.n_layer), cfg.mup_mlp_width_mult),
+                        name="c_proj")(h_MF)
         y_BTD = y_MD.reshape(B, T, D)
         return nn.Dropout(cfg.dropout, name="resid_dropout")(y_BTD, deterministic=deterministic)
 
@@ -273,6 +316,8 @@ class GPT(nn.Module):
             x_BTD, new_cache = block(x_BTD, mask_B1TS, deterministic, layer_cache, cache_index, rope)
             new_caches.append(new_cache)
         x_BTD = self.ln_f(x_BTD)
+        if cfg.mup:  # muP readout multiplier 1/m on the head's input (MuReadout / MuSharedReadout)
+            x_BTD = x_BTD * jnp.asarray(1.0 / cfg.mup_width_mult, x_BTD.dtype)
         if cfg.tie_embeddings:
             # Head in the compute dtype with float32 accumulation and float32 logits.
             emb_VD = self.wte.embedding.astype(cfg.dtype)

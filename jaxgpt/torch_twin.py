@@ -11,6 +11,11 @@ The architecture switches of GPTConfig are built the usual torch way too: pos_em
 Hugging Face's Llama (an inv_freq buffer, cat(freqs, freqs), rotate_half: the half-split
 convention), norm="rmsnorm" and qk_norm with nn.RMSNorm, mlp="swiglu" as
 c_proj(F.silu(c_gate(x)) * c_fc(x)), and config.z_loss in forward's loss.
+
+muP (config.mup) the way microsoft/mup does it in torch: `scale=` of F.scaled_dot_product_attention
+(sqrt(K_base) / K), the final hidden state times 1/m before lm_head (MuReadout; MuSharedReadout
+when tied), and hidden Linear weights initialized with std / sqrt(fan_in / fan_in_base). See
+jaxgpt.model's docstring for the reasons.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class CausalSelfAttention(nn.Module):
             self.q_norm = nn.RMSNorm(config.head_dim, eps=config.layer_norm_eps)
             self.k_norm = nn.RMSNorm(config.head_dim, eps=config.layer_norm_eps)
         self.qk_norm = config.qk_norm
+        self.attn_scale = config.mup_attn_scale if config.mup else None  # None: SDPA's 1/sqrt(K)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -85,7 +91,7 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary_pos_emb(q, *rope), apply_rotary_pos_emb(k, *rope)
         if kv_cache is None:
             y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=self.attn_scale
             )
         else:
             k_cache, v_cache = kv_cache
@@ -93,12 +99,12 @@ class CausalSelfAttention(nn.Module):
             v_cache[:, :, start:start + T] = v
             k, v = k_cache[:, :, :start + T], v_cache[:, :, :start + T]
             if start == 0:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.attn_scale)
             elif T == 1:  # the new token sees every cached one
-                y = F.scaled_dot_product_attention(q, k, v)
+                y = F.scaled_dot_product_attention(q, k, v, scale=self.attn_scale)
             else:  # query i sits at slot start + i
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.attn_scale)
         y = y.transpose(1, 2).contiguous().view(B, T, D)
         return self.resid_dropout(self.c_proj(y))
 
@@ -162,6 +168,12 @@ class TorchGPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2's scaled init of residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.mup:  # hidden matrices: std / sqrt(fan_in mult), variance ~ 1/fan_in
+            for name, p in self.named_parameters():
+                if name.startswith("transformer.h.") and name.endswith(".weight") and p.dim() == 2:
+                    mult = config.mup_mlp_width_mult if name.endswith("mlp.c_proj.weight") else config.mup_width_mult
+                    with torch.no_grad():
+                        p.div_(math.sqrt(mult))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -189,7 +201,10 @@ class TorchGPT(nn.Module):
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if kv_caches is None else kv_caches[i], start, rope)
-        return self.lm_head(self.transformer.ln_f(x))
+        x = self.transformer.ln_f(x)
+        if self.config.mup:  # MuReadout: output_mult * x / width_mult, before the (tied) head
+            x = x * (1.0 / self.config.mup_width_mult)
+        return self.lm_head(x)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
         """(B, T) token ids -> (logits (B, T, V), mean cross-entropy over targets != -1, or None).
