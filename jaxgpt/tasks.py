@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxgpt.config import GPTConfig
-from jaxgpt.data import BatchSampler, PreparedData
+from jaxgpt.data import PreparedData
+from jaxgpt.shards import batch_sampler
 from jaxgpt.model import GPT, cross_entropy_loss
 from jaxgpt.train_step import LossFn
 
@@ -63,13 +64,14 @@ def lm_loss(model: GPT) -> LossFn:
 
 
 class LMBatches:
-    """Random windows of the prepared token streams (BatchSampler), one generator per split.
+    """Random windows of the prepared token streams (BatchSampler, or its sharded form for a
+    `python -m jaxgpt.shards` store), one generator per split.
     Every process draws the same global batch from the same seed and keeps its own rows."""
 
     def __init__(self, data: PreparedData, seed: int, block_size: int):
         self.block_size = block_size
-        self.train = BatchSampler(data.train, seed=seed, name="train")
-        self.evals = {split: BatchSampler(tokens, seed=seed + 1 + i, name=split)
+        self.train = batch_sampler(data.train, seed=seed, name="train")
+        self.evals = {split: batch_sampler(tokens, seed=seed + 1 + i, name=split)
                       for i, (split, tokens) in enumerate((("train", data.train), ("val", data.val)))}
 
     def train_batch(self, accum_steps: int, batch_size: int, rows: slice):
