@@ -81,6 +81,9 @@ class TrainConfig:
     mlp: str = _field("gelu", "gelu (4D hidden) | swiglu (8D/3 hidden, rounded up to 64)", choices=("gelu", "swiglu"))
     qk_norm: bool = _field(False, "RMS-normalize queries and keys per head")
     z_loss: float = _field(0.0, "PaLM's z-loss coefficient (training loss only; 1e-4 in PaLM)")
+    mup: bool = _field(False, "maximal update parametrization (needs mup_base_width): an lr tuned at the base "
+                              "width transfers to wider models")
+    mup_base_width: int = _field(0, "with mup: the width at which muP equals the standard parametrization")
     # ---- optimizer
     learning_rate: float = _field(1e-3, "peak learning rate")
     max_iters: int = _field(1000, "optimizer updates in total")
@@ -133,6 +136,9 @@ class TrainConfig:
         need(self.dataset != "", "--dataset must not be empty")
         need(self.resume_step is None or self.resume_step >= 0, f"--resume_step must be >= 0, got {self.resume_step}")
         need(self.resume_step is None or self.init_from == "resume", "--resume_step needs --init_from=resume")
+        need(self.mup_base_width >= 0, f"--mup_base_width must be >= 0, got {self.mup_base_width}")
+        need(not self.mup or self.mup_base_width > 0,
+             "--mup=True needs --mup_base_width=W, the width whose tuned learning rate transfers")
         need(not (self.overwrite and self.init_from == "resume"),
              "--overwrite=True and --init_from=resume contradict each other: pick one")
 
@@ -158,7 +164,7 @@ INVOCATION_KEYS: Tuple[str, ...] = tuple(k for k in OPTIONS if k not in RUN_KEYS
 # Run options a resume may not change: they decide the data's token ids and the parameters' shapes.
 FIXED_ON_RESUME: Tuple[str, ...] = ("dataset", "tokenizer", "bpe_vocab_size", "val_fraction", "n_layer", "n_head",
                                     "n_embd", "block_size", "bias", "gelu", "tie_embeddings", "pos_emb", "rope_theta",
-                                    "norm", "mlp", "qk_norm")
+                                    "norm", "mlp", "qk_norm", "mup", "mup_base_width")
 
 
 def read_run_options(values: Mapping[str, Any], source: str) -> Dict[str, Any]:

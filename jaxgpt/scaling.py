@@ -467,8 +467,9 @@ def fit_parametric(n_params: ArrayLike, n_tokens: ArrayLike, loss: ArrayLike, *,
 
 
 def _log_parameters(fit: ParametricFit) -> tuple[float, float, float, float, float]:
-    """(e, a, b, alpha, beta) of a fit: a starting vector for `fit_parametric`."""
-    return (math.log(fit.E), math.log(fit.A), math.log(fit.B), fit.alpha, fit.beta)
+    """(e, a, b, alpha, beta) of a fit: a starting vector for `fit_parametric`. E underflows to
+    0 when the data show no loss floor (e ran off to -inf), so each log is floored at -30."""
+    return tuple(math.log(max(v, math.exp(-30.0))) for v in (fit.E, fit.A, fit.B)) + (fit.alpha, fit.beta)
 
 
 # --------------------------------------------------------------------------------------------

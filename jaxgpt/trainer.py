@@ -51,7 +51,7 @@ def _checkpoint_dir(out_dir: str) -> str:
     return os.path.join(out_dir, CHECKPOINT_SUBDIR)
 
 
-def _checkpoint_steps(out_dir: str) -> List[int]:
+def checkpoint_steps(out_dir: str) -> List[int]:
     """Steps of the committed checkpoints in out_dir (orbax's temporary folders excluded)."""
     directory = _checkpoint_dir(out_dir)
     if not os.path.isdir(directory):
@@ -61,7 +61,7 @@ def _checkpoint_steps(out_dir: str) -> List[int]:
 
 
 def _resume_step(cfg: TrainConfig) -> int:
-    steps = _checkpoint_steps(cfg.out_dir)
+    steps = checkpoint_steps(cfg.out_dir)
     if not os.path.isdir(cfg.out_dir):
         raise ConfigError(f"--init_from=resume but --out_dir={cfg.out_dir} does not exist")
     if not steps:
@@ -76,7 +76,7 @@ def _resume_step(cfg: TrainConfig) -> int:
 
 def _unreadable(out_dir: str, step: int, exc: Exception) -> ConfigError:
     """A corrupt checkpoint's error, offering the intact-looking earlier steps."""
-    earlier = [s for s in _checkpoint_steps(out_dir) if s < step]
+    earlier = [s for s in checkpoint_steps(out_dir) if s < step]
     hint = (f"; earlier checkpoint(s) {earlier}: pass --resume_step={earlier[-1]} to continue from one"
             if earlier else "")
     return ConfigError(f"{exc}{hint}")
@@ -126,6 +126,7 @@ def model_config_from_options(cfg: TrainConfig, vocab_size: int):
         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu, tie_embeddings=cfg.tie_embeddings,
         compute_dtype=cfg.compute_dtype, attn_impl=cfg.attn_impl, remat=cfg.remat, pos_emb=cfg.pos_emb,
         rope_theta=cfg.rope_theta, norm=cfg.norm, mlp=cfg.mlp, qk_norm=cfg.qk_norm, z_loss=cfg.z_loss,
+        mup=cfg.mup, mup_base_width=cfg.mup_base_width,
     )
 
 
@@ -133,7 +134,14 @@ def prepare_data(cfg: TrainConfig):
     """(corpus, prepared data) for cfg: tokenized once into the cache, reused while unchanged.
     Shared by the trainer and bench.py."""
     from jaxgpt import data as data_lib
+    from jaxgpt import shards
 
+    if shards.is_sharded_store(cfg.dataset):  # prepared by `python -m jaxgpt.shards`: its tokenizer is fixed
+        store = shards.ShardedTokens(cfg.dataset)
+        if store.tokenizer.name != cfg.tokenizer:
+            raise ConfigError(f"--dataset={cfg.dataset} is a sharded store tokenized with {store.tokenizer.name!r}: "
+                              f"pass --tokenizer={store.tokenizer.name}")
+        return store.corpus, store
     cache_dir = cfg.data_dir or data_lib.default_cache_dir()
     corpus = data_lib.resolve_corpus(cfg.dataset, cache_dir)
     prep_dir = os.path.join(cache_dir, "prepared", f"{corpus.name}-{cfg.tokenizer}-{corpus.sha256[:12]}")
@@ -183,7 +191,7 @@ class ResolvedRun:
 
 def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
     """A new run may not silently replace one that has checkpoints."""
-    steps = _checkpoint_steps(cfg.out_dir)
+    steps = checkpoint_steps(cfg.out_dir)
     if cfg.overwrite or cfg.eval_only:
         return
     if not steps:
@@ -249,7 +257,7 @@ def resolve_run(cfg: TrainConfig) -> ResolvedRun:
 
     import jax
 
-    from jaxgpt.optim import lr_schedule, make_optimizer
+    from jaxgpt.optim import lr_schedule, make_optimizer, mup_lr_scales
     from jaxgpt.tasks import language_modeling
 
     corpus, prepared = prepare_data(cfg)
@@ -279,14 +287,17 @@ def resolve_run(cfg: TrainConfig) -> ResolvedRun:
         model_cfg = model_config_from_options(cfg, tokenizer.vocab_size)
 
     for split, tokens in (("train", prepared.train), ("val", prepared.val)):
-        if len(tokens) < cfg.block_size + 1:
-            raise ConfigError(f"the {split} split has {len(tokens)} tokens, fewer than block_size+1 = "
+        longest = int(max(tokens.counts, default=0)) if hasattr(tokens, "counts") else len(tokens)  # sharded: one shard
+        if longest < cfg.block_size + 1:
+            raise ConfigError(f"the {split} split has {longest} tokens (in one piece), fewer than block_size+1 = "
                               f"{cfg.block_size + 1}: use a larger corpus or a smaller --block_size")
 
     task = language_modeling(model_cfg, prepared, cfg.seed)
     schedule = lr_schedule(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
+    # muP: per-layer learning-rate multipliers (None, the plain AdamW chain, when off)
+    lr_scales = mup_lr_scales(jax.eval_shape(task.init_params, jax.random.key(0)), model_cfg)
     optimizer = make_optimizer(schedule, weight_decay=cfg.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2,
-                               grad_clip=cfg.grad_clip)
+                               grad_clip=cfg.grad_clip, lr_scales=lr_scales)
     mesh = sharding.make_mesh(cfg.dp, cfg.fsdp, cfg.tp)
     try:
         rows = sharding.process_rows(mesh, cfg.batch_size)  # this process's rows of each global batch
@@ -337,7 +348,7 @@ def start_run_dir(run: ResolvedRun) -> None:
     """Under the lock: --overwrite's deletions, then the files a fresh run starts with."""
     cfg = run.cfg
     if run.restored is not None:  # a resumed run's files were checked in resolve_run and stay
-        later = [s for s in _checkpoint_steps(cfg.out_dir) if s > run.restored.step]
+        later = [s for s in checkpoint_steps(cfg.out_dir) if s > run.restored.step]
         if later:  # --resume_step: the run goes on from there; later steps are kept aside, not deleted
             aside = os.path.join(cfg.out_dir, "checkpoints-set-aside")
             os.makedirs(aside, exist_ok=True)
@@ -575,7 +586,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             report.close()
         elapsed = time.time() - t_start
     except BaseException:
-        if is_main and not _checkpoint_steps(cfg.out_dir):
+        if is_main and not checkpoint_steps(cfg.out_dir):
             lock.remove_created_dir()  # a new run that failed before its first checkpoint leaves nothing
         raise
     finally:
