@@ -98,6 +98,12 @@ def main(argv: Sequence[str]) -> None:
     flags = [a for a in argv if a.startswith("-")]
     opts = parse_args(OPTIONS, flags, "sweep.py", __doc__.strip().split("\n\n")[0])
     out_dir = opts["out_dir"]
+    for key in ("workers", "n_bootstrap"):
+        if opts[key] < 0:
+            raise ConfigError(f"--{key} must be >= 0, got {opts[key]}")
+    if not out_dir.strip():
+        raise ConfigError("--out_dir must name a directory, got an empty string")
+    budgets = _numbers("predict_at", opts["predict_at"]) if opts["predict_at"] else []
     if opts["task"] in ("coord_check", "lr_transfer"):
         _mup_check(opts, configs)
         return
@@ -108,7 +114,6 @@ def main(argv: Sequence[str]) -> None:
     spec = sweep.SweepSpec.from_file(configs[0])
     vocab = sweep.vocab_size_for(spec.base)
     members = sweep.expand(spec, vocab)
-    budgets = _numbers("predict_at", opts["predict_at"]) if opts["predict_at"] else []
     if opts["task"] == "run":
         os.makedirs(out_dir, exist_ok=True)
         if opts["workers"] > 0 and opts["worker"] is None:

@@ -103,12 +103,17 @@ def test_sweep_runs_resumes_and_fits(tmp_path, corpus_path, monkeypatch):
         assert (out / name).stat().st_size > 10_000, name
 
 
-def test_bad_sweep_config_is_one_line(tmp_path, corpus_path):
+def test_bad_sweep_input_is_one_line(tmp_path, corpus_path):
     config = _write_config(tmp_path, corpus_path, TINY_SWEEP + "\nshapes = []\n")
-    res = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), config, f"--out_dir={tmp_path / 'x'}"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "shapes or target_params" in res.stderr
+    for args, expected in (([config, f"--out_dir={tmp_path / 'x'}"], "shapes or target_params"),
+                           ([config, "--workers=-2"], "--workers must be >= 0"),
+                           ([str(tmp_path / "nope.py")], "config file not found"),
+                           ([config, "--predict_at=1e13,abc"], "--predict_at")):
+        res = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), *args],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
+        assert expected in res.stderr, (args, res.stderr)
+    assert not (tmp_path / "x").exists()
 
 
 def test_workers_run_members_side_by_side(tmp_path, corpus_path):
