@@ -294,8 +294,9 @@ def resolve_run(cfg: TrainConfig) -> ResolvedRun:
 
     task = language_modeling(model_cfg, prepared, cfg.seed)
     schedule = lr_schedule(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
+    abstract_params = jax.eval_shape(task.init_params, jax.random.key(0))  # shapes only, no memory
     # muP: per-layer learning-rate multipliers (None, the plain AdamW chain, when off)
-    lr_scales = mup_lr_scales(jax.eval_shape(task.init_params, jax.random.key(0)), model_cfg)
+    lr_scales = mup_lr_scales(abstract_params, model_cfg)
     optimizer = make_optimizer(schedule, weight_decay=cfg.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2,
                                grad_clip=cfg.grad_clip, lr_scales=lr_scales)
     mesh = sharding.make_mesh(cfg.dp, cfg.fsdp, cfg.tp)
@@ -304,7 +305,6 @@ def resolve_run(cfg: TrainConfig) -> ResolvedRun:
     except ValueError as exc:
         raise ConfigError(f"--batch_size: {exc}") from None
     if jax.process_index() == 0:
-        abstract_params = jax.eval_shape(task.init_params, jax.random.key(0))
         notes.extend(f"note: replicated instead of sharded (size not divisible): {where}"
                      for where in sharding.unshardable_dims(abstract_params, mesh))
 
