@@ -492,10 +492,12 @@ def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, repo
     # Simulated CPU devices share one host's cores: a CPU's peak is per process, not per device.
     peak_total = peak_one * (jax.process_count() if jax.devices()[0].platform == "cpu" else jax.device_count())
     skip_eval_at = loop.iter_num if run.restored is not None else None  # logged before the checkpoint
+    watch = _DivergenceWatch()
     t_last, tokens_since = time.time(), 0
     while True:
         it = loop.iter_num
         if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != skip_eval_at:
+            watch.check(run, checkpointer)  # never evaluate, let alone checkpoint, a diverged state
             losses = evaluate(run, steps, loop.train_state.params)
             report.event({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
             report.line(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
@@ -506,19 +508,18 @@ def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, repo
             report.plot()
             t_last, tokens_since = time.time(), 0  # keep eval time out of tokens/s
         if it >= cfg.max_iters:
+            watch.check(run, checkpointer)
             return loop
+        # Dispatch is asynchronous: while the device runs this step, the host goes on to draw and
+        # place the next batch. The host waits for the device only at log and eval points.
         batch = run.task.batches.train_batch(A, B, run.rows)
         state, metrics = steps.train(loop.train_state, _global(run, batch), dropout_rng)
         loop = dataclasses.replace(loop, train_state=state, iter_num=it + 1)
+        watch.update(metrics["loss"], loop.iter_num)
         tokens_since += tokens_per_iter
-        loss = float(metrics["loss"])  # a host sync per step: also how NaNs are caught at their step
-        if not math.isfinite(loss):
-            last_good = checkpointer.latest_step()
-            raise TrainingDiverged(
-                f"loss became {loss} at iteration {loop.iter_num}; stopping. "
-                + (f"The last good checkpoint (iteration {last_good}) in {run.checkpoint_dir} is intact."
-                   if last_good is not None else "No checkpoint was written yet."))
         if loop.iter_num % cfg.log_interval == 0 or loop.iter_num == cfg.max_iters:
+            watch.check(run, checkpointer)
+            loss = float(metrics["loss"])
             tps = tokens_since / max(time.time() - t_last, 1e-9)
             event = {"iter": loop.iter_num, "train_loss": loss, "lr": float(metrics["lr"]),
                      "grad_norm": float(metrics["grad_norm"]), "tokens_per_sec": tps,
@@ -529,6 +530,34 @@ def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, repo
             t_last, tokens_since = time.time(), 0
         if report.bar is not None:
             report.bar.update(1)
+
+
+class _DivergenceWatch:
+    """Catches a NaN/inf loss at its iteration without a host sync per step: the first bad
+    iteration and its loss are kept on the device (two tiny asynchronous ops a step) and read at
+    log and eval points, so a diverged state is never evaluated or checkpointed."""
+
+    def __init__(self):
+        import jax.numpy as jnp
+
+        self.first_bad, self.bad_loss = jnp.int32(-1), jnp.float32(0.0)
+
+    def update(self, loss, iteration: int) -> None:
+        import jax.numpy as jnp
+
+        new = (self.first_bad < 0) & ~jnp.isfinite(loss)
+        self.first_bad = jnp.where(new, jnp.int32(iteration), self.first_bad)
+        self.bad_loss = jnp.where(new, loss.astype(jnp.float32), self.bad_loss)
+
+    def check(self, run: ResolvedRun, checkpointer) -> None:
+        first_bad = int(self.first_bad)
+        if first_bad < 0:
+            return
+        last_good = checkpointer.latest_step()
+        raise TrainingDiverged(
+            f"loss became {float(self.bad_loss)} at iteration {first_bad}; stopping. "
+            + (f"The last good checkpoint (iteration {last_good}) in {run.checkpoint_dir} is intact."
+               if last_good is not None else "No checkpoint was written yet."))
 
 
 # ------------------------------------------------------------------------------ the whole run
