@@ -43,7 +43,22 @@ COMMON_OPTIONS: Dict[str, Option] = {
     "max_seconds": Option(60.0, "stop repeating a measurement once its timed runs took this long"),
     "threads": Option(0, "0: libraries' default threading; 1: torch and XLA single-threaded (steadier "
                          "on a shared machine, where torch's thread pool can stall)"),
+    "json": Option(False, "print one JSON object per measurement on stdout (task, config, device, tokens/s, "
+                          "ms/step, MFU, the reference's figure and the ratio); the tables go to stderr"),
 }
+
+
+def _emit(opts: Dict[str, Any], record: Dict[str, Any]) -> None:
+    """One measurement as a JSON line (--json): what benchmarks are compared by."""
+    if opts["json"]:
+        import json
+
+        print(json.dumps(record), flush=True)
+
+
+def _out(opts: Dict[str, Any]):
+    """Where the human-readable tables go: stderr when stdout carries --json records."""
+    return sys.stderr if opts["json"] else sys.stdout
 
 SAMPLE_OPTIONS: Dict[str, Option] = {
     "n_layer": Option(6, "layers"),
@@ -139,13 +154,14 @@ def run_sample(opts: Dict[str, Any]) -> None:
         torch_model.load_state_dict(flax_to_torch(params, cfg))
         torch_model.eval()
 
+    out = _out(opts)
     print(f"# bench sample: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, vocab {cfg.vocab_size}, "
           f"block {cfg.block_size}, {cfg.compute_dtype}; prompt {opts['prompt_len']} tokens; "
           f"jax window_stride {opts['window_stride']}; "
-          f"{'greedy' if greedy else f'temperature {temperature}, top_k {top_k}'}")
+          f"{'greedy' if greedy else f'temperature {temperature}, top_k {top_k}'}", file=out)
     print(f"# machine: {_machine()}; jax {jax.__version__} on {jax.devices()[0].platform}"
           + (f"; torch {torch.__version__} with {torch.get_num_threads()} threads" if torch_model else "")
-          + ("; XLA single-threaded" if opts["threads"] == 1 else ""))
+          + ("; XLA single-threaded" if opts["threads"] == 1 else ""), file=out)
     rows = []
     header = "| impl | batch | new tokens | compile s | time s (median) | tokens/s | vs torch naive |"
     for B in batch_sizes:
@@ -187,12 +203,23 @@ def run_sample(opts: Dict[str, Any]) -> None:
                 med, _ = _timed(torch_run, opts["repeats"], opts["max_seconds"])
                 rows.append(("torch cached", B, N, "-", med, B * N / med))
                 _print_row(rows[-1], naive_tps)
-    print()
-    print(header)
-    print("|---|---|---|---|---|---|---|")
+    print(file=out)
+    print(header, file=out)
+    print("|---|---|---|---|---|---|---|", file=out)
     naive = {r[1]: r[5] for r in rows if r[0] == "torch naive"}
     for r in rows:
-        print(_format_row(r, naive.get(r[1])))
+        print(_format_row(r, naive.get(r[1])), file=out)
+    config = {k: opts[k] for k in SAMPLE_OPTIONS if k not in ("batch_sizes", "new_tokens", "torch", "torch_cached")}
+    cached = {(r[1], r[2]): r[5] for r in rows if r[0] == "torch cached"}
+    device = f"{jax.devices()[0].platform}: {_machine()}"
+    for impl, B, N, compile_s, t, tps in rows:
+        reference = "torch cached" if impl == "jax generate" and (B, N) in cached else None
+        _emit(opts, {"task": "sample", "impl": impl, "config": {**config, "batch_size": B, "new_tokens": N},
+                     "device": device, "tokens_per_sec": tps, "ms_per_step": 1000 * t / (N if isinstance(N, int)
+                                                                                      else opts["naive_tokens"]),
+                     "mfu": None, "reference": reference,
+                     "reference_tokens_per_sec": cached.get((B, N)) if reference else None,
+                     "ratio": tps / cached[(B, N)] if reference else None})
 
 
 def _format_row(row, naive_tps) -> str:
@@ -243,21 +270,38 @@ def run_train(opts: Dict[str, Any]) -> None:
     t_cfg = config_from_argv([*overrides, f"--out_dir={out}/jax"])
     rows = {}
     if opts["jax_run"]:
+        import contextlib
+
         t0 = time.time()
-        train(t_cfg)
+        with contextlib.redirect_stdout(_out(opts)):  # the run's own lines stay off a --json stdout
+            train(t_cfg)
         jax_seconds = time.time() - t0
         events = read_metrics(os.path.join(out, "jax", "metrics.jsonl"))
         jax_evals = {e["iter"]: e["val_loss"] for e in events if "val_loss" in e}
         jax_tps = statistics.median(e["tokens_per_sec"] for e in events if "tokens_per_sec" in e)
+        jax_mfu = statistics.median(e["mfu"] for e in events if "mfu" in e)
         rows["jaxgpt"] = (jax_seconds, jax_tps, jax_evals)
-    print(f"# bench train: {opts['config']}, seed {t_cfg.seed} ({_machine()})")
+    out = _out(opts)
+    print(f"# bench train: {opts['config']}, seed {t_cfg.seed} ({_machine()})", file=out)
     if opts["torch_run"]:
         rows[f"torch twin ({opts['torch_batches']} batches)"] = _train_torch(t_cfg, opts["torch_batches"])
-    print("| impl | wall s | tokens/s (median of logs) | best val | val at each eval |")
-    print("|---|---|---|---|---|")
+    print("| impl | wall s | tokens/s (median of logs) | best val | val at each eval |", file=out)
+    print("|---|---|---|---|---|", file=out)
     for name, (secs, tps, evals) in rows.items():
         curve = ", ".join(f"{it}: {v:.3f}" for it, v in sorted(evals.items()))
-        print(f"| {name} | {secs:.0f} | {tps:,.0f} | {min(evals.values()):.4f} | {curve} |")
+        print(f"| {name} | {secs:.0f} | {tps:,.0f} | {min(evals.values()):.4f} | {curve} |", file=out)
+    import jax
+
+    tokens_per_step = t_cfg.gradient_accumulation_steps * t_cfg.batch_size * t_cfg.block_size
+    reference = next((name for name in rows if name.startswith("torch")), None)
+    for name, (secs, tps, evals) in rows.items():
+        ratio_to = reference if name == "jaxgpt" and reference else None
+        _emit(opts, {"task": "train", "impl": name, "config": t_cfg.run_options(),
+                     "device": f"{jax.devices()[0].platform}: {_machine()}", "tokens_per_sec": tps,
+                     "ms_per_step": 1000 * tokens_per_step / tps, "wall_s": secs, "best_val_loss": min(evals.values()),
+                     "mfu": jax_mfu if name == "jaxgpt" else None, "reference": ratio_to,
+                     "reference_tokens_per_sec": rows[ratio_to][1] if ratio_to else None,
+                     "ratio": tps / rows[ratio_to][1] if ratio_to else None})
 
 
 def _train_torch(o, batches: str = "jaxgpt"):

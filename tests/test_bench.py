@@ -39,3 +39,33 @@ def test_bad_input_exits_2_with_one_line():
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def _records(proc):
+    import json
+
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert records and all({"task", "config", "device", "tokens_per_sec", "ms_per_step", "mfu", "reference",
+                            "ratio"} <= set(r) for r in records), proc.stdout
+    return records
+
+
+def test_json_prints_one_record_per_measurement(tmp_path, corpus_path):
+    records = _records(_bench("--task=sample", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32",
+                              "--prompt_len=8", "--new_tokens=16", "--batch_sizes=1", "--naive_tokens=4",
+                              "--repeats=1", "--threads=1", "--json=True"))
+    assert [r["impl"] for r in records] == ["torch naive", "jax generate", "torch cached"]
+    jax_row = records[1]
+    assert jax_row["reference"] == "torch cached" and jax_row["config"]["batch_size"] == 1
+    assert abs(jax_row["ratio"] - jax_row["tokens_per_sec"] / records[2]["tokens_per_sec"]) < 1e-9
+
+    config = tmp_path / "tiny.py"
+    config.write_text(f"dataset = {corpus_path!r}\nn_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 32\n"
+                      "batch_size = 4\nmax_iters = 20\neval_interval = 10\neval_iters = 2\nlog_interval = 5\n"
+                      "warmup_iters = 2\nlr_decay_iters = 20\n")
+    jax_row, torch_row = _records(_bench("--task=train", f"--config={config}", "--json=True"))
+    assert (jax_row["impl"], jax_row["reference"]) == ("jaxgpt", torch_row["impl"])
+    assert jax_row["ratio"] == jax_row["tokens_per_sec"] / torch_row["tokens_per_sec"]
+    assert 0 < jax_row["mfu"] < 1 and jax_row["config"]["n_layer"] == 1
+    assert abs(jax_row["ms_per_step"] * jax_row["tokens_per_sec"] - 1000 * 4 * 32) < 1e-6 * 128_000
