@@ -126,8 +126,10 @@ def main(argv: Sequence[str]) -> None:
                 state = "done, skipped" if member.name in done else "training"
                 print(f"[{i}/{len(todo)}] {member.name}: {state}", flush=True)
                 row = sweep.run_member(member, out_dir, vocab, progress=opts["progress"])
-                print(f"    N={row['N']:,} D={row['D']:,} C={row['C']:.2e} best val {row['best_val_loss']:.4f} "
-                      f"({row['seconds']:.0f} s)", flush=True)
+                outcome = (f"diverged: {row['diverged']}" if row.get("diverged")
+                           else f"best val {row['best_val_loss']:.4f}")
+                print(f"    N={row['N']:,} D={row['D']:,} C={row['C']:.2e} {outcome} ({row['seconds']:.0f} s)",
+                      flush=True)
     if opts["worker"] is not None or not opts["fit"]:
         return
     rows = sweep.collect(out_dir, members)

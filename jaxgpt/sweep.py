@@ -165,7 +165,7 @@ def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = F
     """Train one member through the shared loop (resuming it if it was interrupted); returns its
     results row, which is also written to <member dir>/result.json."""
     from jaxgpt.run_config import config_from_sources, write_json_atomic
-    from jaxgpt.trainer import checkpoint_steps, config_from_argv, train
+    from jaxgpt.trainer import TrainingDiverged, checkpoint_steps, config_from_argv, train
 
     run_dir = os.path.join(out_dir, "runs", member.name)
     result_path = os.path.join(run_dir, "result.json")
@@ -179,8 +179,12 @@ def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = F
     else:
         cfg = config_from_sources({**member.options, **invocation})
     t0 = time.time()
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except TrainingDiverged as exc:  # e.g. too high a learning rate: a result of the sweep, not a crash
+        summary = {"iters": 0, "best_val_loss": None, "last_val_loss": None, "diverged": str(exc)}
     row = results_row(member, cfg, summary, time.time() - t0, vocab_size)
+    os.makedirs(run_dir, exist_ok=True)  # a run that failed before its first checkpoint removed its dir
     write_json_atomic(result_path, row)
     return row
 
@@ -196,7 +200,7 @@ def results_row(member: Member, cfg, summary: Mapping[str, Any], seconds: float,
         "name": member.name, "N": n, "N_total": model_config.num_params(non_embedding=False), "D": tokens,
         "C": 6 * n * tokens, "flops_done": model_config.flops_per_token(cfg.block_size) * tokens,
         "best_val_loss": summary["best_val_loss"], "final_val_loss": summary["last_val_loss"],
-        "seconds": seconds, "device": _device(), **member.budget,
+        "seconds": seconds, "device": _device(), "diverged": summary.get("diverged"), **member.budget,
         "config": {k: v for k, v in cfg.run_options().items()},
     }
 
@@ -238,7 +242,7 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
 
     fit_rows = [{"N": r["N"], "D": r["D"], "C": r["C"], "loss": r["best_val_loss"],
                  "budget": f"C={r['compute']:.0e}" if "compute" in r else f"D={r.get('tokens', 0):.0e}"}
-                for r in rows if math.isfinite(r["best_val_loss"])]
+                for r in rows if r["best_val_loss"] is not None and math.isfinite(r["best_val_loss"])]
     isoflop = any("compute" in r for r in rows)
     grid = scaling.PAPER_INIT_GRID if paper_grid else scaling.SMALL_INIT_GRID
     result = scaling.fit_all(fit_rows, compute_budgets=budgets, group_key="budget" if isoflop else None,

@@ -128,3 +128,17 @@ def test_workers_run_members_side_by_side(tmp_path, corpus_path):
     assert res.stdout.count("[1/1]") == 2  # each worker process took one member
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted(r["name"] for r in rows) == ["L1-D32-T2e3", "L2-D32-T2e3"]
+
+
+def test_a_diverging_member_is_recorded_and_the_sweep_goes_on(tmp_path, corpus_path):
+    config = _write_config(tmp_path, corpus_path, TINY_SWEEP.split("shapes =")[0] + (
+        "shapes = [dict(n_layer=1, n_head=2, n_embd=32)]\ntokens = [2048]\nlearning_rates = [1e-3, 1e6]\n"))
+    out = tmp_path / "sweep"
+    res = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), config, f"--out_dir={out}",
+                          "--n_bootstrap=0"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in map(json.loads, (out / "runs.jsonl").read_text().splitlines())}
+    assert rows["L1-D32-T2e3-lr1e+06"]["diverged"].startswith("loss became")
+    assert rows["L1-D32-T2e3-lr1e+06"]["best_val_loss"] is None
+    assert rows["L1-D32-T2e3-lr0.001"]["diverged"] is None and rows["L1-D32-T2e3-lr0.001"]["best_val_loss"] < 5
+    assert "diverged: loss became" in res.stdout
