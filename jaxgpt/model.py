@@ -121,15 +121,18 @@ def _scale_scores(scores, K: int, scale: Optional[float]):
 
 
 def _explicit_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, dropout, deterministic: bool,
-                        scale: Optional[float] = None):
+                        scale: Optional[float] = None, record=None):
     """softmax(q k^T / sqrt(K)) v with float32 scores (causal when mask_B1TS is None); with a
-    scale (muP), softmax(q k^T * scale) v."""
+    scale (muP), softmax(q k^T * scale) v. record, if given, is called with the float32
+    probabilities (B, H, T, S) before dropout (the module sows them; see jaxgpt.viz)."""
     T, K = q_BTHK.shape[1], q_BTHK.shape[3]
     scores_BHTS = _scale_scores(
         jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32), K, scale)
     if mask_B1TS is None:
         mask_B1TS = jnp.tril(jnp.ones((T, k_BSHK.shape[1]), dtype=bool))[None, None]
     probs_BHTS = _masked_softmax(scores_BHTS, mask_B1TS)
+    if record is not None:
+        record(probs_BHTS)
     if dropout is not None:
         probs_BHTS = dropout(probs_BHTS, deterministic=deterministic)
     return jnp.einsum("bhts,bshk->bthk", probs_BHTS.astype(v_BSHK.dtype), v_BSHK)
@@ -208,8 +211,11 @@ class CausalSelfAttention(nn.Module):
             )
         else:
             # The textbook path; also used whenever attention dropout is active, which
-            # jax.nn.dot_product_attention does not offer.
-            y_BTHK = _explicit_attention(q_BTHK, k_BTHK, v_BTHK, mask_B1TS, dropout, deterministic, scale)
+            # jax.nn.dot_product_attention does not offer. The probabilities are sown into the
+            # "intermediates" collection: a no-op unless apply(..., mutable=["intermediates"]).
+            y_BTHK = _explicit_attention(
+                q_BTHK, k_BTHK, v_BTHK, mask_B1TS, dropout, deterministic, scale,
+                record=lambda probs_BHTS: self.sow("intermediates", "attn_probs", probs_BHTS))
 
         y_BTD = nn.DenseGeneral(
             features=D, axis=(-2, -1), use_bias=cfg.bias, dtype=cfg.dtype,
