@@ -58,6 +58,7 @@ def _save(fig, png_path) -> str:
     plt = _plt()
     png_path = os.fspath(png_path)
     folder = os.path.dirname(os.path.abspath(png_path))
+    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".viz-", suffix=".png", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
