@@ -16,7 +16,6 @@ DIR/lr_transfer.jsonl (with a config file, on its data; else on a synthetic bigr
 from __future__ import annotations
 
 import os
-import sys
 from typing import Sequence
 
 from jaxgpt.cli import ConfigError, Option, main_guard, parse_args

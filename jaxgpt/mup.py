@@ -83,6 +83,26 @@ def _windows(tokens: np.ndarray, rng: np.random.Generator, batch_size: int, bloc
     return rows[:, :-1].astype(np.int32), rows[:, 1:].astype(np.int32)
 
 
+def _stacked_windows(tokens: np.ndarray, rng: np.random.Generator, n: int, batch_size: int, block_size: int):
+    """(xs, ys) int32 (n, B, T): n batches of _windows, for a scanned training run."""
+    xy = [_windows(tokens, rng, batch_size, block_size) for _ in range(n)]
+    return np.stack([b[0] for b in xy]), np.stack([b[1] for b in xy])
+
+
+def _width_model(width: int, parametrization: str, **config):
+    """(GPT at this width, init_params(rng), its muP lr scales or None) for a width sweep."""
+    import jax
+
+    from jaxgpt.model import GPT
+    from jaxgpt.optim import mup_lr_scales
+    from jaxgpt.tasks import model_init
+
+    cfg = mup_config(width, parametrization, **config)
+    model = GPT(cfg)
+    init_params = model_init(model)
+    return model, init_params, mup_lr_scales(jax.eval_shape(init_params, jax.random.key(0)), cfg)
+
+
 def _token_stream(tokens: Optional[np.ndarray], vocab_size: Optional[int], block_size: int, seed: int):
     if tokens is None:
         vocab_size = vocab_size or 256
@@ -139,31 +159,25 @@ def coord_check(widths: Sequence[int], parametrization: str, steps: int = 4, *, 
     {"parametrization", "width", "step", "name", "l1", "lr", "base_width", "n_layer"}.
     """
     import jax
-    import jax.numpy as jnp
     import optax
 
-    from jaxgpt.model import GPT, cross_entropy_loss
-    from jaxgpt.optim import make_optimizer, mup_lr_scales
+    from jaxgpt.model import cross_entropy_loss
+    from jaxgpt.optim import make_optimizer
 
     widths = _check_widths(widths, n_head)
     base_width = base_width or min(widths)
     seeds = list(seeds)
     tokens, vocab_size = _token_stream(tokens, vocab_size, block_size, seeds[0])
     names = _activation_names(n_layer)
-    batches = {}
-    for seed in seeds:  # the same batches at every width
-        rng = np.random.default_rng(seed)
-        xy = [_windows(tokens, rng, batch_size, block_size) for _ in range(steps + 1)]
-        batches[seed] = (np.stack([b[0] for b in xy]), np.stack([b[1] for b in xy]))
+    batches = {seed: _stacked_windows(tokens, np.random.default_rng(seed), steps + 1, batch_size, block_size)
+               for seed in seeds}  # the same batches at every width
     records = []
     for width in widths:
-        cfg = mup_config(width, parametrization, base_width=base_width, n_layer=n_layer, n_head=n_head,
-                         block_size=block_size, vocab_size=vocab_size, **config_overrides)
-        model = GPT(cfg)
-        dummy = jnp.zeros((1, block_size), jnp.int32)
-        abstract = jax.eval_shape(model.init, jax.random.key(0), dummy)["params"]
+        model, init_params, scales = _width_model(width, parametrization, base_width=base_width, n_layer=n_layer,
+                                                  n_head=n_head, block_size=block_size, vocab_size=vocab_size,
+                                                  **config_overrides)
         optimizer = make_optimizer(lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2, grad_clip=0.0,
-                                   lr_scales=mup_lr_scales(abstract, cfg))
+                                   lr_scales=scales)
 
         def loss_fn(params, x, y, model=model):
             logits, state = model.apply({"params": params}, x, capture_intermediates=_capture_filter,
@@ -171,9 +185,9 @@ def coord_check(widths: Sequence[int], parametrization: str, steps: int = 4, *, 
             return cross_entropy_loss(logits, y), _l1_of_intermediates(state["intermediates"], n_layer)
 
         @jax.jit
-        def run(key, xs, ys, model=model, loss_fn=loss_fn, optimizer=optimizer):
+        def run(key, xs, ys, init_params=init_params, loss_fn=loss_fn, optimizer=optimizer):
             """Init, then per batch: forward (recorded) and an AdamW update: one compile per width."""
-            params = model.init(key, dummy)["params"]
+            params = init_params(key)
 
             def one(carry, batch):
                 params, opt_state = carry
@@ -326,8 +340,8 @@ def lr_transfer(widths: Sequence[int], learning_rates: Sequence[float], parametr
     import jax.numpy as jnp
     import optax
 
-    from jaxgpt.model import GPT, cross_entropy_loss
-    from jaxgpt.optim import lr_schedule, make_optimizer, mup_lr_scales
+    from jaxgpt.model import cross_entropy_loss
+    from jaxgpt.optim import lr_schedule, make_optimizer
 
     widths = _check_widths(widths, n_head)
     learning_rates = [float(lr) for lr in learning_rates]
@@ -339,25 +353,21 @@ def lr_transfer(widths: Sequence[int], learning_rates: Sequence[float], parametr
     tokens, vocab_size = _token_stream(tokens, vocab_size, block_size, seed)
     warmup = int(warmup_frac * steps)
     n_final = max(1, int(round(final_frac * steps)))
-    rng = np.random.default_rng(seed)
-    batches = [_windows(tokens, rng, batch_size, block_size) for _ in range(steps)]
-    xs, ys = np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
+    xs, ys = _stacked_windows(tokens, np.random.default_rng(seed), steps, batch_size, block_size)
     records = []
     for width in widths:
-        cfg = mup_config(width, parametrization, base_width=base_width, n_layer=n_layer, n_head=n_head,
-                         block_size=block_size, vocab_size=vocab_size, **config_overrides)
-        model = GPT(cfg)
-        dummy = jnp.zeros((1, block_size), jnp.int32)
-        scales = mup_lr_scales(jax.eval_shape(model.init, jax.random.key(0), dummy)["params"], cfg)
+        model, init_params, scales = _width_model(width, parametrization, base_width=base_width, n_layer=n_layer,
+                                                  n_head=n_head, block_size=block_size, vocab_size=vocab_size,
+                                                  **config_overrides)
 
         def optimizer(lr, scales=scales):
             return make_optimizer(lr_schedule(lr, lr / 10, warmup, steps), weight_decay=weight_decay,
                                   beta1=beta1, beta2=beta2, grad_clip=grad_clip, lr_scales=scales)
 
         @jax.jit
-        def train(key, lr, xs, ys, model=model, optimizer=optimizer):
+        def train(key, lr, xs, ys, model=model, init_params=init_params, optimizer=optimizer):
             """Init (the same key for every lr) and `steps` AdamW steps: one compile per width."""
-            params = model.init(key, dummy)["params"]
+            params = init_params(key)
             opt = optimizer(lr)
 
             def one(carry, batch):

@@ -37,9 +37,8 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
-def check_out_dir(out_dir: str) -> bool:
-    """Refuse an out_dir that cannot become a run directory, before anything is written.
-    Returns whether it exists already."""
+def check_out_dir(out_dir: str) -> None:
+    """Refuse an out_dir that cannot become a run directory, before anything is written."""
     path = os.path.abspath(out_dir)
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunDirError(f"--out_dir={out_dir} is a file, not a directory")
@@ -48,7 +47,6 @@ def check_out_dir(out_dir: str) -> bool:
         raise RunDirError(f"--out_dir={out_dir}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunDirError(f"--out_dir={out_dir}: {existing} is not writable")
-    return os.path.isdir(path)
 
 
 class RunDirLock:

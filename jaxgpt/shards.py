@@ -1222,6 +1222,11 @@ class ShardedBatchSampler(BatchSampler):
         return w[..., :-1], w[..., 1:]
 
 
+def longest_piece(tokens: Any) -> int:
+    """Tokens in the longest contiguous piece of a split: a window never crosses a shard."""
+    return int(tokens.counts.max(initial=0)) if isinstance(tokens, ShardedSplit) else len(tokens)
+
+
 def batch_sampler(tokens: Any, seed: int = 0, **kwargs: Any) -> BatchSampler:
     """A ShardedBatchSampler for a ShardedSplit, else a jaxgpt.data.BatchSampler (for a token array)."""
     if isinstance(tokens, ShardedSplit):

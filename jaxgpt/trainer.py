@@ -257,6 +257,7 @@ def resolve_run(cfg: TrainConfig) -> ResolvedRun:
 
     import jax
 
+    from jaxgpt import shards
     from jaxgpt.optim import lr_schedule, make_optimizer, mup_lr_scales
     from jaxgpt.tasks import language_modeling
 
@@ -287,7 +288,7 @@ def resolve_run(cfg: TrainConfig) -> ResolvedRun:
         model_cfg = model_config_from_options(cfg, tokenizer.vocab_size)
 
     for split, tokens in (("train", prepared.train), ("val", prepared.val)):
-        longest = int(max(tokens.counts, default=0)) if hasattr(tokens, "counts") else len(tokens)  # sharded: one shard
+        longest = shards.longest_piece(tokens)
         if longest < cfg.block_size + 1:
             raise ConfigError(f"the {split} split has {longest} tokens (in one piece), fewer than block_size+1 = "
                               f"{cfg.block_size + 1}: use a larger corpus or a smaller --block_size")
