@@ -171,7 +171,9 @@ def classification_loss(model: GPT, num_classes: int, pooling: str, lora_scale: 
         predicted_B = jnp.argmax(logits_BC, axis=-1)
         confusion_CC = jnp.zeros((num_classes, num_classes), jnp.float32).at[labels_B, predicted_B].add(weights_B)
         mean = jnp.sum(losses_B * weights_B) / jnp.maximum(n, 1.0)
-        return mean, {"rows": n, "loss_sum": jnp.sum(losses_B * weights_B), "confusion": confusion_CC}
+        # scalars only: the shared steps average each metric over all its axes
+        confusion = {f"confusion_{i}_{j}": confusion_CC[i, j] for i in range(num_classes) for j in range(num_classes)}
+        return mean, {"rows": n, "loss_sum": jnp.sum(losses_B * weights_B), **confusion}
 
     return loss
 
@@ -191,10 +193,16 @@ def classification_metrics(confusion) -> Dict[str, float]:
             "recall": pick(recall_c), "f1": pick(f1_c)}
 
 
+def confusion_of(result) -> np.ndarray:
+    """(C, C) from the step's confusion_i_j scalars (means: a common factor, ratios unchanged)."""
+    c = int(round(math.sqrt(sum(1 for k in result if k.startswith("confusion_")))))
+    return np.array([[float(result[f"confusion_{i}_{j}"]) for j in range(c)] for i in range(c)])
+
+
 def eval_summary(result) -> Dict[str, float]:
     """The eval step's means of the sums -> loss, accuracy, precision, recall, f1."""
     rows = float(result["rows"])
-    return {"loss": float(result["loss_sum"]) / max(rows, 1e-9), **classification_metrics(result["confusion"])}
+    return {"loss": float(result["loss_sum"]) / max(rows, 1e-9), **classification_metrics(confusion_of(result))}
 
 
 # ------------------------------------------------------------------------------------ batches
@@ -323,7 +331,7 @@ def _finish(labels: Sequence[str]):
         result = steps.eval(params, _global(run, batch))
         test = eval_summary(result)
         # the step returns means over its batches: times their count, the counts themselves
-        confusion = np.rint(np.asarray(result["confusion"]) * batch[0].shape[0]).astype(int)
+        confusion = np.rint(confusion_of(result) * batch[0].shape[0]).astype(int)
         event = {"iter": loop.iter_num, "checkpoint": best if best is not None else loop.iter_num,
                  **{f"test_{k}": v for k, v in test.items()}, "labels": list(labels),
                  "confusion_matrix": confusion.tolist()}

@@ -474,9 +474,9 @@ def _eval_event_and_line(it: int, metrics: Dict[str, Dict[str, float]]):
     line = f"iter {it}: train loss {metrics['train']['loss']:.4f}, val loss {metrics['val']['loss']:.4f}"
     extra = {f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if k != "loss"}
     event.update(extra)
-    if extra:
-        line += " | " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in extra.items()
-                                  if isinstance(v, float))
+    shown = {k: v for k, v in metrics.get("val", {}).items() if k != "loss" and isinstance(v, float)}
+    if shown:  # the line keeps to val; every split's metrics are in the event
+        line += " | val " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
     return event, line
 
 
