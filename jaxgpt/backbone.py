@@ -4,8 +4,8 @@
   - a Hugging Face GPT-2 directory or hub name (jaxgpt.pretrained): GPT-2's tokenizer;
   - "scratch": a fresh GPT of the config's shape, its tokenizer built from the train texts;
   - "pretrain": a small GPT pretrained by the shared loop (jaxgpt.trainer, next-token prediction)
-    on `--pretrain_dataset` (the embedded stdlib corpus, or "task": the fine-tuning train split's
-    own texts, never val or test), cached under the data cache and reused by later runs.
+    on `--pretrain_dataset` (the embedded stdlib corpus, or "task": the fine-tuning data's texts
+    outside the val and test splits, without their labels), cached under the data cache and reused by later runs.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ class Splits:
     val: Split
     test: Split
     balanced: bool
+    unused: Tuple[str, ...] = ()  # texts balancing left out: unlabeled text for pretraining only
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -223,11 +224,37 @@ def _table(path: str, text_column: str, label_column: str) -> LabeledTexts:
                         f"{os.path.abspath(path)} ({len(texts):,} rows)")
 
 
+def _cached(name: str, build, cache_dir: Optional[str]) -> LabeledTexts:
+    """The embedded task, parsed once per interpreter's stdlib (a few seconds) and kept as JSON."""
+    import platform
+    import sysconfig
+
+    key = hashlib.sha256(f"{name}|{platform.python_version()}|{sysconfig.get_paths()['stdlib']}".encode()).hexdigest()
+    path = os.path.join(cache_dir or default_cache_dir(), "classify", f"{name}-{key[:12]}.json")
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+            return LabeledTexts(d["name"], tuple(d["texts"]), tuple(d["labels"]), d["sha256"], d["source"],
+                                d["description"])
+        except (OSError, ValueError, KeyError):
+            pass  # rebuilt below
+    data = build()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(dataclasses.asdict(data), f)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass  # a read-only cache: parse again next time
+    return data
+
+
 def load_labeled(dataset: str, text_column: str = "text", label_column: str = "label",
                  cache_dir: Optional[str] = None) -> LabeledTexts:
     """The named or given dataset, checked: not empty, no empty label, at least two classes."""
     if dataset == EMBEDDED:
-        data = stdlib_lines()
+        data = _cached(f"{EMBEDDED}-v1", stdlib_lines, cache_dir)
     elif dataset == SMS_SPAM:
         data = sms_spam(cache_dir)
     else:
@@ -290,4 +317,5 @@ def make_splits(data: LabeledTexts, seed: int, val_fraction: float, test_fractio
         if missing:
             raise DataError(f"{data.source}: the {name} split holds label(s) {missing} that the train split lacks "
                             "(too few examples of them): add examples or drop those labels")
-    return Splits(labels, splits["train"], splits["val"], splits["test"], bool(balance))
+    unused = tuple(data.texts[i] for i in np.setdiff1d(np.arange(len(ids)), keep))
+    return Splits(labels, splits["train"], splits["val"], splits["test"], bool(balance), unused)

@@ -48,8 +48,8 @@ class FinetuneConfig(TrainConfig):
     trainable: str = _field("all", "all | last_block | head | lora", choices=("all", "last_block", "head", "lora"))
     lora_rank: int = _field(8, "LoRA rank r")
     lora_alpha: float = _field(16.0, "LoRA alpha (the adapters' output is scaled by alpha / r)")
-    pretrain_dataset: str = _field("stdlib", "init_from=pretrain: stdlib | task (the train split's texts) | a text "
-                                             "file", scope=INVOCATION)
+    pretrain_dataset: str = _field("stdlib", "init_from=pretrain: stdlib | task (the texts outside val and "
+                                             "test, labels unused) | a text file", scope=INVOCATION)
     pretrain_iters: int = _field(300, "init_from=pretrain: pretraining iterations", scope=INVOCATION)
     pretrain_batch_size: int = _field(32, "init_from=pretrain: pretraining batch size", scope=INVOCATION)
     pretrain_dropout: float = _field(0.0, "init_from=pretrain: pretraining dropout", scope=INVOCATION)
@@ -100,7 +100,8 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
 
     data = classify_data.load_labeled(cfg.dataset, cfg.text_column, cfg.label_column, cfg.data_dir or None)
     splits = classify_data.make_splits(data, cfg.data_seed, cfg.val_fraction, cfg.test_fraction, cfg.balance)
-    train_texts = splits.train.texts
+    # what --pretrain_dataset=task reads: every text outside val and test (never their texts)
+    train_texts = splits.train.texts + splits.unused
     params = None
     if extra is not None:  # resume: the run's own tokenizer and model; its state comes from the checkpoint
         try:
