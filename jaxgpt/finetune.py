@@ -4,7 +4,7 @@ FinetuneConfig is TrainConfig plus the fine-tuning keys (one frozen, typed confi
 once). `setup_for(cfg)` returns the task's setup for jaxgpt.trainer.train, which then runs
 exactly the loop pretraining runs: resolve -> lock -> start dir -> run_loop -> finish.
   task="classify": jaxgpt.classify (labels from the data, a head on a pooled hidden state)
-  task="sft":      instruction fine-tuning (jaxgpt.instruct), plugged in through SETUPS
+  task="sft":      instruction fine-tuning (jaxgpt.instruct: its Task, prompts, finish)
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ SUMMARY = ("Fine-tune a GPT (the course's chapters 6-7) through the shared train
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
     # ---- overridden defaults: the embedded classification demo
-    dataset: str = _field("stdlib_lines", "classify: stdlib_lines (embedded) | sms_spam | a .csv/.tsv/.jsonl path "
-                                          "(or the UCI SMSSpamCollection file)")
+    dataset: str = _field("embedded", "embedded (the task's own: classify stdlib_lines, sft rule-made "
+                                      "instructions) | classify: stdlib_lines | sms_spam | a .csv/.tsv/.jsonl path (or "
+                                      "the UCI SMSSpamCollection file) | sft: instruction-data | a JSON/JSONL path")
     tokenizer: str = _field("auto", "auto (the backbone's) | char | gpt2 | bpe", choices=("auto", "char", "gpt2", "bpe"))
     init_from: str = _field("pretrain", "pretrain (a small backbone pretrained on --pretrain_dataset, cached) | "
                                         "scratch | resume | a train.py out_dir | a HF GPT-2 dir or name",
@@ -53,11 +54,14 @@ class FinetuneConfig(TrainConfig):
     pretrain_iters: int = _field(300, "init_from=pretrain: pretraining iterations", scope=INVOCATION)
     pretrain_batch_size: int = _field(32, "init_from=pretrain: pretraining batch size", scope=INVOCATION)
     pretrain_dropout: float = _field(0.0, "init_from=pretrain: pretraining dropout", scope=INVOCATION)
+    template: str = _field("short", "sft: the prompt template: alpaca | short | a format string")
+    mask_prompt: bool = _field(True, "sft: the loss counts response tokens only (False: the prompt too)")
+    n_per_kind: int = _field(1000, "sft: embedded examples per instruction kind")
     classify: str = _field("", "classify this text with the run in out_dir and print label probabilities; "
                                "no training", scope=INVOCATION)
 
     EXTRA_FIXED_ON_RESUME = ("task", "text_column", "label_column", "test_fraction", "data_seed", "balance",
-                             "pooling", "trainable", "lora_rank")
+                             "pooling", "trainable", "lora_rank", "template", "mask_prompt", "n_per_kind")
 
     def _validate(self) -> None:
         super()._validate()
@@ -98,7 +102,8 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
     from jaxgpt.tokenizers import TokenizerError, build_tokenizer, load_tokenizer
     from jaxgpt.trainer import TaskSetup, _check_resume_compatible, model_config_from_options
 
-    data = classify_data.load_labeled(cfg.dataset, cfg.text_column, cfg.label_column, cfg.data_dir or None)
+    dataset = classify_data.EMBEDDED if cfg.dataset == "embedded" else cfg.dataset
+    data = classify_data.load_labeled(dataset, cfg.text_column, cfg.label_column, cfg.data_dir or None)
     splits = classify_data.make_splits(data, cfg.data_seed, cfg.val_fraction, cfg.test_fraction, cfg.balance)
     # what --pretrain_dataset=task reads: every text outside val and test (never their texts)
     train_texts = splits.train.texts + splits.unused
@@ -155,11 +160,93 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
     return TaskSetup(cfg, data, prepared, model_config, task, initial)
 
 
-# The instruction-following task registers its setup here (see jaxgpt.instruct).
-SETUPS = {"classify": classify_setup}
+# ------------------------------------------------------------------------ instruction following
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """The loop's `prepared` slot for tasks without a token stream: the tokenizer and the meta."""
+    tokenizer: Any
+    meta: Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    name: str
+    sha256: str
+    source: str
+
+
+def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, Any]]):
+    """Records (validated first), backbone, the SFT task of jaxgpt.instruct; its finish writes
+    responses.jsonl and the test metrics (test_exact_match for the embedded task)."""
+    import hashlib
+    import json
+
+    from jaxgpt import backbone as backbone_lib
+    from jaxgpt import instruct, instruct_data
+    from jaxgpt.config import GPTConfig
+    from jaxgpt.tokenizers import TokenizerError, load_tokenizer
+    from jaxgpt.trainer import TaskSetup, _check_resume_compatible, model_config_from_options
+
+    dataset = "embedded" if cfg.dataset in ("embedded", "stdlib_lines") else cfg.dataset
+    records, source = instruct_data.resolve_records(dataset, cfg.data_dir or None, n_per_kind=cfg.n_per_kind,
+                                                    seed=cfg.data_seed)
+    splits = instruct_data.split_records(records, seed=cfg.data_seed)
+    params = None
+    if extra is not None:
+        try:
+            tokenizer = load_tokenizer(os.path.join(cfg.out_dir, "tokenizer.json"))
+        except (TokenizerError, OSError) as exc:
+            raise ConfigError(f"cannot resume {cfg.out_dir}: {exc}") from None
+        model_config = GPTConfig.from_dict(extra.get("model_config") or {}).replace(dropout=cfg.dropout)
+    elif cfg.init_from in ("scratch", "pretrain"):
+        if cfg.init_from == "pretrain":
+            notes.append("note: sft trains its default backbone from scratch (--init_from=pretrain is classify's)")
+        tokenizer = instruct.char_tokenizer_for(records, cfg.template)
+        model_config = model_config_from_options(cfg, tokenizer.vocab_size)
+    else:
+        backbone = backbone_lib.load_backbone(cfg.init_from)
+        _check_fits(cfg, backbone)
+        tokenizer, params = backbone.tokenizer, backbone.params
+        model_config = backbone.model_config.replace(dropout=cfg.dropout, compute_dtype=cfg.compute_dtype,
+                                                     attn_impl=cfg.attn_impl, remat=cfg.remat)
+        if cfg.block_size < model_config.block_size:
+            params = dict(params)
+            if "wpe" in params:
+                params["wpe"] = {"embedding": params["wpe"]["embedding"][: cfg.block_size]}
+            model_config = model_config.replace(block_size=cfg.block_size)
+        cfg = cfg.replace(**{k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
+                                                                     "tie_embeddings", "pos_emb", "norm", "mlp")},
+                          tokenizer=tokenizer.name)
+    data = instruct.prepare_sft(splits, tokenizer, cfg.template, cfg.block_size, cfg.mask_prompt, source)
+    digest = hashlib.sha256(json.dumps([dataclasses.astuple(r) for r in records]).encode()).hexdigest()
+    corpus = _Source("sft", digest, source)
+    prepared = _Prepared(tokenizer, {"source": source, "source_sha256": digest, **data.summary()})
+    if extra is not None:
+        _check_resume_compatible(cfg, extra, corpus, prepared, notes)
+
+    def finish(run, steps, loop, log_event):
+        import jax
+
+        metrics = instruct.finish(run.model_config, loop.train_state.params, data, run.out_dir)
+        log_event({"iter": loop.iter_num, **metrics})
+        if jax.process_index() == 0:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+            print(f"test: {shown} -> {os.path.join(run.out_dir, instruct.RESPONSES_FILE)}")
+        return metrics
+
+    task = dataclasses.replace(instruct.build_sft_task(model_config, data, cfg.seed), finish=finish,
+                               describe=instruct.describe(data))
+    return TaskSetup(cfg, corpus, prepared, model_config, task, params)
+
+
+SETUPS = {"classify": classify_setup, "sft": sft_setup}
 
 
 def setup_for(cfg: FinetuneConfig):
-    if cfg.task not in SETUPS:
-        raise ConfigError(f"--task={cfg.task} is not available in this build (tasks: {sorted(SETUPS)})")
+    if cfg.task == "sft":
+        try:
+            import jaxgpt.instruct  # noqa: F401  (the SFT library; see its module docstring)
+        except ImportError:
+            raise ConfigError("--task=sft needs jaxgpt.instruct, which this build lacks") from None
     return SETUPS[cfg.task]
