@@ -21,7 +21,7 @@ OPTIONS = {
     "dataset": Option("embedded", "embedded | instruction-data | a JSON/JSONL path"),
     "template": Option("short", "alpaca | short | a format string"),
     "out_dir": Option("/tmp/sft-bench", "where responses.jsonl and sft.json go"),
-    "n_per_kind": Option(1500, "embedded examples per kind"),
+    "n_per_kind": Option(1000, "embedded examples per kind"),
     "max_length": Option(96, "longest input in tokens"),
     "mask_prompt": Option(True, "loss on response tokens only"),
     "n_layer": Option(4, ""), "n_head": Option(4, ""), "n_embd": Option(128, ""),
@@ -63,6 +63,11 @@ def main(argv):
             losses = {s: float(ev(state.params, task.batches.eval_batch(s, o["eval_iters"], o["batch_size"], slice(None)))["loss"])
                       for s in task.eval_splits}
             cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+            val = data.records["val"][:64]
+            got = instruct.respond(cfg, state.params, tok, data.template, data.eos_id,
+                                   [(r.instruction, r.input) for r in val], 24)
+            em = instruct.exact_match([r.output for r in val], got, [r.kind for r in val])
+            print("  val exact match (64):", {k.replace("test_exact_match", "em"): round(v, 2) for k, v in em.items()})
             print(f"iter {it}: train {losses['train']:.4f} val {losses['val']:.4f} ({time.time() - t0:.0f}s, "
                   f"cpu {cpu:.0f}s)", flush=True)
         if it == o["max_iters"]:

@@ -97,8 +97,8 @@ def test_mask_prompt_false_counts_the_prompt_and_padding_never_counts():
 
 
 def test_bucketing_bounds_the_shapes():
-    records = instruct_data.embedded_records(40, seed=1)
-    data = _data(max_length=100, splits=instruct_data.split_records(records, seed=0))
+    splits = instruct_data.split_records(instruct_data.embedded_records(40, seed=1), seed=0)
+    data = _data(max_length=100, splits={**splits, "train": splits["train"] + RECORDS * 10})  # short and long
     assert data.buckets == (16, 32, 64, 100)
     batches = instruct.SFTBatches(data, seed=0)
     shapes = set()
@@ -113,11 +113,12 @@ def test_bucketing_bounds_the_shapes():
 
 def test_truncation_is_counted():
     long = Record("Copy.", "", "y" * 80)
-    splits = {"train": [long, long, RECORDS[2]], "val": [RECORDS[0]], "test": [Record("Copy.", "q" * 80, "q")]}
+    short = Record("Hi.", "", "yo")  # 39 tokens with the template and eos
+    splits = {"train": [long, long, short], "val": [short], "test": [Record("Copy.", "q" * 80, "q")]}
     data = _data(max_length=40, splits=splits)
     assert data.encoded["train"].n_truncated == 2 and data.encoded["val"].n_truncated == 0
     assert data.encoded["test"].n_no_response == 1  # its prompt alone fills the 41 tokens
-    assert int(data.encoded["train"].lengths_N.max()) == 41
+    assert data.encoded["train"].lengths_N.tolist() == [41, 41, 39]
     assert data.summary()["truncated"] == {"train": 2, "val": 0, "test": 1}
 
 
