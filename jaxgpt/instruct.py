@@ -43,7 +43,7 @@ from jaxgpt.tokenizers import CharTokenizer, Tokenizer
 
 __all__ = ["END_CHAR", "SFT_CONFIG_FILE", "RESPONSES_FILE", "Template", "TEMPLATES", "resolve_template",
            "eos_id_for", "char_tokenizer_for", "length_buckets", "EncodedSplit", "encode_split", "SFTData",
-           "prepare_sft", "SFTBatches", "build_sft_task", "respond", "exact_match", "finish",
+           "prepare_sft", "describe", "make_batch", "SFTBatches", "build_sft_task", "respond", "exact_match", "finish",
            "save_sft_config", "read_sft_config"]
 
 END_CHAR = "\x03"  # the char tokenizer's end-of-response marker (ASCII ETX, "end of text")
@@ -206,6 +206,15 @@ class SFTData:
                 "truncated": {s: self.encoded[s].n_truncated for s in SPLITS},
                 "no_response_left": {s: self.encoded[s].n_no_response for s in SPLITS},
                 "buckets": list(self.buckets)}
+
+
+def describe(data: "SFTData") -> str:
+    """One line for a run's header: the data, the split sizes and the truncations."""
+    n = {s: len(data.records[s]) for s in SPLITS}
+    cut = {s: data.encoded[s].n_truncated for s in SPLITS}
+    return (f"sft: {data.source} | {n['train']}/{n['val']}/{n['test']} train/val/test | template {data.template.name} | "
+            f"max_length {data.max_length}: truncated {cut['train']}/{cut['val']}/{cut['test']} | buckets "
+            f"{list(data.buckets)} | loss on {'responses' if data.mask_prompt else 'prompts and responses'}")
 
 
 def prepare_sft(splits: Dict[str, List[Record]], tokenizer: Tokenizer, template: Union[str, Template] = "alpaca",
