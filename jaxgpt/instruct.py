@@ -1,9 +1,12 @@
 """Instruction fine-tuning (SFT) as a task of the shared training loop.
 
+    data = load_sft_data("embedded", tokenizer=None, template="short", max_length=100)  # all in one, or:
     records, source = instruct_data.resolve_records("embedded")
     splits = instruct_data.split_records(records, seed=123)                    # 85/10/5, by content
     tokenizer = char_tokenizer_for(records, "short")                           # or the backbone's
-    data = prepare_sft(splits, tokenizer, template="short", max_length=128, source=source)
+    data = prepare_sft(splits, tokenizer, template="short", max_length=100, source=source)
+    print(describe(data))                                                      # counts, truncations
+    save_sft_config(out_dir, data)                                             # sft.json, at the start
     task = build_sft_task(model_config, data, seed=1337)                       # a jaxgpt.tasks.Task
     ... the loop trains task.loss on task.batches ...
     metrics = finish(model_config, params, data, out_dir)   # responses.jsonl + test metrics
@@ -43,7 +46,7 @@ from jaxgpt.tokenizers import CharTokenizer, Tokenizer
 
 __all__ = ["END_CHAR", "SFT_CONFIG_FILE", "RESPONSES_FILE", "Template", "TEMPLATES", "resolve_template",
            "eos_id_for", "char_tokenizer_for", "length_buckets", "EncodedSplit", "encode_split", "SFTData",
-           "prepare_sft", "describe", "make_batch", "SFTBatches", "build_sft_task", "respond", "exact_match", "finish",
+           "prepare_sft", "load_sft_data", "describe", "make_batch", "SFTBatches", "build_sft_task", "respond", "exact_match", "finish",
            "save_sft_config", "read_sft_config"]
 
 END_CHAR = "\x03"  # the char tokenizer's end-of-response marker (ASCII ETX, "end of text")
@@ -229,6 +232,21 @@ def prepare_sft(splits: Dict[str, List[Record]], tokenizer: Tokenizer, template:
     encoded = {s: encode_split(splits[s], tokenizer, t, eos, max_length, s) for s in SPLITS}
     return SFTData({s: list(splits[s]) for s in SPLITS}, encoded, tokenizer, t, eos, max_length,
                    bool(mask_prompt), source)
+
+
+def load_sft_data(dataset: str = "embedded", tokenizer: Optional[Tokenizer] = None, *,
+                  template: Union[str, Template] = "short", max_length: int = 100, mask_prompt: bool = True,
+                  split_seed: int = 123, n_per_kind: int = 1000, cache_dir: Optional[str] = None) -> SFTData:
+    """Config values -> SFTData in one call: the records (instruct_data.resolve_records; the
+    embedded ones are drawn with split_seed too), the 85/10/5 content split, the encoding.
+    tokenizer: the backbone's; None builds a char vocabulary for them (char_tokenizer_for),
+    for a model trained from scratch."""
+    from jaxgpt.instruct_data import resolve_records, split_records
+
+    records, source = resolve_records(dataset, cache_dir, n_per_kind=n_per_kind, seed=split_seed)
+    if tokenizer is None:
+        tokenizer = char_tokenizer_for(records, template)
+    return prepare_sft(split_records(records, seed=split_seed), tokenizer, template, max_length, mask_prompt, source)
 
 
 # ------------------------------------------------------------------------------ batches

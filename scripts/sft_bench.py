@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
 import time
 
 from jaxgpt.cli import Option, main_guard, parse_args
@@ -25,7 +24,7 @@ OPTIONS = {
     "max_length": Option(96, "longest input in tokens"),
     "mask_prompt": Option(True, "loss on response tokens only"),
     "n_layer": Option(4, ""), "n_head": Option(4, ""), "n_embd": Option(128, ""),
-    "dropout": Option(0.0, ""),
+    "dropout": Option(0.0, ""), "pos_emb": Option("learned", "", choices=("learned", "rope")),
     "batch_size": Option(32, ""), "max_iters": Option(1500, ""), "learning_rate": Option(2e-3, ""),
     "min_lr": Option(2e-4, ""), "warmup_iters": Option(100, ""), "weight_decay": Option(0.1, ""),
     "eval_interval": Option(250, ""), "eval_iters": Option(4, ""), "seed": Option(1337, ""),
@@ -39,18 +38,17 @@ def main(argv):
     t0 = time.time()
     import jax
 
-    from jaxgpt import instruct, instruct_data
+    from jaxgpt import instruct
     from jaxgpt.config import GPTConfig
     from jaxgpt.optim import lr_schedule, make_optimizer
     from jaxgpt.train_step import create_train_state, make_eval_step, make_train_step
 
-    records, source = instruct_data.resolve_records(o["dataset"], n_per_kind=o["n_per_kind"], seed=o["data_seed"])
-    splits = instruct_data.split_records(records, seed=o["data_seed"])
-    tok = instruct.char_tokenizer_for(records, o["template"])
-    data = instruct.prepare_sft(splits, tok, o["template"], o["max_length"], o["mask_prompt"], source)
+    data = instruct.load_sft_data(o["dataset"], None, template=o["template"], max_length=o["max_length"],
+                                  mask_prompt=o["mask_prompt"], split_seed=o["data_seed"], n_per_kind=o["n_per_kind"])
+    tok = data.tokenizer
     print(instruct.describe(data))
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=o["max_length"], n_layer=o["n_layer"],
-                    n_head=o["n_head"], n_embd=o["n_embd"], dropout=o["dropout"])
+                    n_head=o["n_head"], n_embd=o["n_embd"], dropout=o["dropout"], pos_emb=o["pos_emb"])
     task = instruct.build_sft_task(cfg, data, o["seed"])
     sched = lr_schedule(o["learning_rate"], o["min_lr"], o["warmup_iters"], o["max_iters"])
     opt = make_optimizer(sched, weight_decay=o["weight_decay"])
