@@ -120,9 +120,13 @@ def test_truncation_is_counted():
     assert data.encoded["test"].n_no_response == 1  # its prompt alone fills the 41 tokens
     assert data.encoded["train"].lengths_N.tolist() == [41, 41, 39]
     assert data.summary()["truncated"] == {"train": 2, "val": 0, "test": 1}
+    assert "max_length 40: truncated 2/0/1" in instruct.describe(data)
 
 
 def test_held_out_splits_are_disjoint_by_content():
+    data = instruct.load_sft_data("embedded", n_per_kind=50, split_seed=4)
+    seen = {r.key() for r in data.records["train"]}
+    assert not seen & {r.key() for s in ("val", "test") for r in data.records[s]}
     records = instruct_data.embedded_records(200, seed=3)
     assert len({r.key() for r in records}) == len(records) == 800
     assert instruct_data.embedded_records(200, seed=3) == records  # seeded
