@@ -274,12 +274,16 @@ def test_sample_instruction_applies_the_saved_template(tmp_path):
     assert res.stdout == (want + "\n" + "-" * 40 + "\n") * 2
     plain = tmp_path / "plain"
     plain.mkdir()
-    for args, message in [
+    cases = [
         ([f"--out_dir={tmp_path}", "--input=abc"], "--input goes with --instruction"),
         ([f"--out_dir={tmp_path}", "--instruction= "], "--instruction is empty"),
         ([f"--out_dir={tmp_path}", "--instruction=x", "--start=y"], "exclude each other"),
         (["--init_from=gpt2", "--instruction=x"], "--init_from=resume"),
         ([f"--out_dir={plain}", "--instruction=x"], "sft.json is missing"),
-    ]:
-        res = _sample(*args)
-        assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, str(REPO / "sample.py"), *args], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args, _ in cases]  # together
+    for (args, message), p in zip(cases, procs):
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
