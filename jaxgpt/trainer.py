@@ -121,6 +121,10 @@ def config_from_argv(argv) -> TrainConfig:
 def model_config_from_options(cfg: TrainConfig, vocab_size: int):
     from jaxgpt.config import GPTConfig
 
+    if cfg.model == "bigram":  # chapter 01's baseline: only the vocabulary and the window length matter
+        from jaxgpt.bigram import BigramConfig
+
+        return BigramConfig(vocab_size=vocab_size, block_size=cfg.block_size)
     return GPTConfig(
         vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu, tie_embeddings=cfg.tie_embeddings,
@@ -293,7 +297,15 @@ def resolve_run(cfg: TrainConfig) -> ResolvedRun:
             raise ConfigError(f"the {split} split has {longest} tokens (in one piece), fewer than block_size+1 = "
                               f"{cfg.block_size + 1}: use a larger corpus or a smaller --block_size")
 
-    task = language_modeling(model_cfg, prepared, cfg.seed)
+    if cfg.model == "bigram":  # the same loop and step train the table; the count-based bigram is printed beside it
+        from jaxgpt import bigram
+
+        if pretrained:
+            raise ConfigError(f"--model=bigram trains a table from scratch; --init_from={cfg.init_from} is a GPT")
+        task = bigram.language_modeling(model_cfg, prepared, cfg.seed)
+        notes.append(bigram.count_baseline_line(prepared, cfg.bigram_smoothing)[1])
+    else:
+        task = language_modeling(model_cfg, prepared, cfg.seed)
     schedule = lr_schedule(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
     abstract_params = jax.eval_shape(task.init_params, jax.random.key(0))  # shapes only, no memory
     # muP: per-layer learning-rate multipliers (None, the plain AdamW chain, when off)
@@ -311,10 +323,8 @@ def resolve_run(cfg: TrainConfig) -> ResolvedRun:
 
     restored = None
     if resuming:
-        from jaxgpt.config import GPTConfig
-
         try:  # from_dict: a checkpoint older than a GPTConfig field has that field's default
-            saved_model = GPTConfig.from_dict(extra.get("model_config") or {})
+            saved_model = type(model_cfg).from_dict(extra.get("model_config") or {})
         except (TypeError, ValueError):
             saved_model = None
         if saved_model != model_cfg:
@@ -483,6 +493,7 @@ def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, repo
              ) -> LoopState:
     """Step 4: train to max_iters, evaluating and checkpointing every eval_interval."""
     from jaxgpt.flops import device_peak_flops, mfu
+    from jaxgpt.metrics import perplexity
     import jax
 
     cfg = run.cfg
@@ -500,8 +511,10 @@ def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, repo
         if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != skip_eval_at:
             watch.check(run, checkpointer)  # never evaluate, let alone checkpoint, a diverged state
             losses = evaluate(run, steps, loop.train_state.params)
-            report.event({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
-            report.line(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            report.event({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
+                          "val_ppl": perplexity(losses["val"])})
+            report.line(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                        f"(ppl {perplexity(losses['val']):.2f})")
             improved = losses["val"] < loop.best_val
             loop = dataclasses.replace(loop, best_val=min(loop.best_val, losses["val"]), last_val=losses["val"])
             if it > 0 and (improved or cfg.always_save_checkpoint):
@@ -594,9 +607,12 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         loop = initial_loop_state(run, init_rng)
         steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
         losses = evaluate(run, steps, loop.train_state.params)
+        from jaxgpt.metrics import perplexity
+
         if is_main:
-            print(f"eval: train {losses['train']:.4f}, val {losses['val']:.4f}")
-        return {"train_loss": losses["train"], "val_loss": losses["val"], "iters": loop.iter_num}
+            print(f"eval: train {losses['train']:.4f}, val {losses['val']:.4f} (val ppl {perplexity(losses['val']):.2f})")
+        return {"train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": perplexity(losses["val"]),
+                "iters": loop.iter_num}
 
     lock = RunDirLock(cfg.out_dir)
     if is_main:

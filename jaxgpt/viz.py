@@ -110,6 +110,8 @@ def attention_weights(cfg, params, ids) -> np.ndarray:
     """
     from jaxgpt.model import GPT
 
+    if getattr(cfg, "model", "gpt") == "bigram":
+        raise ValueError("a bigram has no attention: it reads only the last token")
     idx_BT = _as_ids(ids)
     if idx_BT.shape[1] > cfg.block_size:
         raise ValueError(f"{idx_BT.shape[1]} tokens exceed the model's block_size {cfg.block_size}")
@@ -177,10 +179,11 @@ def next_token_probs(cfg, params, ids, k: int = 10) -> Tuple[np.ndarray, np.ndar
     its last block_size tokens are read), most likely first. Probabilities are over the full vocab."""
     import jax
 
-    from jaxgpt.model import GPT
+    from jaxgpt.bigram import module_for
 
     idx_BT = _as_ids(ids)[:1, -cfg.block_size:]
-    logits = GPT(cfg.replace(dropout=0.0)).apply({"params": params}, idx_BT)
+    model = module_for(cfg if getattr(cfg, "model", "gpt") == "bigram" else cfg.replace(dropout=0.0))
+    logits = model.apply({"params": params}, idx_BT)
     probs_V = np.asarray(jax.nn.softmax(logits[0, -1].astype("float32")), dtype=np.float64)
     k = min(int(k), probs_V.shape[0])
     top = np.argsort(-probs_V, kind="stable")[:k]
@@ -344,7 +347,8 @@ def plot_embeddings(params, tokenizer, png_path, n: int = 100, counts=None, titl
     the n most frequent by counts (a (V,) array of token counts) or, without counts, the first n.
     Returns (coords (V, 2), annotated ids)."""
     plt = _plt()
-    wte = np.asarray(params["wte"]["embedding"], dtype=np.float64)
+    # a GPT's wte, or a bigram's table (row a: the next-token logits after a, its "embedding")
+    wte = np.asarray((params["wte"] if "wte" in params else params["table"])["embedding"], dtype=np.float64)
     V = min(wte.shape[0], tokenizer.vocab_size)
     x = wte[:V] - wte[:V].mean(axis=0)
     _, s, vt = np.linalg.svd(x, full_matrices=False)
@@ -364,7 +368,8 @@ def plot_embeddings(params, tokenizer, png_path, n: int = 100, counts=None, titl
                     xytext=(2, 2), textcoords="offset points")
     ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of variance)" if len(explained) > 1 else "PC 2")
-    ax.set_title(title or f"token embeddings (wte, {V} tokens), PCA")
+    source = "wte" if "wte" in params else "bigram table rows"
+    ax.set_title(title or f"token embeddings ({source}, {V} tokens), PCA")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -431,7 +436,9 @@ def _load_run(out_dir: str, which: str):
     if not os.path.isfile(tokenizer_path):
         raise CLIError(f"{out_dir!r} has no tokenizer.json: is it a train.py run directory?")
     cfg, params = load_inference_params(out_dir, which)
-    return cfg.replace(dropout=0.0), params, load_tokenizer(tokenizer_path)
+    if getattr(cfg, "model", "gpt") == "gpt":
+        cfg = cfg.replace(dropout=0.0)
+    return cfg, params, load_tokenizer(tokenizer_path)
 
 
 def _prompt_ids(tokenizer, prompt: Optional[str]) -> List[int]:
@@ -460,6 +467,9 @@ def main(argv: Sequence[str]) -> str:
         plot_loss_curves(dirs, png)
     else:
         cfg, params, tokenizer = _load_run(dirs[0], opts["which"])
+        if what == "attention" and getattr(cfg, "model", "gpt") == "bigram":
+            raise CLIError(f"{dirs[0]!r} is a bigram run: it has no attention (next_token, decoding, loss and "
+                           "embeddings work on it)")
         if what == "embeddings":
             plot_embeddings(params, tokenizer, png, n=opts["n"])
         elif what == "decoding":
