@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxgpt.cli import ConfigError
 
-__all__ = ["BigramConfig", "Bigram", "BigramCounts", "count_bigram", "config_from_dict", "module_for",
+__all__ = ["BigramConfig", "Bigram", "BigramCounts", "count_bigram", "table_nll", "config_from_dict", "module_for",
            "language_modeling", "generate", "generate_stream", "MAX_TABLE_ENTRIES"]
 
 # A learned table above 2^27 entries (0.5 GiB of float32, x3 with Adam's moments) is refused: GPT-2's
@@ -203,6 +203,22 @@ def count_bigram(tokens, vocab_size: int) -> BigramCounts:
         codes, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
     row_totals = np.bincount(codes // vocab_size, weights=counts, minlength=vocab_size).astype(np.int64)
     return BigramCounts(vocab_size, codes, counts, row_totals)
+
+
+def table_nll(table_VV, tokens) -> float:
+    """Mean -log softmax(table_VV[a])[b] over every adjacent pair (a, b) of `tokens`: a learned
+    bigram's exact val loss (the loop's eval estimates it from eval_iters random windows)."""
+    logits = np.asarray(table_VV, np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    log_probs = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    V = log_probs.shape[0]
+    total, n = 0.0, 0
+    for codes in _pair_codes(tokens, V):
+        total -= float(log_probs.flat[codes].sum())
+        n += len(codes)
+    if n == 0:
+        raise ValueError("no adjacent token pairs to score")
+    return total / n
 
 
 def count_baseline_line(data, k: float) -> Tuple[float, str]:

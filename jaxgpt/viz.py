@@ -108,6 +108,8 @@ def attention_weights(cfg, params, ids) -> np.ndarray:
     query t's distribution over keys 0..t (exact zeros above the diagonal). ids: (T,) or (B, T),
     T <= block_size.
     """
+    import jax
+
     from jaxgpt.model import GPT
 
     if getattr(cfg, "model", "gpt") == "bigram":
@@ -116,7 +118,7 @@ def attention_weights(cfg, params, ids) -> np.ndarray:
     if idx_BT.shape[1] > cfg.block_size:
         raise ValueError(f"{idx_BT.shape[1]} tokens exceed the model's block_size {cfg.block_size}")
     model = GPT(cfg.replace(attn_impl="explicit", dropout=0.0, remat=False))
-    _, state = model.apply({"params": params}, idx_BT, mutable=["intermediates"])
+    _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))(params, idx_BT)
     inter = state["intermediates"]
     layers = []
     for i in range(cfg.n_layer):
@@ -183,7 +185,7 @@ def next_token_probs(cfg, params, ids, k: int = 10) -> Tuple[np.ndarray, np.ndar
 
     idx_BT = _as_ids(ids)[:1, -cfg.block_size:]
     model = module_for(cfg if getattr(cfg, "model", "gpt") == "bigram" else cfg.replace(dropout=0.0))
-    logits = model.apply({"params": params}, idx_BT)
+    logits = jax.jit(model.apply)({"params": params}, idx_BT)  # compiled: cheaper than op-by-op
     probs_V = np.asarray(jax.nn.softmax(logits[0, -1].astype("float32")), dtype=np.float64)
     k = min(int(k), probs_V.shape[0])
     top = np.argsort(-probs_V, kind="stable")[:k]

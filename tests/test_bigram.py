@@ -45,6 +45,8 @@ def test_counts_and_add_k_by_hand():
     dense = -np.mean(logp[other[:-1], other[1:]])
     assert counts.nll(other, 1.0) == pytest.approx(float(dense), rel=1e-6)
     assert counts.nll(other, 0.0) == math.inf  # (2, 0) was never seen: probability 0 without smoothing
+    # a table of log-probabilities scores like the counts it came from
+    assert bigram.table_nll(logp, other) == pytest.approx(counts.nll(other, 1.0), rel=1e-6)
 
 
 def test_pairs_never_cross_a_shard():
