@@ -307,7 +307,8 @@ class GPT(nn.Module):
         chex.assert_rank(idx_BT, 2)
         chex.assert_type(idx_BT, int)
 
-    def _trunk(self, idx_BT, pos_BT, mask_B1TS, deterministic, kv_caches=None, cache_index=None):
+    def _trunk(self, idx_BT, pos_BT, mask_B1TS, deterministic, kv_caches=None, cache_index=None,
+               features_only=False):
         cfg = self.config
         x_BTD = self.wte(idx_BT)
         rope = None
@@ -322,6 +323,8 @@ class GPT(nn.Module):
             x_BTD, new_cache = block(x_BTD, mask_B1TS, deterministic, layer_cache, cache_index, rope)
             new_caches.append(new_cache)
         x_BTD = self.ln_f(x_BTD)
+        if features_only:  # fine-tuning heads read the final hidden states (see GPT.features)
+            return x_BTD, tuple(new_caches)
         if cfg.mup:  # muP readout multiplier 1/m on the head's input (MuReadout / MuSharedReadout)
             x_BTD = x_BTD * jnp.asarray(1.0 / cfg.mup_width_mult, x_BTD.dtype)
         if cfg.tie_embeddings:
@@ -345,6 +348,19 @@ class GPT(nn.Module):
         chex.assert_shape(logits_BTV, (B, T, self.config.vocab_size))
         chex.assert_type(logits_BTV, jnp.float32)
         return logits_BTV
+
+    # ---- fine-tuning: a separate entry point, so __call__ and its logits are untouched
+    def features(self, idx_BT: jax.Array, deterministic: bool = True) -> jax.Array:
+        """The final hidden states (B, T, D), after ln_f and before the LM head, in the compute
+        dtype: what a classification head pools. `apply(..., method=GPT.features)`."""
+        self._check_tokens(idx_BT)
+        B, T = idx_BT.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length T={T} exceeds GPTConfig.block_size={self.config.block_size}")
+        pos_BT = jnp.broadcast_to(jnp.arange(T)[None, :], (B, T))
+        x_BTD, _ = self._trunk(idx_BT, pos_BT, None, deterministic, features_only=True)
+        chex.assert_shape(x_BTD, (B, T, self.config.n_embd))
+        return x_BTD
 
     def decode(
         self,

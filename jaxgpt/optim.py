@@ -143,3 +143,14 @@ def make_optimizer(learning_rate, *, weight_decay: float = 0.1, beta1: float = 0
     if grad_clip and grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
     return adamw
+
+
+def freeze(optimizer: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
+    """`optimizer` on the leaves `trainable(params)` marks True; the others are frozen: their
+    update is zero and, through optax.multi_transform's masking, the inner optimizer keeps no
+    state (no AdamW moments) for them. Clipping inside `optimizer` sees trainable grads only."""
+
+    def labels(params):
+        return jax.tree_util.tree_map(lambda t: "train" if t else "frozen", trainable(params))
+
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)

@@ -13,6 +13,7 @@ never sticks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
@@ -20,7 +21,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 from jaxgpt.cli import ConfigError, Option, check_value
 
 __all__ = ["ConfigError", "TrainConfig", "OPTIONS", "RUN_KEYS", "INVOCATION_KEYS", "FIXED_ON_RESUME",
-           "config_from_sources", "read_run_options"]
+           "config_from_sources", "read_run_options", "options_of", "run_keys_of", "fixed_on_resume"]
 
 
 RUN, INVOCATION = "run", "invocation"
@@ -109,8 +110,9 @@ class TrainConfig:
     process_id: int = _field(0, "this process's index in a multi-host run", scope=INVOCATION)
 
     def __post_init__(self):
+        options = options_of(type(self))
         for f in dataclasses.fields(self):  # types first: every later check can rely on them
-            check_value(f.name, getattr(self, f.name), OPTIONS[f.name])
+            check_value(f.name, getattr(self, f.name), options[f.name])
         self._validate()
 
     def _validate(self) -> None:
@@ -157,15 +159,33 @@ class TrainConfig:
 
     def run_options(self) -> Dict[str, Any]:
         """The options that describe the run: what checkpoints and run_config.json keep."""
-        return {k: v for k, v in self.to_dict().items() if k in RUN_KEYS}
+        keys = run_keys_of(type(self))
+        return {k: v for k, v in self.to_dict().items() if k in keys}
+
+    # Subclasses (fine-tuning's config) name the run options of theirs that a resume may not change.
+    EXTRA_FIXED_ON_RESUME = ()
 
 
-OPTIONS: Dict[str, Option] = {
-    f.name: Option(f.default, f.metadata["help"], type=f.metadata["type"], choices=f.metadata["choices"],
-                   optional=f.metadata["optional"])
-    for f in dataclasses.fields(TrainConfig)
-}
-RUN_KEYS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["scope"] == RUN)
+# A subclass of TrainConfig (e.g. jaxgpt.finetune.FinetuneConfig) adds fields with _field; these
+# give each config class its own option table, so the shared loop and CLI serve all of them.
+@functools.lru_cache(maxsize=None)
+def options_of(cls) -> Dict[str, Option]:
+    return {f.name: Option(f.default, f.metadata["help"], type=f.metadata["type"], choices=f.metadata["choices"],
+                           optional=f.metadata["optional"])
+            for f in dataclasses.fields(cls)}
+
+
+@functools.lru_cache(maxsize=None)
+def run_keys_of(cls) -> Tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["scope"] == RUN)
+
+
+def fixed_on_resume(cfg) -> Tuple[str, ...]:
+    return FIXED_ON_RESUME + tuple(type(cfg).EXTRA_FIXED_ON_RESUME)
+
+
+OPTIONS: Dict[str, Option] = options_of(TrainConfig)
+RUN_KEYS: Tuple[str, ...] = run_keys_of(TrainConfig)
 INVOCATION_KEYS: Tuple[str, ...] = tuple(k for k in OPTIONS if k not in RUN_KEYS)
 # Run options a resume may not change: they decide the data's token ids and the parameters' shapes.
 FIXED_ON_RESUME: Tuple[str, ...] = ("model", "dataset", "tokenizer", "bpe_vocab_size", "val_fraction", "n_layer", "n_head",
@@ -173,28 +193,31 @@ FIXED_ON_RESUME: Tuple[str, ...] = ("model", "dataset", "tokenizer", "bpe_vocab_
                                     "norm", "mlp", "qk_norm", "mup", "mup_base_width")
 
 
-def read_run_options(values: Mapping[str, Any], source: str) -> Dict[str, Any]:
+def read_run_options(values: Mapping[str, Any], source: str, cls=TrainConfig) -> Dict[str, Any]:
     """Run options saved by an earlier invocation (a checkpoint's or run_config.json), each
     checked against its declared type; keys this version does not know are ignored."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source} does not hold a JSON object of options")
+    options, keys = options_of(cls), run_keys_of(cls)
     out = {}
     for key, value in values.items():
-        if key in RUN_KEYS:
-            out[key] = check_value(key, value, OPTIONS[key], where=f" in {source}")
+        if key in keys:
+            out[key] = check_value(key, value, options[key], where=f" in {source}")
     return out
 
 
-def config_from_sources(given: Mapping[str, Any], saved: Optional[Mapping[str, Any]] = None) -> TrainConfig:
+def config_from_sources(given: Mapping[str, Any], saved: Optional[Mapping[str, Any]] = None,
+                        cls=TrainConfig) -> TrainConfig:
     """Defaults, then the run options `saved` by the run being resumed, then the `given` keys."""
-    values = {**{k: o.default for k, o in OPTIONS.items()}, **(saved or {}), **given}
-    return TrainConfig(**values)
+    values = {**{k: o.default for k, o in options_of(cls).items()}, **(saved or {}), **given}
+    return cls(**values)
 
 
 def changed_run_options(before: Mapping[str, Any], after: TrainConfig) -> Iterable[str]:
     """'key: old -> new' for every run option this invocation changes."""
     now = after.run_options()
-    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in RUN_KEYS if k in before and before[k] != now[k]]
+    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in run_keys_of(type(after))
+            if k in before and before[k] != now[k]]
 
 
 def load_json_object(path: str) -> Dict[str, Any]:

@@ -40,12 +40,25 @@ class BatchSource(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Task:
+    """The optional hooks are what fine-tuning tasks add (None: pretraining's behaviour):
+      - `trainable(params) -> pytree of bool`: True trains; False is frozen (no update, no AdamW
+        moments: jaxgpt.optim.freeze);
+      - `eval_summary(eval_step_output) -> {metric: float}`: must hold "loss"; the rest is logged
+        per split as `{split}_{metric}` (val_accuracy, ...);
+      - `finish(run, steps, loop, log_event) -> dict`: end of run, under the run-dir lock (test
+        metrics, artifacts); its dict joins train()'s summary;
+      - `describe`: the data part of the header line.
+    """
     name: str
     model_config: GPTConfig
     init_params: Callable[[jax.Array], Any]
     loss: LossFn
     batches: BatchSource
     eval_splits: Tuple[str, ...] = ("train", "val")
+    trainable: Optional[Callable[[Any], Any]] = None
+    eval_summary: Optional[Callable[[Dict[str, Any]], Dict[str, float]]] = None
+    finish: Optional[Callable[..., Optional[Dict[str, Any]]]] = None
+    describe: Optional[str] = None
 
 
 def lm_loss(model: GPT) -> LossFn:

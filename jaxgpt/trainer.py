@@ -27,8 +27,8 @@ import numpy as np
 
 from jaxgpt.cli import ConfigError, parse_given
 from jaxgpt.pretrained import HUB_NAMES as PRETRAINED_NAMES
-from jaxgpt.run_config import (FIXED_ON_RESUME, OPTIONS, TrainConfig, changed_run_options, config_from_sources,
-                               load_json_object, read_run_options, write_json_atomic)
+from jaxgpt.run_config import (OPTIONS, TrainConfig, changed_run_options, config_from_sources, fixed_on_resume,
+                               load_json_object, options_of, read_run_options, write_json_atomic)
 from jaxgpt.run_dir import RunDirLock, check_out_dir, clear_run_files
 
 __all__ = ["TrainingDiverged", "ResolvedRun", "LoopState", "config_from_argv", "resolve_run", "train",
@@ -101,11 +101,12 @@ def _join_processes(cfg: TrainConfig) -> None:
                                     cfg.process_id if cfg.coordinator_address else None)
 
 
-def config_from_argv(argv) -> TrainConfig:
-    """The run's TrainConfig from a command line. With --init_from=resume the base is the run
-    options saved with the checkpoint being continued, so only what is given again changes."""
-    given = parse_given(OPTIONS, argv, "train.py", SUMMARY)
-    cfg = config_from_sources(given)
+def config_from_argv(argv, cls=TrainConfig, prog: str = "train.py", summary: str = SUMMARY) -> TrainConfig:
+    """The run's TrainConfig (or `cls`, a subclass) from a command line. With --init_from=resume
+    the base is the run options saved with the checkpoint being continued, so only what is given
+    again changes."""
+    given = parse_given(options_of(cls), argv, prog, summary)
+    cfg = config_from_sources(given, cls=cls)
     if cfg.init_from != "resume":
         return cfg
     _join_processes(cfg)
@@ -115,7 +116,7 @@ def config_from_argv(argv) -> TrainConfig:
     saved = extra.get("run_config", extra.get("options"))  # "options": checkpoints before run_config existed
     if saved is None:
         raise ConfigError(f"{source} records no run options")
-    return config_from_sources(given, read_run_options(saved, source))
+    return config_from_sources(given, read_run_options(saved, source, cls), cls)
 
 
 def model_config_from_options(cfg: TrainConfig, vocab_size: int):
@@ -203,9 +204,11 @@ def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
             notes.append(f"note: {cfg.out_dir} held no checkpoint; starting that run over")
         return
     saved_path = os.path.join(cfg.out_dir, "run_config.json")
-    previous = read_run_options(load_json_object(saved_path), saved_path) if os.path.exists(saved_path) else {}
+    previous = (read_run_options(load_json_object(saved_path), saved_path, type(cfg))
+                if os.path.exists(saved_path) else {})
     now = cfg.run_options()
-    differs = [f"{k}: {previous[k]!r} -> {now[k]!r}" for k in FIXED_ON_RESUME if k in previous and previous[k] != now[k]]
+    differs = [f"{k}: {previous[k]!r} -> {now[k]!r}" for k in fixed_on_resume(cfg)
+               if k in previous and previous[k] != now[k]]
     if differs:
         raise ConfigError(f"out_dir {cfg.out_dir} holds a run of another config ({'; '.join(differs)}); "
                           "pass --overwrite=True to replace it or choose another --out_dir")
@@ -216,9 +219,11 @@ def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
 def _check_resume_compatible(cfg: TrainConfig, extra: Dict[str, Any], corpus, prepared, notes: List[str]) -> None:
     """The data and architecture of a resumed run must be the checkpoint's: another corpus or
     tokenizer would remap every token id, silently."""
-    saved = read_run_options(extra.get("run_config", extra.get("options", {})), f"checkpoint in {cfg.out_dir}")
+    saved = read_run_options(extra.get("run_config", extra.get("options", {})), f"checkpoint in {cfg.out_dir}",
+                             type(cfg))
     now = cfg.run_options()
-    fixed = [f"--{k}={now[k]!r} (the run has {saved[k]!r})" for k in FIXED_ON_RESUME if k in saved and saved[k] != now[k]]
+    fixed = [f"--{k}={now[k]!r} (the run has {saved[k]!r})" for k in fixed_on_resume(cfg)
+             if k in saved and saved[k] != now[k]]
     if fixed:
         raise ConfigError(f"cannot resume {cfg.out_dir} with another data or architecture setting: {'; '.join(fixed)}; "
                           "start a new --out_dir")
@@ -242,29 +247,32 @@ def _check_resume_compatible(cfg: TrainConfig, extra: Dict[str, Any], corpus, pr
     notes.extend(f"resume: {change}" for change in changed_run_options(saved, cfg))
 
 
-def resolve_run(cfg: TrainConfig) -> ResolvedRun:
-    """Step 1: validate and resolve everything; nothing is written to out_dir."""
-    from jaxgpt import sharding
+@dataclasses.dataclass(frozen=True)
+class TaskSetup:
+    """What a task's setup resolves for the loop: the config (with e.g. a pretrained model's
+    architecture filled in), the data (`corpus`: name, source, sha256; `prepared`: tokenizer,
+    meta), the model config, the Task, and initial params (host arrays) or None to initialize."""
+    cfg: TrainConfig
+    corpus: Any
+    prepared: Any
+    model_config: Any
+    task: Any
+    pretrained_params: Any = None
 
-    notes: List[str] = []
-    check_out_dir(cfg.out_dir)
-    resuming = cfg.init_from == "resume"
-    pretrained = cfg.init_from in PRETRAINED_NAMES or (not resuming and os.path.isdir(cfg.init_from))
-    if not (resuming or pretrained or cfg.init_from == "scratch"):
-        raise ConfigError(f"--init_from must be scratch, resume, one of {list(PRETRAINED_NAMES)} or a directory; "
-                          f"got {cfg.init_from!r}")
-    if not resuming:
-        _check_fresh_start(cfg, notes)
-    step = _resume_step(cfg) if resuming else None
-    _join_processes(cfg)
-    extra = _read_checkpoint_extra(cfg.out_dir, step) if resuming else None
 
-    import jax
+# setup(cfg, notes, resume_extra) -> TaskSetup: validates and resolves one task's data and model
+# (resume_extra: the checkpoint's extra dict when resuming, else None). Writes nothing to out_dir.
+TaskSetupFn = Callable[[TrainConfig, List[str], Optional[Dict[str, Any]]], TaskSetup]
 
+
+def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[Dict[str, Any]]) -> TaskSetup:
+    """Pretraining's setup: the corpus (checked against a resumed run's), the model (fresh, or a
+    pretrained GPT-2 with its architecture), next-token prediction."""
     from jaxgpt import shards
-    from jaxgpt.optim import lr_schedule, make_optimizer, mup_lr_scales
     from jaxgpt.tasks import language_modeling
 
+    resuming = extra is not None
+    pretrained = cfg.init_from in PRETRAINED_NAMES or (not resuming and os.path.isdir(cfg.init_from))
     corpus, prepared = prepare_data(cfg)
     if resuming:
         _check_resume_compatible(cfg, extra, corpus, prepared, notes)
@@ -306,12 +314,44 @@ def resolve_run(cfg: TrainConfig) -> ResolvedRun:
         notes.append(bigram.count_baseline_line(prepared, cfg.bigram_smoothing)[1])
     else:
         task = language_modeling(model_cfg, prepared, cfg.seed)
+    return TaskSetup(cfg, corpus, prepared, model_cfg, task, pretrained_params)
+
+
+def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> ResolvedRun:
+    """Step 1: validate and resolve everything; nothing is written to out_dir. `setup` builds the
+    task (default: pretraining, language_modeling_setup)."""
+    from jaxgpt import sharding
+
+    notes: List[str] = []
+    check_out_dir(cfg.out_dir)
+    resuming = cfg.init_from == "resume"
+    if setup is None:
+        pretrained = cfg.init_from in PRETRAINED_NAMES or (not resuming and os.path.isdir(cfg.init_from))
+        if not (resuming or pretrained or cfg.init_from == "scratch"):
+            raise ConfigError(f"--init_from must be scratch, resume, one of {list(PRETRAINED_NAMES)} or a directory; "
+                              f"got {cfg.init_from!r}")
+    if not resuming:
+        _check_fresh_start(cfg, notes)
+    step = _resume_step(cfg) if resuming else None
+    _join_processes(cfg)
+    extra = _read_checkpoint_extra(cfg.out_dir, step) if resuming else None
+
+    import jax
+
+    from jaxgpt.optim import freeze, lr_schedule, make_optimizer, mup_lr_scales
+
+    resolved = (setup or language_modeling_setup)(cfg, notes, extra)
+    cfg, corpus, prepared, model_cfg, task = (resolved.cfg, resolved.corpus, resolved.prepared,
+                                              resolved.model_config, resolved.task)
+    pretrained_params = resolved.pretrained_params
     schedule = lr_schedule(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
     abstract_params = jax.eval_shape(task.init_params, jax.random.key(0))  # shapes only, no memory
     # muP: per-layer learning-rate multipliers (None, the plain AdamW chain, when off)
     lr_scales = mup_lr_scales(abstract_params, model_cfg)
     optimizer = make_optimizer(schedule, weight_decay=cfg.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2,
                                grad_clip=cfg.grad_clip, lr_scales=lr_scales)
+    if task.trainable is not None:  # fine-tuning: frozen params get no update and no AdamW moments
+        optimizer = freeze(optimizer, task.trainable)
     mesh = sharding.make_mesh(cfg.dp, cfg.fsdp, cfg.tp)
     try:
         rows = sharding.process_rows(mesh, cfg.batch_size)  # this process's rows of each global batch
@@ -422,13 +462,37 @@ def _global(run: ResolvedRun, batch):
     return tuple(sharding.global_batch(run.mesh, x) for x in batch)
 
 
-def evaluate(run: ResolvedRun, steps: Steps, params) -> Dict[str, float]:
+def evaluate_metrics(run: ResolvedRun, steps: Steps, params, splits=None) -> Dict[str, Dict[str, float]]:
+    """{split: {metric: value}}: "loss", plus what the task's eval_summary derives (accuracy...)."""
     cfg = run.cfg
     out = {}
-    for split in run.task.eval_splits:
+    for split in splits or run.task.eval_splits:
         batch = run.task.batches.eval_batch(split, cfg.eval_iters, cfg.batch_size, run.rows)
-        out[split] = float(steps.eval(params, _global(run, batch))["loss"])
+        result = steps.eval(params, _global(run, batch))
+        summary = run.task.eval_summary
+        out[split] = {"loss": float(result["loss"])} if summary is None else summary(result)
     return out
+
+
+def evaluate(run: ResolvedRun, steps: Steps, params) -> Dict[str, float]:
+    return {split: m["loss"] for split, m in evaluate_metrics(run, steps, params).items()}
+
+
+def _eval_event_and_line(it: int, metrics: Dict[str, Dict[str, float]]):
+    """The eval event (train_loss, val_loss, then e.g. val_accuracy) and its printed line."""
+    event = {"iter": it, **{f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if k == "loss"}}
+    line = f"iter {it}: train loss {metrics['train']['loss']:.4f}, val loss {metrics['val']['loss']:.4f}"
+    extra = {f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if k != "loss"}
+    event.update(extra)
+    shown = {k: v for k, v in metrics.get("val", {}).items() if k != "loss" and isinstance(v, float)}
+    if shown:  # the line keeps to val; every split's metrics are in the event
+        line += " | val " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+    else:  # a language model's loss: its perplexity too (chapter 05)
+        from jaxgpt.metrics import perplexity
+
+        event["val_ppl"] = perplexity(metrics["val"]["loss"])
+        line += f" (ppl {event['val_ppl']:.2f})"
+    return event, line
 
 
 def save_checkpoint(run: ResolvedRun, checkpointer, loop: LoopState, val_loss: float) -> None:
@@ -493,7 +557,6 @@ def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, repo
              ) -> LoopState:
     """Step 4: train to max_iters, evaluating and checkpointing every eval_interval."""
     from jaxgpt.flops import device_peak_flops, mfu
-    from jaxgpt.metrics import perplexity
     import jax
 
     cfg = run.cfg
@@ -510,11 +573,11 @@ def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, repo
         it = loop.iter_num
         if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != skip_eval_at:
             watch.check(run, checkpointer)  # never evaluate, let alone checkpoint, a diverged state
-            losses = evaluate(run, steps, loop.train_state.params)
-            report.event({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                          "val_ppl": perplexity(losses["val"])})
-            report.line(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                        f"(ppl {perplexity(losses['val']):.2f})")
+            metrics_now = evaluate_metrics(run, steps, loop.train_state.params)
+            losses = {split: m["loss"] for split, m in metrics_now.items()}
+            event, line = _eval_event_and_line(it, metrics_now)
+            report.event(event)
+            report.line(line)
             improved = losses["val"] < loop.best_val
             loop = dataclasses.replace(loop, best_val=min(loop.best_val, losses["val"]), last_val=losses["val"])
             if it > 0 and (improved or cfg.always_save_checkpoint):
@@ -582,8 +645,9 @@ def _header(run: ResolvedRun) -> None:
     from jaxgpt.flops import device_peak_flops
 
     cfg, prepared = run.cfg, run.prepared
-    print(f"jaxgpt: {run.model_config.num_params() / 1e6:.2f}M params | {run.corpus.name} ({cfg.tokenizer}, vocab "
-          f"{prepared.tokenizer.vocab_size}, {len(prepared.train):,} train / {len(prepared.val):,} val tokens) | mesh "
+    data = run.task.describe or (f"{run.corpus.name} ({cfg.tokenizer}, vocab {prepared.tokenizer.vocab_size}, "
+                                 f"{len(prepared.train):,} train / {len(prepared.val):,} val tokens)")
+    print(f"jaxgpt: {run.model_config.num_params() / 1e6:.2f}M params | {data} | mesh "
           f"{dict(run.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s) | "
           f"{cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,} tokens/iter")
     print(f"MFU peak: {device_peak_flops()[1]}")
@@ -591,13 +655,14 @@ def _header(run: ResolvedRun) -> None:
         print(note)
 
 
-def train(cfg: TrainConfig) -> Dict[str, Any]:
-    """Run one training job (the steps in the module docstring); returns a summary dict."""
+def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, Any]:
+    """Run one training job (the steps in the module docstring); returns a summary dict. `setup`
+    builds the task (default: pretraining); a task's `finish` hook runs last, under the lock."""
     import jax
 
     from jaxgpt.checkpoint import Checkpointer
 
-    run = resolve_run(cfg)
+    run = resolve_run(cfg, setup)
     cfg = run.cfg  # with a pretrained model's architecture filled in
     init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(cfg.seed), 3)
     is_main = _is_main()
@@ -631,6 +696,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         finally:
             report.close()
         elapsed = time.time() - t_start
+        # every process joins the hook's evaluations; only process 0's report writes
+        finished = (run.task.finish(run, steps, loop, report.event) or {}) if run.task.finish else {}
     except BaseException:
         if is_main and not checkpoint_steps(cfg.out_dir):
             lock.remove_created_dir()  # a new run that failed before its first checkpoint leaves nothing
@@ -639,7 +706,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         lock.release()
 
     summary = {"iters": loop.iter_num, "best_val_loss": loop.best_val, "last_val_loss": loop.last_val,
-               "seconds": elapsed, "out_dir": cfg.out_dir}
+               "seconds": elapsed, "out_dir": cfg.out_dir, **finished}
     if is_main:
         print(f"done: {loop.iter_num} iterations in {elapsed:.1f}s | best val loss {loop.best_val:.4f} | "
               f"checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")

@@ -1,0 +1,26 @@
+# SMS spam (the course's chapter 6 data): python finetune.py configs/finetune_sms.py
+# --dataset=/path/to/SMSSpamCollection (or sms_spam: downloaded once). Balanced 747+747, 70/10/20.
+# The backbone is pretrained first (next-token prediction) on the messages outside val and test.
+task = "classify"
+dataset = "sms_spam"
+out_dir = "out-sms"
+init_from = "pretrain"
+pretrain_dataset = "task"
+pretrain_iters = 400
+pretrain_batch_size = 32
+pretrain_dropout = 0.1
+n_layer, n_head, n_embd = 4, 4, 128
+block_size = 128
+trainable = "all"
+pooling = "mean"
+batch_size = 32
+max_iters = 400
+lr_decay_iters = 400
+warmup_iters = 20
+learning_rate = 5e-4
+min_lr = 5e-5
+weight_decay = 0.1
+dropout = 0.1
+eval_interval = 50
+eval_iters = 8
+log_interval = 25

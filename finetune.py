@@ -1,0 +1,33 @@
+"""Fine-tune a GPT through the shared training loop: `python finetune.py [configs/NAME.py] [--key=value ...]`.
+
+    python finetune.py configs/finetune_classify.py                  # embedded demo: code or prose?
+    python finetune.py configs/finetune_classify.py --dataset=sms_spam
+    python finetune.py --out_dir=out-classify --classify="WINNER! Claim your prize"   # label probabilities
+    python finetune.py --help                                        # every key with its default
+"""
+
+import sys
+
+from jaxgpt.cli import main_guard
+from jaxgpt.finetune import SUMMARY, FinetuneConfig, setup_for
+from jaxgpt.trainer import TrainingDiverged, config_from_argv, train
+
+
+def main(argv):
+    cfg = config_from_argv(argv, FinetuneConfig, "finetune.py", SUMMARY)
+    if cfg.classify:
+        from jaxgpt.classify import classify_texts
+
+        probs = classify_texts(cfg.out_dir, [cfg.classify])[0]
+        for label, p in sorted(probs.items(), key=lambda kv: -kv[1]):
+            print(f"{label}\t{p:.4f}")
+        return
+    try:
+        train(cfg, setup_for(cfg))
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main_guard(main)

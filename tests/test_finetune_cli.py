@@ -1,0 +1,203 @@
+"""finetune.py end to end on tiny settings: the demo, exact resume, classifying texts, and every
+bad input (one line, exit 2, the run directory byte for byte as it was)."""
+
+import importlib.util
+import json
+import os
+import random
+import sys
+
+import pytest
+
+from jaxgpt.classify_data import make_splits, load_labeled
+from jaxgpt.cli import main_guard
+from jaxgpt.data import DataError
+from jaxgpt.metrics import read_metrics
+from test_run_safety import digest, one_line_exit_2
+from test_train import REPO
+
+_spec = importlib.util.spec_from_file_location("finetune_script", os.path.join(REPO, "finetune.py"))
+finetune_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(finetune_script)
+_spec = importlib.util.spec_from_file_location("train_script_ft", os.path.join(REPO, "train.py"))
+train_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_script)
+
+TINY = ["--init_from=scratch", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
+        "--eval_iters=2", "--eval_interval=4", "--log_interval=2", "--max_iters=8", "--lr_decay_iters=8",
+        "--warmup_iters=2", "--learning_rate=3e-3", "--progress=False"]
+HAM = "hello see you later ok lunch home soon love thanks".split()
+SPAM = "win free prize call now cash claim urgent txt reply".split()
+
+
+def run(capsys, script, *args):
+    capsys.readouterr()
+    argv, sys.argv = sys.argv, ["finetune.py", *args]
+    try:
+        main_guard(script.main)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_csv(path, rows, header="text,label"):
+    path.write_text(header + "\n" + "".join(f"{t},{l}\n" for t, l in rows), encoding="utf-8")
+    return str(path)
+
+
+def spam_rows(n=120, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "spam" if i % 2 else "ham"
+        words = SPAM if label == "spam" else HAM
+        rows.append((" ".join(rng.choice(words) for _ in range(rng.randint(3, 8))), label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def csv_path(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("csv") / "sms.csv", spam_rows())
+
+
+def test_resume_is_exact_and_the_run_reports_metrics(capsys, tmp_path, csv_path):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    code, out, err = run(capsys, finetune_script, f"--out_dir={whole}", f"--dataset={csv_path}", *TINY)
+    assert code == 0, err
+    assert "test (checkpoint" in out and "before fine-tuning" in out
+    code, _, err = run(capsys, finetune_script, f"--out_dir={part}", f"--dataset={csv_path}", *TINY, "--max_iters=4")
+    assert code == 0, err
+    code, out, err = run(capsys, finetune_script, f"--out_dir={part}", "--init_from=resume", "--max_iters=8",
+                         "--progress=False")
+    assert code == 0, err
+    a, b = read_metrics(str(whole / "metrics.jsonl")), read_metrics(str(part / "metrics.jsonl"))
+
+    def later(events):
+        return [{k: v for k, v in e.items() if k not in ("tokens_per_sec", "mfu")} for e in events if e["iter"] > 4]
+
+    assert later(a) == later(b) and len(later(a)) >= 3  # logs at 6 and 8, the eval at 8, the test event
+    evals = [e for e in a if "val_loss" in e]
+    for key in ("val_accuracy", "val_precision", "val_recall", "val_f1", "train_accuracy"):
+        assert all(0.0 <= e[key] <= 1.0 for e in evals), key
+    final = a[-1]
+    assert {"test_accuracy", "test_precision", "test_recall", "test_f1"} <= set(final)
+    assert sum(map(sum, final["confusion_matrix"])) == 24  # 20% of 120 texts
+    assert os.path.isfile(whole / "confusion_matrix.png")
+    assert json.loads((whole / "data_meta.json").read_text())["labels"] == ["ham", "spam"]
+    # classify new texts with the run: label probabilities
+    code, out, err = run(capsys, finetune_script, f"--out_dir={whole}", "--classify=free cash prize claim now")
+    assert code == 0, err
+    probs = dict(line.split("\t") for line in out.strip().splitlines())
+    assert set(probs) == {"ham", "spam"} and abs(sum(map(float, probs.values())) - 1) < 1e-3
+
+
+def test_embedded_demo_pretrains_a_backbone_once_then_reuses_it(capsys, tmp_path):
+    args = ["--dataset=stdlib_lines", "--init_from=pretrain", "--pretrain_iters=3", "--pretrain_batch_size=4",
+            *TINY[1:], "--block_size=48", "--max_iters=4", "--lr_decay_iters=4"]
+    code, out, err = run(capsys, finetune_script, f"--out_dir={tmp_path / 'a'}", *args)
+    assert code == 0, err
+    assert "pretraining the backbone on stdlib" in out and "labels ['code', 'prose']" in out
+    events = read_metrics(str(tmp_path / "a" / "metrics.jsonl"))
+    assert events[-1]["labels"] == ["code", "prose"] and "test_f1" in events[-1]
+    code, out, err = run(capsys, finetune_script, f"--out_dir={tmp_path / 'b'}", *args)
+    assert code == 0, err
+    assert "pretraining the backbone" not in out and "backbone: reusing" in out
+
+
+# ------------------------------------------------------------------------------- bad input
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory, csv_path):
+    """An out_dir holding a finished run: every bad command below passes --overwrite=True at it."""
+    out = tmp_path_factory.mktemp("target") / "run"
+    argv, sys.argv = sys.argv, ["finetune.py", f"--out_dir={out}", f"--dataset={csv_path}", *TINY, "--max_iters=4"]
+    try:
+        finetune_script.main(sys.argv[1:])
+    finally:
+        sys.argv = argv
+    return out
+
+
+@pytest.fixture(scope="module")
+def char_backbone(tmp_path_factory, corpus_path):
+    """A tiny train.py run: a char backbone with its tokenizer."""
+    out = tmp_path_factory.mktemp("backbone") / "run"
+    train_script.main([f"--out_dir={out}", f"--dataset={corpus_path}", "--n_layer=1", "--n_head=2", "--n_embd=32",
+                       "--block_size=32", "--batch_size=4", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+                       "--num_samples=0", "--progress=False"])
+    return out
+
+
+def refused(capsys, target, expected, *args):
+    before = digest(target)
+    result = run(capsys, finetune_script, f"--out_dir={target}", "--overwrite=True", *TINY, *args)
+    line = one_line_exit_2(result, expected)
+    assert digest(target) == before
+    return line
+
+
+def test_missing_column_or_field(capsys, tmp_path, target):
+    path = write_csv(tmp_path / "x.csv", spam_rows(20), header="message,category")
+    refused(capsys, target, "has no column 'text' (columns: message, category): pass --text_column=NAME",
+            f"--dataset={path}")
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_text('{"text": "hi", "label": "a"}\n{"text": "yo"}\n', encoding="utf-8")
+    refused(capsys, target, "line 2 has no field 'label'", f"--dataset={jsonl}")
+
+
+def test_one_class_only(capsys, tmp_path, target):
+    path = write_csv(tmp_path / "one.csv", [(t, "ham") for t, _ in spam_rows(20)])
+    refused(capsys, target, "has one class only ('ham')", f"--dataset={path}")
+
+
+def test_empty_files(capsys, tmp_path, target):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("", encoding="utf-8")
+    refused(capsys, target, "is empty", f"--dataset={empty}")
+    header_only = write_csv(tmp_path / "header.csv", [])
+    refused(capsys, target, "holds no examples", f"--dataset={header_only}")
+
+
+def test_label_in_val_or_test_that_train_lacks(capsys, tmp_path, target):
+    path = write_csv(tmp_path / "rare.csv", spam_rows(60) + [("a lonely text", "rare")])
+    data = load_labeled(path)
+    seed = None
+    for s in range(20):  # a seed that sends the one 'rare' text out of train
+        try:
+            make_splits(data, s, 0.1, 0.2)
+        except DataError:
+            seed = s
+            break
+    assert seed is not None
+    refused(capsys, target, "holds label(s) ['rare'] that the train split lacks", f"--dataset={path}",
+            f"--data_seed={seed}")
+
+
+def test_backbone_directory_without_a_checkpoint(capsys, tmp_path, target, csv_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    refused(capsys, target, "holds no checkpoint", f"--dataset={csv_path}", f"--init_from={empty}")
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "run_config.json").write_text("{}", encoding="utf-8")
+    refused(capsys, target, "a run directory without a checkpoint", f"--dataset={csv_path}", f"--init_from={half}")
+
+
+def test_tokenizer_that_does_not_fit_the_backbone(capsys, target, csv_path, char_backbone):
+    refused(capsys, target, "--tokenizer=gpt2 does not fit the backbone", f"--dataset={csv_path}",
+            f"--init_from={char_backbone}", "--tokenizer=gpt2")
+    refused(capsys, target, "exceeds the backbone's 32 positions", f"--dataset={csv_path}",
+            f"--init_from={char_backbone}", "--block_size=64")
+
+
+def test_a_char_backbone_fine_tunes_and_reports_unknown_characters(capsys, tmp_path, csv_path, char_backbone):
+    path = write_csv(tmp_path / "odd.csv", [(t + " ☃✈", l) for t, l in spam_rows(40)])
+    code, out, err = run(capsys, finetune_script, f"--out_dir={tmp_path / 'o'}", f"--dataset={path}", *TINY,
+                         f"--init_from={char_backbone}", "--max_iters=2")
+    assert code == 0, err
+    # 2 unseen characters in each of 40 texts, read as '?' (or the vocabulary's first character)
+    assert "note: 80 characters are not in the backbone's char vocabulary" in out
