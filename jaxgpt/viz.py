@@ -3,13 +3,14 @@ loss curves over tokens seen, token embeddings by PCA, and a confusion matrix.
 
 Every function works in a notebook on (config, params, tokenizer) and writes a PNG atomically
 (a temporary file in the same folder, then os.replace). The command line makes each figure
-(except the confusion matrix, which fine-tuning produces) from any train.py run directory:
+from any train.py run directory (the confusion matrix from a finetune.py classification run):
 
     python -m jaxgpt.viz --out_dir=RUN --what=attention --prompt="ROMEO:" --png=attn.png
     python -m jaxgpt.viz --out_dir=RUN --what=next_token --prompt="The cat"
     python -m jaxgpt.viz --out_dir=RUN --what=decoding --prompt="The" --max_new_tokens=80
     python -m jaxgpt.viz --out_dir=RUN_A,RUN_B --what=loss --png=loss.png
     python -m jaxgpt.viz --out_dir=RUN --what=embeddings --n=80
+    python -m jaxgpt.viz --out_dir=FINETUNE_RUN --what=confusion
 
 Attention probabilities come from the model's own attention: the explicit attention path sows
 them into flax's "intermediates" collection (a no-op in a normal forward).
@@ -413,7 +414,7 @@ def plot_confusion_matrix(matrix, labels: Sequence[str], png_path, title: str = 
 
 # ----------------------------------------------------------------------------- command line
 
-WHATS = ("attention", "next_token", "decoding", "loss", "embeddings")
+WHATS = ("attention", "next_token", "decoding", "loss", "embeddings", "confusion")
 
 OPTIONS: Dict[str, Option] = {
     "out_dir": Option("out", "train.py run directory (--what=loss: several, separated by commas)"),
@@ -467,6 +468,17 @@ def main(argv: Sequence[str]) -> str:
     png = opts["png"] or os.path.join(dirs[0], f"{what}.png")
     if what == "loss":
         plot_loss_curves(dirs, png)
+    elif what == "confusion":  # a finetune.py classification run's test event
+        from jaxgpt.metrics import read_metrics
+
+        metrics = os.path.join(dirs[0], "metrics.jsonl")
+        events = [e for e in read_metrics(metrics) if "confusion_matrix" in e] if os.path.isfile(metrics) else []
+        if not events:
+            raise CLIError(f"{dirs[0]!r} has no confusion matrix: it comes from a finished finetune.py "
+                           "classification run")
+        event = events[-1]
+        plot_confusion_matrix(event["confusion_matrix"], event["labels"], png,
+                              title=f"test split, checkpoint {event.get('checkpoint', '?')}")
     else:
         cfg, params, tokenizer = _load_run(dirs[0], opts["which"])
         if what == "attention" and getattr(cfg, "model", "gpt") == "bigram":
