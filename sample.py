@@ -3,11 +3,16 @@
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt --max_new_tokens=100
     python sample.py --init_from=/path/to/hf_gpt2_dir --temperature=0 --num_samples=1
+    python sample.py --out_dir=out-sft --instruction="Reverse the word." --input=jax --temperature=0 --num_samples=1
 
 Weights: init_from=resume (default) reads `<out_dir>/checkpoints` and `<out_dir>/tokenizer.json`;
 gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local Hugging Face GPT-2 directory (config.json +
 model.safetensors) use the GPT-2 tokenizer. The prompt defaults to "\\n" for a char tokenizer and
 to <|endoftext|> for tokenizers that have it.
+
+--instruction (and optional --input) asks an instruction fine-tuned run (finetune.py's SFT task):
+the prompt template saved in <out_dir>/sft.json is applied, and each response stops at the run's
+end-of-response token (jaxgpt.instruct).
 
 All samples are generated as one batch by one compiled loop (jaxgpt.sampling). The first sample
 is printed as its tokens arrive (turn off with --stream=False); the others are printed when the
@@ -48,6 +53,9 @@ OPTIONS: Dict[str, Option] = {
     "compute_dtype": Option("float32", "activations and matmuls", choices=("float32", "bfloat16")),
     "stop_at_eot": Option(False, "end a sample at the tokenizer's end-of-text token, if it has one"),
     "stream": Option(True, "print the first sample while it is generated"),
+    "instruction": Option(None, "ask an instruction fine-tuned run (out_dir with sft.json): the instruction text",
+                          type=str),
+    "input": Option(None, "with --instruction: the optional input the instruction applies to", type=str),
 }
 
 
@@ -65,6 +73,16 @@ def _check_options(opts: Dict[str, Any]) -> None:
         raise CLIError(f"--top_p must be in (0, 1], got {opts['top_p']}")
     if opts["window_stride"] < 1:
         raise CLIError(f"--window_stride must be >= 1, got {opts['window_stride']}")
+    if opts["instruction"] is None:
+        if opts["input"] is not None:
+            raise CLIError("--input goes with --instruction (the instruction it is the input of)")
+        return
+    if not opts["instruction"].strip():
+        raise CLIError("--instruction is empty: give the instruction text")
+    if opts["start"] is not None:
+        raise CLIError("--start and --instruction exclude each other (the instruction's prompt is the template)")
+    if opts["init_from"] != "resume":
+        raise CLIError("--instruction asks an instruction fine-tuned run: use --init_from=resume with its --out_dir")
 
 
 def _read_start(start: Optional[str]) -> Optional[str]:
@@ -152,6 +170,13 @@ def main(argv: Sequence[str]) -> None:
 
     from jaxgpt.sampling import generate_stream
 
+    if opts["instruction"] is not None:
+        from jaxgpt.instruct import read_sft_config
+
+        template, eos_id = read_sft_config(opts["out_dir"])[:2]  # before loading: a plain run fails fast
+        config, params, tokenizer = _load(opts)
+        _ask(opts, config, params, tokenizer, template, eos_id)
+        return
     config, params, tokenizer = _load(opts)
     prompt = _encode_prompt(tokenizer, start)
     eos_id = tokenizer.eot_id if opts["stop_at_eot"] else None
@@ -192,6 +217,21 @@ def main(argv: Sequence[str]) -> None:
     n_after_first = B * (new_BN.shape[1] - 1)
     print(f"{B} x {new_BN.shape[1]} tokens in {elapsed:.2f} s: first token after {t_first:.2f} s "
           f"(compilation and prefill), then {n_after_first / decode_s:.1f} tokens/s", file=sys.stderr)
+
+
+def _ask(opts: Dict[str, Any], config, params, tokenizer, template, eos_id: int) -> None:
+    """Print num_samples responses to --instruction/--input, each ended at eos."""
+    import jax
+
+    from jaxgpt.instruct import respond
+
+    B = opts["num_samples"]
+    responses = respond(config, params, tokenizer, template, eos_id, [(opts["instruction"], opts["input"] or "")] * B,
+                        opts["max_new_tokens"], batch_size=B, temperature=opts["temperature"],
+                        top_k=opts["top_k"], rng=jax.random.key(opts["seed"]))
+    for text in responses:
+        print(text)
+        print(SEPARATOR, flush=True)
 
 
 if __name__ == "__main__":
