@@ -534,7 +534,7 @@ train(TrainConfig(out_dir=run_dir, n_layer=2, n_head=4, n_embd=64, block_size=64
                   overwrite=True))
 run_cfg, run_params = load_inference_params(run_dir)
 tok = load_tokenizer(os.path.join(run_dir, "tokenizer.json"))
-prompt = "def __init__(self):\\n        self."
+prompt = "def add(a, b):"
 ids = tok.encode(prompt)
 weights = viz.attention_weights(run_cfg, run_params, ids)
 labels = [viz.token_label(tok, i, quotes=False) for i in ids]
@@ -559,7 +559,7 @@ jax.config.update("jax_default_matmul_precision", "highest")   # exact float32 f
 from jaxgpt import GPT, GPTConfig
 from jaxgpt.model import Block
 
-cfg = GPTConfig(vocab_size=96, block_size=32, n_layer=3, n_head=4, n_embd=48)
+cfg = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_embd=48)
 params = jax.jit(GPT(cfg).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]   # compiled init
 ids_BT = jax.random.randint(jax.random.key(1), (2, 20), 0, cfg.vocab_size)
 print(jax.tree_util.tree_map(jnp.shape, params["h_0"]))
@@ -783,7 +783,9 @@ nb06 = preamble(NB06, "06", "Fine-tuning",
                 "# sms_spam (the course's data) is downloaded once; the small settings use the embedded,\n"
                 "# offline task: is a line of the standard library code or prose?\n"
                 "DATASET = \"stdlib_lines\" if SMALL else \"sms_spam\"\n"
-                "PRETRAIN_ITERS = 10 if SMALL else 300\n"
+                "# the small settings skip the backbone's pretraining (a whole extra run)\n"
+                "INIT_FROM = \"scratch\" if SMALL else \"pretrain\"\n"
+                "PRETRAIN_ITERS = 300\n"
                 "FT_ITERS = 10 if SMALL else 300") + [
     code("""
 from jaxgpt import classify_data
@@ -843,7 +845,7 @@ for trainable in ("all", "last_block", "head", "lora"):
 ## Fine-tuning through the shared loop
 
 `finetune.py` (here its library form) pretrains a small char backbone on the embedded corpus first
-(cached: a second run reuses it), then fine-tunes the classifier with the same train step and
+(cached: a second run reuses it; the small settings start from scratch instead), then fine-tunes the classifier with the same train step and
 loop as pretraining. At the end it evaluates the best checkpoint on the test split and draws the
 confusion matrix. Command line: `python finetune.py configs/finetune_classify.py`
 (`--dataset=sms_spam` for the course's spam data).
@@ -853,7 +855,7 @@ from jaxgpt.finetune import FinetuneConfig, setup_for
 from jaxgpt.trainer import train
 
 run_dir = os.path.join(WORK, "classify")
-ft = FinetuneConfig(task="classify", dataset=DATASET, init_from="pretrain", pretrain_dataset="stdlib",
+ft = FinetuneConfig(task="classify", dataset=DATASET, init_from=INIT_FROM, pretrain_dataset="stdlib",
                     pretrain_iters=PRETRAIN_ITERS, n_layer=2, n_head=4, n_embd=64, block_size=64,
                     trainable="last_block", batch_size=16, max_iters=FT_ITERS, lr_decay_iters=FT_ITERS,
                     warmup_iters=min(20, FT_ITERS // 5), learning_rate=5e-4, min_lr=5e-5,

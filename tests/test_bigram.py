@@ -66,6 +66,10 @@ def test_learned_table_is_refused_past_its_limit():
     assert bigram.config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError):
         BigramConfig.from_dict({"vocab_size": 7})  # a GPT-looking dict is not a bigram's
+    from jaxgpt.finetune import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="fine-tuning needs a GPT"):
+        FinetuneConfig(model="bigram")
 
 
 def test_generate_follows_the_table():

@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat", reason="the test extra installs nbformat")  # noqa: F841
-from nbclient import NotebookClient  # noqa: E402
+from nbclient import NotebookClient  # the test extra installs nbclient, nbformat and ipykernel
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -47,13 +46,11 @@ def test_notebooks_are_stored_without_outputs_and_match_their_generator():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
-    import nbformat as nbf
-
     monkeypatch.setenv("JAXGPT_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("JAXGPT_NOTEBOOK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbf.read(str(path), as_version=4)
+    nb = nbformat.read(str(path), as_version=4)
     # the kernel inherits this environment (the suite's data cache and XLA compilation cache too)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
