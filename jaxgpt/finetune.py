@@ -185,31 +185,34 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
     import json
 
     from jaxgpt import backbone as backbone_lib
-    from jaxgpt import instruct, instruct_data
+    from jaxgpt import instruct
     from jaxgpt.config import GPTConfig
     from jaxgpt.tokenizers import TokenizerError, load_tokenizer
     from jaxgpt.trainer import TaskSetup, _check_resume_compatible, model_config_from_options
 
     dataset = "embedded" if cfg.dataset in ("embedded", "stdlib_lines") else cfg.dataset
-    records, source = instruct_data.resolve_records(dataset, cfg.data_dir or None, n_per_kind=cfg.n_per_kind,
-                                                    seed=cfg.data_seed)
-    splits = instruct_data.split_records(records, seed=cfg.data_seed)
+    options = dict(template=cfg.template, max_length=cfg.block_size, mask_prompt=cfg.mask_prompt,
+                   split_seed=cfg.data_seed, n_per_kind=cfg.n_per_kind, cache_dir=cfg.data_dir or None)
     params = None
-    if extra is not None:
+    if extra is not None:  # resume: the run's own tokenizer and model; its state comes from the checkpoint
         try:
             tokenizer = load_tokenizer(os.path.join(cfg.out_dir, "tokenizer.json"))
         except (TokenizerError, OSError) as exc:
             raise ConfigError(f"cannot resume {cfg.out_dir}: {exc}") from None
+        data = instruct.load_sft_data(dataset, tokenizer, **options)
         model_config = GPTConfig.from_dict(extra.get("model_config") or {}).replace(dropout=cfg.dropout)
     elif cfg.init_from in ("scratch", "pretrain"):
         if cfg.init_from == "pretrain":
             notes.append("note: sft trains its default backbone from scratch (--init_from=pretrain is classify's)")
-        tokenizer = instruct.char_tokenizer_for(records, cfg.template)
+        data = instruct.load_sft_data(dataset, None, **options)  # a char vocabulary for these records
+        tokenizer = data.tokenizer
         model_config = model_config_from_options(cfg, tokenizer.vocab_size)
     else:
+        instruct.load_sft_data(dataset, None, **options)  # the data is checked before the backbone loads
         backbone = backbone_lib.load_backbone(cfg.init_from)
         _check_fits(cfg, backbone)
         tokenizer, params = backbone.tokenizer, backbone.params
+        data = instruct.load_sft_data(dataset, tokenizer, **options)
         model_config = backbone.model_config.replace(dropout=cfg.dropout, compute_dtype=cfg.compute_dtype,
                                                      attn_impl=cfg.attn_impl, remat=cfg.remat)
         if cfg.block_size < model_config.block_size:
@@ -220,8 +223,9 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
         cfg = cfg.replace(**{k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
                                                                      "tie_embeddings", "pos_emb", "norm", "mlp")},
                           tokenizer=tokenizer.name)
-    data = instruct.prepare_sft(splits, tokenizer, cfg.template, cfg.block_size, cfg.mask_prompt, source)
-    digest = hashlib.sha256(json.dumps([dataclasses.astuple(r) for r in records]).encode()).hexdigest()
+    source = data.source
+    records = [dataclasses.astuple(r) for split in ("train", "val", "test") for r in data.records[split]]
+    digest = hashlib.sha256(json.dumps(records).encode()).hexdigest()
     corpus = _Source("sft", digest, source)
     prepared = _Prepared(tokenizer, {"source": source, "source_sha256": digest, **data.summary()})
     if extra is not None:

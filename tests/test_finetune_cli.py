@@ -203,3 +203,17 @@ def test_a_char_backbone_fine_tunes_and_reports_unknown_characters(capsys, tmp_p
     assert code == 0, err
     # 2 unseen characters in each of 40 texts, read as '?' (or the vocabulary's first character)
     assert "note: 80 characters are not in the backbone's char vocabulary" in out
+
+
+def test_sft_demo_runs_through_the_shared_loop(capsys, tmp_path):
+    out = tmp_path / "sft"
+    code, stdout, err = run(capsys, finetune_script, os.path.join(REPO, "configs", "finetune_sft.py"),
+                            f"--out_dir={out}", "--n_layer=1", "--n_head=2", "--n_embd=32", "--n_per_kind=20",
+                            "--batch_size=8", "--eval_iters=1", "--max_iters=2", "--eval_interval=2",
+                            "--lr_decay_iters=2", "--warmup_iters=1", "--block_size=64", "--progress=False")
+    assert code == 0, err
+    final = read_metrics(str(out / "metrics.jsonl"))[-1]
+    assert 0.0 <= final["test_exact_match"] <= 1.0 and "test_exact_match_reverse" in final
+    rows = [json.loads(line) for line in (out / "responses.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == final["test_examples"] and {"instruction", "input", "expected", "generated"} <= set(rows[0])
+    assert os.path.isdir(out / "checkpoints" / "2") and os.path.isfile(out / "sft.json")
