@@ -321,7 +321,8 @@ def _finish(labels: Sequence[str]):
 
         params = loop.train_state.params
         best = None
-        with Checkpointer(run.checkpoint_dir, keep_best=False, read_only=True) as ckpt:
+        # keep_best=True: only then does the manager rank steps by val_loss (else best = latest)
+        with Checkpointer(run.checkpoint_dir, keep_best=True, read_only=True) as ckpt:
             best = ckpt.best_step()
             if best is not None and best != loop.iter_num:
                 abstract = with_shardings(jax.eval_shape(run.task.init_params, jax.random.key(0)),
@@ -378,7 +379,7 @@ def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> L
         raise ValueError(f"{out_dir} does not hold a finetune.py classification run")
     tokenizer = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
     labels = meta["labels"]
-    with Checkpointer(os.path.join(out_dir, CHECKPOINT_SUBDIR), keep_best=False, read_only=True) as ckpt:
+    with Checkpointer(os.path.join(out_dir, CHECKPOINT_SUBDIR), keep_best=True, read_only=True) as ckpt:
         step = ckpt._resolve_step(ckpt.best_step() if which == "best" else None)
         extra = ckpt.restore_extra(step)
         model_config = GPTConfig.from_dict(extra["model_config"])
