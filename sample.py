@@ -113,7 +113,8 @@ def _load(opts: Dict[str, Any]):
         if not os.path.isfile(tokenizer_path):
             raise CLIError(f"{out_dir!r} has no tokenizer.json: is it a train.py run directory?")
         config, params = load_inference_params(out_dir, opts["which"])
-        config = config.replace(compute_dtype=opts["compute_dtype"], dropout=0.0)
+        if getattr(config, "model", "gpt") == "gpt":  # a --model=bigram run's table has neither
+            config = config.replace(compute_dtype=opts["compute_dtype"], dropout=0.0)
         tokenizer = load_tokenizer(tokenizer_path)
     else:
         from jaxgpt.pretrained import load_pretrained

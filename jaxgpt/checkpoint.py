@@ -245,7 +245,8 @@ class Checkpointer:
 
 
 def load_inference_params(out_dir, which: str = "latest") -> Tuple[GPTConfig, Any]:
-    """(GPTConfig, params) from `<out_dir>/checkpoints`, params on one device, no optimizer state.
+    """(GPTConfig, params) from `<out_dir>/checkpoints`, params on one device, no optimizer state
+    (a BigramConfig for a --model=bigram run).
 
     which: "latest" (default: the most trained weights, what a resumed run continues from) or
     "best" (lowest val_loss; falls back to latest when no save recorded one). The config comes from
@@ -260,14 +261,14 @@ def load_inference_params(out_dir, which: str = "latest") -> Tuple[GPTConfig, An
         extra = ckpt.restore_extra(step)
         if "model_config" not in extra:
             raise CheckpointError(f"checkpoint at step {step} in {directory} has no model_config")
-        try:
-            config = GPTConfig.from_dict(extra["model_config"])
+        from jaxgpt.bigram import config_from_dict, module_for
+
+        try:  # a GPTConfig, or a BigramConfig for a --model=bigram run
+            config = config_from_dict(extra["model_config"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint at step {step} in {directory} has a bad model_config: "
                                   f"{_one_line(exc)}") from exc
-        from jaxgpt.model import GPT
-
         abstract = jax.eval_shape(
-            lambda: GPT(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
+            lambda: module_for(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
         params = ckpt.restore_params(abstract, step)
     return config, params

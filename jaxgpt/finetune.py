@@ -65,6 +65,8 @@ class FinetuneConfig(TrainConfig):
 
     def _validate(self) -> None:
         super()._validate()
+        if self.model != "gpt":
+            raise ConfigError("--model=bigram is pretraining's baseline; fine-tuning needs a GPT backbone")
         if self.lora_rank < 1:
             raise ConfigError(f"--lora_rank must be >= 1, got {self.lora_rank}")
         if not 0.0 < self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:

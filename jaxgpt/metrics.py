@@ -82,3 +82,12 @@ def plot_losses(metrics_path: str, png_path: str, title: str = "") -> None:
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, png_path)
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean cross-entropy in nats): the number of equally likely tokens the model is, on
+    average, choosing between (chapter 05). inf when the loss is too large for a float."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf

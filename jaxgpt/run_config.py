@@ -65,6 +65,10 @@ class TrainConfig:
     block_size: int = _field(128, "context length in tokens")
     gradient_accumulation_steps: int = _field(1, "micro-steps per optimizer update (scanned inside the step)")
     # ---- model
+    model: str = _field("gpt", "gpt | bigram (chapter 01's baseline: a V x V table of next-token logits, trained "
+                               "by the same step; the count-based bigram's val loss is printed beside it)",
+                        choices=("gpt", "bigram"))
+    bigram_smoothing: float = _field(1.0, "with model=bigram: k of the count-based bigram's add-k smoothing")
     n_layer: int = _field(4, "transformer blocks")
     n_head: int = _field(4, "attention heads")
     n_embd: int = _field(128, "residual width")
@@ -141,6 +145,8 @@ class TrainConfig:
         need(self.mup_base_width >= 0, f"--mup_base_width must be >= 0, got {self.mup_base_width}")
         need(not self.mup or self.mup_base_width > 0,
              "--mup=True needs --mup_base_width=W, the width whose tuned learning rate transfers")
+        need(self.bigram_smoothing > 0, f"--bigram_smoothing must be > 0, got {self.bigram_smoothing}")
+        need(self.model == "gpt" or not self.mup, "--mup=True is a GPT parametrization; --model=bigram has none")
         need(not (self.overwrite and self.init_from == "resume"),
              "--overwrite=True and --init_from=resume contradict each other: pick one")
 
@@ -182,7 +188,7 @@ OPTIONS: Dict[str, Option] = options_of(TrainConfig)
 RUN_KEYS: Tuple[str, ...] = run_keys_of(TrainConfig)
 INVOCATION_KEYS: Tuple[str, ...] = tuple(k for k in OPTIONS if k not in RUN_KEYS)
 # Run options a resume may not change: they decide the data's token ids and the parameters' shapes.
-FIXED_ON_RESUME: Tuple[str, ...] = ("dataset", "tokenizer", "bpe_vocab_size", "val_fraction", "n_layer", "n_head",
+FIXED_ON_RESUME: Tuple[str, ...] = ("model", "dataset", "tokenizer", "bpe_vocab_size", "val_fraction", "n_layer", "n_head",
                                     "n_embd", "block_size", "bias", "gelu", "tie_embeddings", "pos_emb", "rope_theta",
                                     "norm", "mlp", "qk_norm", "mup", "mup_base_width")
 

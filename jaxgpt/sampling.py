@@ -538,6 +538,11 @@ def generate(
     each new token was drawn from (before temperature and filters); rows stopped by eos hold
     garbage there.
     """
+    if getattr(config, "model", "gpt") == "bigram":  # chapter 01's baseline: no cache, a table lookup per token
+        from jaxgpt import bigram
+
+        return bigram.generate(config, params, prompt_ids, max_new_tokens, rng=rng, temperature=temperature,
+                               top_k=top_k, top_p=top_p, eos_id=eos_id, return_logits=return_logits)
     job, params = _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k, top_p,
                            eos_id, return_logits, window_stride)
     if job.plan.max_new == 0:
@@ -574,6 +579,11 @@ def generate_stream(
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if getattr(config, "model", "gpt") == "bigram":
+        from jaxgpt import bigram
+
+        return bigram.generate_stream(config, params, prompt_ids, max_new_tokens, rng=rng, temperature=temperature,
+                                      top_k=top_k, top_p=top_p, eos_id=eos_id)
     # Validate eagerly (before the first next()), so bad arguments fail at the call site.
     job, params = _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k, top_p,
                            eos_id, False, window_stride)

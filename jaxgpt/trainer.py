@@ -122,6 +122,10 @@ def config_from_argv(argv, cls=TrainConfig, prog: str = "train.py", summary: str
 def model_config_from_options(cfg: TrainConfig, vocab_size: int):
     from jaxgpt.config import GPTConfig
 
+    if cfg.model == "bigram":  # chapter 01's baseline: only the vocabulary and the window length matter
+        from jaxgpt.bigram import BigramConfig
+
+        return BigramConfig(vocab_size=vocab_size, block_size=cfg.block_size)
     return GPTConfig(
         vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu, tie_embeddings=cfg.tie_embeddings,
@@ -301,7 +305,15 @@ def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[
             raise ConfigError(f"the {split} split has {longest} tokens (in one piece), fewer than block_size+1 = "
                               f"{cfg.block_size + 1}: use a larger corpus or a smaller --block_size")
 
-    task = language_modeling(model_cfg, prepared, cfg.seed)
+    if cfg.model == "bigram":  # the same loop and step train the table; the count-based bigram is printed beside it
+        from jaxgpt import bigram
+
+        if pretrained:
+            raise ConfigError(f"--model=bigram trains a table from scratch; --init_from={cfg.init_from} is a GPT")
+        task = bigram.language_modeling(model_cfg, prepared, cfg.seed)
+        notes.append(bigram.count_baseline_line(prepared, cfg.bigram_smoothing)[1])
+    else:
+        task = language_modeling(model_cfg, prepared, cfg.seed)
     return TaskSetup(cfg, corpus, prepared, model_cfg, task, pretrained_params)
 
 
@@ -351,10 +363,8 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
 
     restored = None
     if resuming:
-        from jaxgpt.config import GPTConfig
-
         try:  # from_dict: a checkpoint older than a GPTConfig field has that field's default
-            saved_model = GPTConfig.from_dict(extra.get("model_config") or {})
+            saved_model = type(model_cfg).from_dict(extra.get("model_config") or {})
         except (TypeError, ValueError):
             saved_model = None
         if saved_model != model_cfg:
@@ -477,6 +487,11 @@ def _eval_event_and_line(it: int, metrics: Dict[str, Dict[str, float]]):
     shown = {k: v for k, v in metrics.get("val", {}).items() if k != "loss" and isinstance(v, float)}
     if shown:  # the line keeps to val; every split's metrics are in the event
         line += " | val " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+    else:  # a language model's loss: its perplexity too (chapter 05)
+        from jaxgpt.metrics import perplexity
+
+        event["val_ppl"] = perplexity(metrics["val"]["loss"])
+        line += f" (ppl {event['val_ppl']:.2f})"
     return event, line
 
 
@@ -657,9 +672,12 @@ def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, An
         loop = initial_loop_state(run, init_rng)
         steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
         losses = evaluate(run, steps, loop.train_state.params)
+        from jaxgpt.metrics import perplexity
+
         if is_main:
-            print(f"eval: train {losses['train']:.4f}, val {losses['val']:.4f}")
-        return {"train_loss": losses["train"], "val_loss": losses["val"], "iters": loop.iter_num}
+            print(f"eval: train {losses['train']:.4f}, val {losses['val']:.4f} (val ppl {perplexity(losses['val']):.2f})")
+        return {"train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": perplexity(losses["val"]),
+                "iters": loop.iter_num}
 
     lock = RunDirLock(cfg.out_dir)
     if is_main:

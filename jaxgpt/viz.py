@@ -3,13 +3,14 @@ loss curves over tokens seen, token embeddings by PCA, and a confusion matrix.
 
 Every function works in a notebook on (config, params, tokenizer) and writes a PNG atomically
 (a temporary file in the same folder, then os.replace). The command line makes each figure
-(except the confusion matrix, which fine-tuning produces) from any train.py run directory:
+from any train.py run directory (the confusion matrix from a finetune.py classification run):
 
     python -m jaxgpt.viz --out_dir=RUN --what=attention --prompt="ROMEO:" --png=attn.png
     python -m jaxgpt.viz --out_dir=RUN --what=next_token --prompt="The cat"
     python -m jaxgpt.viz --out_dir=RUN --what=decoding --prompt="The" --max_new_tokens=80
     python -m jaxgpt.viz --out_dir=RUN_A,RUN_B --what=loss --png=loss.png
     python -m jaxgpt.viz --out_dir=RUN --what=embeddings --n=80
+    python -m jaxgpt.viz --out_dir=FINETUNE_RUN --what=confusion
 
 Attention probabilities come from the model's own attention: the explicit attention path sows
 them into flax's "intermediates" collection (a no-op in a normal forward).
@@ -108,13 +109,17 @@ def attention_weights(cfg, params, ids) -> np.ndarray:
     query t's distribution over keys 0..t (exact zeros above the diagonal). ids: (T,) or (B, T),
     T <= block_size.
     """
+    import jax
+
     from jaxgpt.model import GPT
 
+    if getattr(cfg, "model", "gpt") == "bigram":
+        raise ValueError("a bigram has no attention: it reads only the last token")
     idx_BT = _as_ids(ids)
     if idx_BT.shape[1] > cfg.block_size:
         raise ValueError(f"{idx_BT.shape[1]} tokens exceed the model's block_size {cfg.block_size}")
     model = GPT(cfg.replace(attn_impl="explicit", dropout=0.0, remat=False))
-    _, state = model.apply({"params": params}, idx_BT, mutable=["intermediates"])
+    _, state = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))(params, idx_BT)
     inter = state["intermediates"]
     layers = []
     for i in range(cfg.n_layer):
@@ -177,10 +182,11 @@ def next_token_probs(cfg, params, ids, k: int = 10) -> Tuple[np.ndarray, np.ndar
     its last block_size tokens are read), most likely first. Probabilities are over the full vocab."""
     import jax
 
-    from jaxgpt.model import GPT
+    from jaxgpt.bigram import module_for
 
     idx_BT = _as_ids(ids)[:1, -cfg.block_size:]
-    logits = GPT(cfg.replace(dropout=0.0)).apply({"params": params}, idx_BT)
+    model = module_for(cfg if getattr(cfg, "model", "gpt") == "bigram" else cfg.replace(dropout=0.0))
+    logits = jax.jit(model.apply)({"params": params}, idx_BT)  # compiled: cheaper than op-by-op
     probs_V = np.asarray(jax.nn.softmax(logits[0, -1].astype("float32")), dtype=np.float64)
     k = min(int(k), probs_V.shape[0])
     top = np.argsort(-probs_V, kind="stable")[:k]
@@ -344,7 +350,8 @@ def plot_embeddings(params, tokenizer, png_path, n: int = 100, counts=None, titl
     the n most frequent by counts (a (V,) array of token counts) or, without counts, the first n.
     Returns (coords (V, 2), annotated ids)."""
     plt = _plt()
-    wte = np.asarray(params["wte"]["embedding"], dtype=np.float64)
+    # a GPT's wte, or a bigram's table (row a: the next-token logits after a, its "embedding")
+    wte = np.asarray((params["wte"] if "wte" in params else params["table"])["embedding"], dtype=np.float64)
     V = min(wte.shape[0], tokenizer.vocab_size)
     x = wte[:V] - wte[:V].mean(axis=0)
     _, s, vt = np.linalg.svd(x, full_matrices=False)
@@ -364,7 +371,8 @@ def plot_embeddings(params, tokenizer, png_path, n: int = 100, counts=None, titl
                     xytext=(2, 2), textcoords="offset points")
     ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of variance)" if len(explained) > 1 else "PC 2")
-    ax.set_title(title or f"token embeddings (wte, {V} tokens), PCA")
+    source = "wte" if "wte" in params else "bigram table rows"
+    ax.set_title(title or f"token embeddings ({source}, {V} tokens), PCA")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -406,7 +414,7 @@ def plot_confusion_matrix(matrix, labels: Sequence[str], png_path, title: str = 
 
 # ----------------------------------------------------------------------------- command line
 
-WHATS = ("attention", "next_token", "decoding", "loss", "embeddings")
+WHATS = ("attention", "next_token", "decoding", "loss", "embeddings", "confusion")
 
 OPTIONS: Dict[str, Option] = {
     "out_dir": Option("out", "train.py run directory (--what=loss: several, separated by commas)"),
@@ -431,7 +439,9 @@ def _load_run(out_dir: str, which: str):
     if not os.path.isfile(tokenizer_path):
         raise CLIError(f"{out_dir!r} has no tokenizer.json: is it a train.py run directory?")
     cfg, params = load_inference_params(out_dir, which)
-    return cfg.replace(dropout=0.0), params, load_tokenizer(tokenizer_path)
+    if getattr(cfg, "model", "gpt") == "gpt":
+        cfg = cfg.replace(dropout=0.0)
+    return cfg, params, load_tokenizer(tokenizer_path)
 
 
 def _prompt_ids(tokenizer, prompt: Optional[str]) -> List[int]:
@@ -458,8 +468,22 @@ def main(argv: Sequence[str]) -> str:
     png = opts["png"] or os.path.join(dirs[0], f"{what}.png")
     if what == "loss":
         plot_loss_curves(dirs, png)
+    elif what == "confusion":  # a finetune.py classification run's test event
+        from jaxgpt.metrics import read_metrics
+
+        metrics = os.path.join(dirs[0], "metrics.jsonl")
+        events = [e for e in read_metrics(metrics) if "confusion_matrix" in e] if os.path.isfile(metrics) else []
+        if not events:
+            raise CLIError(f"{dirs[0]!r} has no confusion matrix: it comes from a finished finetune.py "
+                           "classification run")
+        event = events[-1]
+        plot_confusion_matrix(event["confusion_matrix"], event["labels"], png,
+                              title=f"test split, checkpoint {event.get('checkpoint', '?')}")
     else:
         cfg, params, tokenizer = _load_run(dirs[0], opts["which"])
+        if what == "attention" and getattr(cfg, "model", "gpt") == "bigram":
+            raise CLIError(f"{dirs[0]!r} is a bigram run: it has no attention (next_token, decoding, loss and "
+                           "embeddings work on it)")
         if what == "embeddings":
             plot_embeddings(params, tokenizer, png, n=opts["n"])
         elif what == "decoding":

@@ -3,6 +3,7 @@ explicit attention), every figure as a readable non-uniform PNG, and the command
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -130,7 +131,7 @@ def test_every_plot_writes_a_readable_png(model, run_dir, tmp_path):
 
 
 def test_cli_makes_each_figure(run_dir, tmp_path, capsys):
-    for what in viz.WHATS:
+    for what in [w for w in viz.WHATS if w != "confusion"]:  # confusion: a finetune run's (below)
         png = tmp_path / f"{what}.png"
         viz.main([f"--out_dir={run_dir}", f"--what={what}", "--prompt=The cat", f"--png={png}",
                   "--max_new_tokens=8", "--n=10"])
@@ -160,3 +161,21 @@ def test_cli_subprocess_and_bad_input(run_dir, tmp_path):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     assert "missing" in results[1][2] and "histogram" in results[2][2] and "tokenizer.json" in results[3][2]
+
+
+def test_cli_confusion_from_a_finetune_runs_metrics(run_dir, tmp_path):
+    """--what=confusion draws the test event finetune.py's classification finish logs; a run
+    without one gets one line (CLIError, exit 2 in the script) and no file."""
+    from jaxgpt.cli import CLIError
+
+    with pytest.raises(CLIError, match="no confusion matrix"):
+        viz.main([f"--out_dir={run_dir}", "--what=confusion", f"--png={tmp_path / 'none.png'}"])
+    assert not (tmp_path / "none.png").exists()
+    run = tmp_path / "ft"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"iter": 0, "train_loss": 0.7, "val_loss": 0.7}) + "\n" + json.dumps(
+        {"iter": 20, "checkpoint": 20, "test_accuracy": 0.75, "labels": ["ham", "spam"],
+         "confusion_matrix": [[40, 10], [15, 35]]}) + "\n", encoding="utf-8")
+    png = viz.main([f"--out_dir={run}", "--what=confusion"])
+    assert png == str(run / "confusion.png")
+    _check_png(png)
