@@ -75,6 +75,9 @@ SAMPLE_OPTIONS: Dict[str, Option] = {
     "new_tokens": Option("500,240", "comma-separated max_new_tokens values to time", type=object),
     "batch_sizes": Option("1,8", "comma-separated batch sizes", type=object),
     "naive_tokens": Option(200, "tokens timed for the naive torch generate"),
+    "decode_chunks": Option("128", "comma-separated GPTConfig.decode_chunk values to time jaxgpt with (0: attend "
+                                   "over the whole KV cache; c > 0: read it c slots at a time, up to the filled "
+                                   "length)", type=object),
     "window_stride": Option(1, "jaxgpt generate's window_stride past block_size (1 = nanoGPT's exact window, "
                                "as the torch rows)"),
     "temperature": Option(0.8, "sampling temperature (0 = greedy)"),
@@ -88,15 +91,16 @@ SAMPLE_OPTIONS: Dict[str, Option] = {
 }
 
 
-def _int_list(key: str, value: Any) -> List[int]:
+def _int_list(key: str, value: Any, minimum: int = 1) -> List[int]:
     """"1,8" (or the tuple/int the CLI's literal parsing makes of it) -> [1, 8]."""
     items = value if isinstance(value, (tuple, list)) else str(value).split(",")
     try:
         values = [int(v) for v in items if str(v).strip()]
     except ValueError:
         values = []
-    if not values or any(v < 1 for v in values) or any(isinstance(v, (bool, float)) for v in items):
-        raise CLIError(f"--{key} must be comma-separated positive integers, got {value!r}")
+    if not values or any(v < minimum for v in values) or any(isinstance(v, (bool, float)) for v in items):
+        what = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+        raise CLIError(f"--{key} must be comma-separated {what}, got {value!r}")
     return values
 
 
@@ -135,6 +139,7 @@ def run_sample(opts: Dict[str, Any]) -> None:
 
     batch_sizes = _int_list("batch_sizes", opts["batch_sizes"])
     new_tokens = _int_list("new_tokens", opts["new_tokens"])
+    decode_chunks = _int_list("decode_chunks", opts["decode_chunks"], minimum=0)
     cfg = GPTConfig(vocab_size=opts["vocab_size"], block_size=opts["block_size"], n_layer=opts["n_layer"],
                     n_head=opts["n_head"], n_embd=opts["n_embd"], dropout=0.0,
                     compute_dtype=opts["compute_dtype"])
@@ -192,19 +197,22 @@ def run_sample(opts: Dict[str, Any]) -> None:
             rows.append(("torch naive", B, f"{n} (first)", "-", dt, naive_tps))
             _print_row(rows[-1], naive_tps)
         for N in new_tokens:
-            seeds = itertools.count(opts["seed"])
+            for chunk in decode_chunks:
+                seeds = itertools.count(opts["seed"])
+                chunk_cfg = cfg.replace(decode_chunk=chunk)
 
-            def jax_run():  # a fresh key per call; the compiled functions are reused
-                out = generate(cfg, params, prompt, N, rng=jax.random.key(next(seeds)), temperature=temperature,
-                               top_k=top_k, window_stride=opts["window_stride"])
-                assert out.shape == (B, opts["prompt_len"] + N)
+                def jax_run():  # a fresh key per call; the compiled functions are reused
+                    out = generate(chunk_cfg, params, prompt, N, rng=jax.random.key(next(seeds)),
+                                   temperature=temperature, top_k=top_k, window_stride=opts["window_stride"])
+                    assert out.shape == (B, opts["prompt_len"] + N)
 
-            t0 = time.perf_counter()
-            jax_run()
-            first = time.perf_counter() - t0
-            med, _ = _timed(jax_run, opts["repeats"], opts["max_seconds"])
-            rows.append(("jax generate", B, N, f"{max(first - med, 0.0):.2f}", med, B * N / med))
-            _print_row(rows[-1], naive_tps)
+                t0 = time.perf_counter()
+                jax_run()
+                first = time.perf_counter() - t0
+                med, _ = _timed(jax_run, opts["repeats"], opts["max_seconds"])
+                impl = "jax generate" + (f" (decode_chunk {chunk})" if len(decode_chunks) > 1 else "")
+                rows.append((impl, B, N, f"{max(first - med, 0.0):.2f}", med, B * N / med))
+                _print_row(rows[-1], naive_tps)
             if hf_model is not None and opts["prompt_len"] + N > cfg.block_size:
                 print(f"# hf generate skipped for {N} new tokens: {opts['prompt_len']} + {N} > block_size "
                       f"{cfg.block_size}, past its positions", file=out)
@@ -246,15 +254,19 @@ def run_sample(opts: Dict[str, Any]) -> None:
     for r in rows:
         vs_hf = f"{r[5] / hf[(r[1], r[2])]:.2f}x" if (r[1], r[2]) in hf else "-"
         print(f"{_format_row(r, naive.get(r[1]))} {vs_hf} |", file=out)
-    config = {k: opts[k] for k in SAMPLE_OPTIONS if k not in ("batch_sizes", "new_tokens", "torch", "torch_cached")}
+    config = {k: opts[k] for k in SAMPLE_OPTIONS
+              if k not in ("batch_sizes", "new_tokens", "torch", "torch_cached", "hf", "decode_chunks")}
     # The jax rows' reference: transformers' generate where it ran, else the twin's cached generate.
     refs = {}
     for name in ("torch cached", "hf generate"):
         refs.update({(r[1], r[2]): (name, r[5]) for r in rows if r[0] == name})
     device = f"{jax.devices()[0].platform}: {_machine()}"
     for impl, B, N, compile_s, t, tps in rows:
-        reference, ref_tps = refs[(B, N)] if impl == "jax generate" and (B, N) in refs else (None, None)
-        _emit(opts, {"task": "sample", "impl": impl, "config": {**config, "batch_size": B, "new_tokens": N},
+        is_jax = impl.startswith("jax generate")
+        reference, ref_tps = refs[(B, N)] if is_jax and (B, N) in refs else (None, None)
+        chunk = {"decode_chunk": int(impl.split()[-1].rstrip(")")) if "decode_chunk" in impl else decode_chunks[0]}
+        _emit(opts, {"task": "sample", "impl": impl,
+                     "config": {**config, "batch_size": B, "new_tokens": N, **(chunk if is_jax else {})},
                      "device": device, "tokens_per_sec": tps, "ms_per_step": 1000 * t / (N if isinstance(N, int)
                                                                                       else opts["naive_tokens"]),
                      "mfu": None, "reference": reference, "reference_tokens_per_sec": ref_tps,
