@@ -75,7 +75,7 @@ SAMPLE_OPTIONS: Dict[str, Option] = {
     "new_tokens": Option("500,240", "comma-separated max_new_tokens values to time", type=object),
     "batch_sizes": Option("1,8", "comma-separated batch sizes", type=object),
     "naive_tokens": Option(200, "tokens timed for the naive torch generate"),
-    "decode_chunks": Option("128", "comma-separated GPTConfig.decode_chunk values to time jaxgpt with (0: attend "
+    "decode_chunks": Option("0", "comma-separated GPTConfig.decode_chunk values to time jaxgpt with (0: attend "
                                    "over the whole KV cache; c > 0: read it c slots at a time, up to the filled "
                                    "length)", type=object),
     "window_stride": Option(1, "jaxgpt generate's window_stride past block_size (1 = nanoGPT's exact window, "
