@@ -76,9 +76,6 @@ def test_chunked_logits_equal_full_recompute_across_chunk_boundaries(chunk):
     out, logits = generate(cfg, params, [prompt], n, temperature=0, return_logits=True)
     ref = _recompute(cfg, params, out[0].tolist(), len(prompt))
     np.testing.assert_allclose(logits[0], ref, rtol=RTOL, atol=ATOL)
-    # The same model attending over the whole cache (decode_chunk=0) picks the same tokens.
-    whole = generate(cfg.replace(decode_chunk=0), params, [prompt], n, temperature=0)
-    np.testing.assert_array_equal(out, whole)
     assert len(set(out[0, 5:].tolist())) > 5, "degenerate test: greedy output barely varies"
 
 
@@ -95,11 +92,10 @@ def test_chunked_ragged_batch_equals_each_row_alone():
                                    err_msg=f"row {i}")
 
 
-@pytest.mark.parametrize("stride", [1, 7])
-def test_chunked_window_phase_equals_full_recompute(stride):
-    """Past block_size: with stride 1 every token re-reads the window (T > 1, the whole-cache
-    path); with stride 7 the tokens between re-reads decode from a cache refilled from slot 0."""
-    cfg, params = _model(8)
+def test_chunked_window_phase_equals_full_recompute():
+    """Past block_size with window_stride 7: every 7th token re-reads the window (T > 1, the
+    whole-cache path), the 6 between decode chunk by chunk from a cache refilled from slot 0."""
+    cfg, params, stride = *_model(8), 7
     prompts = _prompts(cfg, [6, 9], seed=3)
     n = BLOCK + 12
     out, logits = generate(cfg, params, prompts, n, temperature=0, return_logits=True, window_stride=stride)
