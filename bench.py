@@ -15,6 +15,10 @@ random weights: nanoGPT's Shakespeare-char model by default (6 layers, 6 heads, 
 65, block 256), a 16-token prompt, batch 1 and 8. Prints a markdown table:
   jax generate   compile time of the first call (reported apart), then the median of timed calls
   torch cached   TorchGPT.generate_cached (KV cache, eager PyTorch), median of timed calls
+  hf generate    transformers' GPT2LMHeadModel.generate (its KV cache, eager PyTorch) on the same
+                 weights, greedy or sampled like the others, median of timed calls; the reference
+                 (ratio) of the jax rows in --json; under greedy decoding the table notes how many of
+                 its tokens equal jaxgpt's
   torch naive    TorchGPT.generate_naive (nanoGPT: re-runs the whole context per token), timed
                  over its first `naive_tokens` tokens only: it slows down as the context grows,
                  so its tokens/s flatters it against the longer runs
@@ -71,25 +75,32 @@ SAMPLE_OPTIONS: Dict[str, Option] = {
     "new_tokens": Option("500,240", "comma-separated max_new_tokens values to time", type=object),
     "batch_sizes": Option("1,8", "comma-separated batch sizes", type=object),
     "naive_tokens": Option(200, "tokens timed for the naive torch generate"),
+    "decode_chunks": Option("0", "comma-separated GPTConfig.decode_chunk values to time jaxgpt with (0: attend "
+                                   "over the whole KV cache; c > 0: read it c slots at a time, up to the filled "
+                                   "length)", type=object),
     "window_stride": Option(1, "jaxgpt generate's window_stride past block_size (1 = nanoGPT's exact window, "
                                "as the torch rows)"),
     "temperature": Option(0.8, "sampling temperature (0 = greedy)"),
     "top_k": Option(200, "top-k filter (0 = none)"),
-    "torch": Option(True, "also time the PyTorch twin"),
+    "torch": Option(True, "also time the PyTorch twin (naive and, with torch_cached, KV-cached)"),
     "torch_cached": Option(True, "also time the twin's KV-cached generate (slow past block_size, where it "
                                  "re-runs the window per token)"),
+    "hf": Option(True, "also time Hugging Face transformers' KV-cached GPT2LMHeadModel.generate on the same "
+                       "weights, the reference of the decoding goal (needs `pip install transformers`; "
+                       "prompt + new tokens must fit in block_size)"),
 }
 
 
-def _int_list(key: str, value: Any) -> List[int]:
+def _int_list(key: str, value: Any, minimum: int = 1) -> List[int]:
     """"1,8" (or the tuple/int the CLI's literal parsing makes of it) -> [1, 8]."""
     items = value if isinstance(value, (tuple, list)) else str(value).split(",")
     try:
         values = [int(v) for v in items if str(v).strip()]
     except ValueError:
         values = []
-    if not values or any(v < 1 for v in values) or any(isinstance(v, (bool, float)) for v in items):
-        raise CLIError(f"--{key} must be comma-separated positive integers, got {value!r}")
+    if not values or any(v < minimum for v in values) or any(isinstance(v, (bool, float)) for v in items):
+        what = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+        raise CLIError(f"--{key} must be comma-separated {what}, got {value!r}")
     return values
 
 
@@ -128,6 +139,7 @@ def run_sample(opts: Dict[str, Any]) -> None:
 
     batch_sizes = _int_list("batch_sizes", opts["batch_sizes"])
     new_tokens = _int_list("new_tokens", opts["new_tokens"])
+    decode_chunks = _int_list("decode_chunks", opts["decode_chunks"], minimum=0)
     cfg = GPTConfig(vocab_size=opts["vocab_size"], block_size=opts["block_size"], n_layer=opts["n_layer"],
                     n_head=opts["n_head"], n_embd=opts["n_embd"], dropout=0.0,
                     compute_dtype=opts["compute_dtype"])
@@ -137,6 +149,8 @@ def run_sample(opts: Dict[str, Any]) -> None:
         raise CLIError(f"--window_stride must be in [1, block_size={cfg.block_size}], got {opts['window_stride']}")
     temperature, top_k = opts["temperature"], opts["top_k"] or None
     greedy = temperature == 0
+    if opts["hf"]:
+        _require_transformers()
     key = jax.random.key(opts["seed"])
     params = GPT(cfg).init(key, np.zeros((1, 1), np.int32))["params"]
     params = jax.device_get(params)
@@ -154,6 +168,8 @@ def run_sample(opts: Dict[str, Any]) -> None:
         torch_model.load_state_dict(flax_to_torch(params, cfg))
         torch_model.eval()
 
+    hf_model = _hf_model(cfg, params, opts["threads"]) if opts["hf"] else None
+
     out = _out(opts)
     print(f"# bench sample: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, vocab {cfg.vocab_size}, "
           f"block {cfg.block_size}, {cfg.compute_dtype}; prompt {opts['prompt_len']} tokens; "
@@ -163,7 +179,7 @@ def run_sample(opts: Dict[str, Any]) -> None:
           + (f"; torch {torch.__version__} with {torch.get_num_threads()} threads" if torch_model else "")
           + ("; XLA single-threaded" if opts["threads"] == 1 else ""), file=out)
     rows = []
-    header = "| impl | batch | new tokens | compile s | time s (median) | tokens/s | vs torch naive |"
+    header = "| impl | batch | new tokens | compile s | time s (median) | tokens/s | vs torch naive | vs hf generate |"
     for B in batch_sizes:
         prompt = rs.integers(0, cfg.vocab_size, size=(B, opts["prompt_len"])).astype(np.int32)
         naive_tps = None
@@ -181,19 +197,46 @@ def run_sample(opts: Dict[str, Any]) -> None:
             rows.append(("torch naive", B, f"{n} (first)", "-", dt, naive_tps))
             _print_row(rows[-1], naive_tps)
         for N in new_tokens:
-            seeds = itertools.count(opts["seed"])
+            for chunk in decode_chunks:
+                seeds = itertools.count(opts["seed"])
+                chunk_cfg = cfg.replace(decode_chunk=chunk)
 
-            def jax_run():  # a fresh key per call; the compiled functions are reused
-                out = generate(cfg, params, prompt, N, rng=jax.random.key(next(seeds)), temperature=temperature,
-                               top_k=top_k, window_stride=opts["window_stride"])
-                assert out.shape == (B, opts["prompt_len"] + N)
+                def jax_run():  # a fresh key per call; the compiled functions are reused
+                    out = generate(chunk_cfg, params, prompt, N, rng=jax.random.key(next(seeds)),
+                                   temperature=temperature, top_k=top_k, window_stride=opts["window_stride"])
+                    assert out.shape == (B, opts["prompt_len"] + N)
 
-            t0 = time.perf_counter()
-            jax_run()
-            first = time.perf_counter() - t0
-            med, _ = _timed(jax_run, opts["repeats"], opts["max_seconds"])
-            rows.append(("jax generate", B, N, f"{max(first - med, 0.0):.2f}", med, B * N / med))
-            _print_row(rows[-1], naive_tps)
+                t0 = time.perf_counter()
+                jax_run()
+                first = time.perf_counter() - t0
+                med, _ = _timed(jax_run, opts["repeats"], opts["max_seconds"])
+                impl = "jax generate" + (f" (decode_chunk {chunk})" if len(decode_chunks) > 1 else "")
+                rows.append((impl, B, N, f"{max(first - med, 0.0):.2f}", med, B * N / med))
+                _print_row(rows[-1], naive_tps)
+            if hf_model is not None and opts["prompt_len"] + N > cfg.block_size:
+                print(f"# hf generate skipped for {N} new tokens: {opts['prompt_len']} + {N} > block_size "
+                      f"{cfg.block_size}, past its positions", file=out)
+            elif hf_model is not None:
+                import torch
+
+                hf_idx = torch.tensor(prompt, dtype=torch.long)
+                hf_kwargs = dict(attention_mask=torch.ones_like(hf_idx), max_new_tokens=N, min_new_tokens=N,
+                                 use_cache=True, pad_token_id=0,
+                                 **(dict(do_sample=False) if greedy else
+                                    dict(do_sample=True, temperature=temperature, top_k=top_k or 0)))
+
+                def hf_run():
+                    with torch.no_grad():
+                        return hf_model.generate(hf_idx, **hf_kwargs)
+
+                hf_tokens = hf_run().numpy()  # warm-up
+                med, _ = _timed(hf_run, opts["repeats"], opts["max_seconds"])
+                rows.append(("hf generate", B, N, "-", med, B * N / med))
+                _print_row(rows[-1], naive_tps)
+                if greedy:  # the same weights and argmax: the tokens should agree (up to near-ties)
+                    ours = generate(cfg, params, prompt, N, temperature=0)
+                    same = int(np.sum(ours[:, opts["prompt_len"]:] == hf_tokens[:, opts["prompt_len"]:]))
+                    print(f"# greedy tokens equal to hf generate's: {same} of {B * N} (batch {B})", file=out)
             if torch_model is not None and opts["torch_cached"]:
                 def torch_run():
                     torch_model.generate_cached(idx, N, temperature=temperature or 1.0, top_k=top_k,
@@ -205,21 +248,58 @@ def run_sample(opts: Dict[str, Any]) -> None:
                 _print_row(rows[-1], naive_tps)
     print(file=out)
     print(header, file=out)
-    print("|---|---|---|---|---|---|---|", file=out)
+    print("|---|---|---|---|---|---|---|---|", file=out)
     naive = {r[1]: r[5] for r in rows if r[0] == "torch naive"}
+    hf = {(r[1], r[2]): r[5] for r in rows if r[0] == "hf generate"}
     for r in rows:
-        print(_format_row(r, naive.get(r[1])), file=out)
-    config = {k: opts[k] for k in SAMPLE_OPTIONS if k not in ("batch_sizes", "new_tokens", "torch", "torch_cached")}
-    cached = {(r[1], r[2]): r[5] for r in rows if r[0] == "torch cached"}
+        vs_hf = f"{r[5] / hf[(r[1], r[2])]:.2f}x" if (r[1], r[2]) in hf else "-"
+        print(f"{_format_row(r, naive.get(r[1]))} {vs_hf} |", file=out)
+    config = {k: opts[k] for k in SAMPLE_OPTIONS
+              if k not in ("batch_sizes", "new_tokens", "torch", "torch_cached", "hf", "decode_chunks")}
+    # The jax rows' reference: transformers' generate where it ran, else the twin's cached generate.
+    refs = {}
+    for name in ("torch cached", "hf generate"):
+        refs.update({(r[1], r[2]): (name, r[5]) for r in rows if r[0] == name})
     device = f"{jax.devices()[0].platform}: {_machine()}"
     for impl, B, N, compile_s, t, tps in rows:
-        reference = "torch cached" if impl == "jax generate" and (B, N) in cached else None
-        _emit(opts, {"task": "sample", "impl": impl, "config": {**config, "batch_size": B, "new_tokens": N},
+        is_jax = impl.startswith("jax generate")
+        reference, ref_tps = refs[(B, N)] if is_jax and (B, N) in refs else (None, None)
+        chunk = {"decode_chunk": int(impl.split()[-1].rstrip(")")) if "decode_chunk" in impl else decode_chunks[0]}
+        _emit(opts, {"task": "sample", "impl": impl,
+                     "config": {**config, "batch_size": B, "new_tokens": N, **(chunk if is_jax else {})},
                      "device": device, "tokens_per_sec": tps, "ms_per_step": 1000 * t / (N if isinstance(N, int)
                                                                                       else opts["naive_tokens"]),
-                     "mfu": None, "reference": reference,
-                     "reference_tokens_per_sec": cached.get((B, N)) if reference else None,
-                     "ratio": tps / cached[(B, N)] if reference else None})
+                     "mfu": None, "reference": reference, "reference_tokens_per_sec": ref_tps,
+                     "ratio": tps / ref_tps if reference else None})
+
+
+def _require_transformers() -> None:
+    """--hf needs transformers, which is not a jaxgpt dependency: say what to install, before any work."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise CLIError("--hf=True times Hugging Face transformers' generate: pip install transformers "
+                       "(or pass --hf=False)") from None
+
+
+def _hf_model(cfg, params, threads: int):
+    """transformers' GPT2LMHeadModel holding exactly `params` (GPT-2 architecture only), eval mode."""
+    import torch
+    import transformers
+
+    from jaxgpt.pretrained import params_to_gpt2_state
+
+    if threads:
+        torch.set_num_threads(threads)
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, activation_function="gelu_new" if cfg.gelu == "tanh" else "gelu",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=cfg.layer_norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings, bos_token_id=0, eos_token_id=None)
+    model = transformers.GPT2LMHeadModel(hf_cfg)
+    state = {k: torch.from_numpy(v) for k, v in params_to_gpt2_state(params, cfg).items()}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def _format_row(row, naive_tps) -> str:

@@ -8,7 +8,7 @@ import math
 import jax.numpy as jnp
 
 GELU_KINDS = ("exact", "tanh")
-ATTN_IMPLS = ("dot_product_attention", "explicit")
+ATTN_IMPLS = ("dot_product_attention", "explicit", "cudnn")
 POS_EMBS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
@@ -29,9 +29,18 @@ class GPTConfig:
     tie_embeddings:  output head shares the token embedding (GPT-2: True).
     compute_dtype:   "float32" or "bfloat16" for activations and matmuls; params stay float32,
                      softmax, logits and the loss are always float32.
-    attn_impl:       "dot_product_attention" (jax.nn.dot_product_attention, fused kernels on GPU)
-                     or "explicit" (einsum + softmax, the textbook path). Same numbers.
+    attn_impl:       "dot_product_attention" (jax.nn.dot_product_attention, XLA's kernel) or
+                     "explicit" (einsum + softmax, the textbook path): same numbers. "cudnn": cuDNN's
+                     fused flash attention (jax.nn.dot_product_attention(implementation="cudnn")),
+                     NVIDIA GPUs only (Ampere or newer) and bfloat16 only; anywhere else it is refused
+                     (a ConfigError at trace time, see check_attn_impl), never silently replaced.
+                     Cached decoding always uses its own XLA attention.
     remat:           recompute each block's activations in the backward pass (jax.checkpoint).
+    decode_chunk:    0 (default): cached decoding attends over the whole KV cache. c > 0: one new
+                     token reads the cache c slots at a time and stops at the filled length
+                     (flash-decoding's online softmax). Speed only: the numbers equal the full
+                     softmax's within float32 rounding. Not the default because on XLA:CPU it was
+                     not measurably faster at batch 8 (README, Sampling).
     layer_norm_eps:  epsilon of every normalization (LayerNorm or RMSNorm, qk-norm included).
 
     Architecture switches for scaling studies (the defaults are GPT-2 and leave its param tree and
@@ -76,6 +85,7 @@ class GPTConfig:
     compute_dtype: str = "float32"
     attn_impl: str = "dot_product_attention"
     remat: bool = False
+    decode_chunk: int = 0
     layer_norm_eps: float = 1e-5
     pos_emb: str = "learned"
     rope_theta: float = 10000.0
@@ -110,6 +120,11 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig.attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}"
             )
+        if isinstance(self.decode_chunk, bool) or not isinstance(self.decode_chunk, int) or self.decode_chunk < 0:
+            raise ValueError(f"GPTConfig.decode_chunk must be an integer >= 0, got {self.decode_chunk!r}")
+        if self.attn_impl == "cudnn" and self.compute_dtype != "bfloat16":
+            raise ValueError(f"GPTConfig.attn_impl='cudnn' needs compute_dtype='bfloat16' (cuDNN's flash "
+                             f"attention takes fp16/bf16 only), got {self.compute_dtype!r}")
         for name, kinds in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
             if getattr(self, name) not in kinds:
                 raise ValueError(f"GPTConfig.{name} must be one of {kinds}, got {getattr(self, name)!r}")
@@ -221,6 +236,24 @@ class GPTConfig:
         is not counted, as in PaLM; norm scales and biases enter 6N like in nanoGPT's estimate."""
         t = seq_len or self.block_size
         return 6 * self.num_params() + 12 * self.n_layer * self.n_embd * t
+
+
+def check_attn_impl(attn_impl: str, backend: str | None = None) -> None:
+    """Refuse attn_impl="cudnn" where no CUDA GPU runs the computation: a ConfigError in one line.
+
+    backend: jax's platform name ("cpu", "gpu", "tpu"); None asks jax for its default backend.
+    The XLA paths ("dot_product_attention", "explicit") run everywhere."""
+    if attn_impl != "cudnn":
+        return
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    if backend != "gpu":
+        from jaxgpt.cli import ConfigError
+
+        raise ConfigError(f"attn_impl='cudnn' needs an NVIDIA GPU (cuDNN flash attention), but jax runs on "
+                          f"{backend}: use attn_impl='dot_product_attention' there")
 
 
 def _mlp_hidden_dim(mlp: str, n_embd: int) -> int:

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgpt.config import GPTConfig
+from jaxgpt.config import GPTConfig, check_attn_impl
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "init_kv_cache", "cross_entropy_loss", "causal_mask"]
 
@@ -138,10 +138,55 @@ def _explicit_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, dropout, deterministi
     return jnp.einsum("bhts,bshk->bthk", probs_BHTS.astype(v_BSHK.dtype), v_BSHK)
 
 
+def _chunked_attention(q_NTK, k_cache_NSK, v_cache_NSK, filled, mask_B1TS, chunk: int, dtype,
+                       scale: Optional[float] = None):
+    """softmax(q k^T) v over cache slots [0, filled) only, `chunk` slots at a time (flash-decoding's
+    online softmax: a running max m, normalizer l and weighted sum acc per query, rescaled as each
+    chunk raises the max). A lax.while_loop runs ceil(filled / chunk) chunks, so a short context
+    reads a short prefix of the cache instead of all S slots. The last chunk's start is clamped
+    to S - chunk so that every read stays inside the cache; slots an earlier chunk already counted
+    are masked out there. mask_B1TS (B, 1, T, S) hides the slots each query may not see, as in the
+    full path; every query sees at least its own slot, so l > 0 at the end. float32 statistics."""
+    N, T, K = q_NTK.shape
+    B, S = mask_B1TS.shape[0], k_cache_NSK.shape[1]
+    H = N // B
+    neg = jnp.finfo(jnp.float32).min  # finite: exp(neg - neg) stays defined for an all-masked chunk
+
+    def body(c, carry):
+        m_NT1, l_NT1, acc_NTK = carry
+        start = jnp.minimum(c * chunk, S - chunk)
+        k_NCK = jax.lax.dynamic_slice_in_dim(k_cache_NSK, start, chunk, axis=1).astype(dtype)
+        v_NCK = jax.lax.dynamic_slice_in_dim(v_cache_NSK, start, chunk, axis=1).astype(dtype)
+        slots_C = start + jnp.arange(chunk)
+        mask_B1TC = jax.lax.dynamic_slice_in_dim(mask_B1TS, start, chunk, axis=3) & (slots_C >= c * chunk)
+        mask_NTC = jnp.broadcast_to(mask_B1TC, (B, H, T, chunk)).reshape(N, T, chunk)
+        scores_NTC = _scale_scores(jnp.einsum("ntk,nck->ntc", q_NTK, k_NCK, preferred_element_type=jnp.float32),
+                                   K, scale)
+        scores_NTC = jnp.where(mask_NTC, scores_NTC, neg)
+        m_new_NT1 = jnp.maximum(m_NT1, jnp.max(scores_NTC, axis=-1, keepdims=True))
+        p_NTC = jnp.where(mask_NTC, jnp.exp(scores_NTC - m_new_NT1), 0.0)
+        rescale_NT1 = jnp.exp(m_NT1 - m_new_NT1)
+        l_NT1 = l_NT1 * rescale_NT1 + jnp.sum(p_NTC, axis=-1, keepdims=True)
+        acc_NTK = acc_NTK * rescale_NT1 + jnp.einsum("ntc,nck->ntk", p_NTC.astype(dtype), v_NCK,
+                                                     preferred_element_type=jnp.float32)
+        return m_new_NT1, l_NT1, acc_NTK
+
+    init = (jnp.full((N, T, 1), neg, jnp.float32), jnp.zeros((N, T, 1), jnp.float32),
+            jnp.zeros((N, T, K), jnp.float32))
+    n_chunks = (filled + chunk - 1) // chunk
+    _, l_NT1, acc_NTK = jax.lax.fori_loop(0, n_chunks, body, init)
+    return (acc_NTK / l_NT1).astype(dtype)
+
+
 def _cached_attention(q_BTHK, k_BTHK, v_BTHK, kv_cache, cache_index, mask_B1TS, dtype,
-                      scale: Optional[float] = None):
+                      scale: Optional[float] = None, chunk: int = 0):
     """Write this call's keys and values to cache slots [cache_index, cache_index + T), then attend
-    over the whole cache; mask_B1TS hides the slots each query may not see. Returns (y, cache)."""
+    over the cache; mask_B1TS hides the slots each query may not see. Returns (y, cache).
+
+    One new token (T == 1) with 0 < chunk < S reads only slots [0, cache_index] (the causal mask
+    hides the rest anyway), chunk by chunk (_chunked_attention): decoding then costs what the
+    context holds, not what the cache could hold. Prompts and window re-reads (T > 1) attend
+    over the whole cache in one go."""
     B, T, H, K = q_BTHK.shape
     N = B * H
     k_cache_NSK, v_cache_NSK = kv_cache
@@ -155,6 +200,10 @@ def _cached_attention(q_BTHK, k_BTHK, v_BTHK, kv_cache, cache_index, mask_B1TS, 
     start = (0, cache_index, 0)
     k_cache_NSK = jax.lax.dynamic_update_slice(k_cache_NSK, merge_heads(k_BTHK, k_cache_NSK.dtype), start)
     v_cache_NSK = jax.lax.dynamic_update_slice(v_cache_NSK, merge_heads(v_BTHK, v_cache_NSK.dtype), start)
+    if T == 1 and 0 < chunk < S:  # one new token: read only the filled slots
+        y_N1K = _chunked_attention(merge_heads(q_BTHK, dtype), k_cache_NSK, v_cache_NSK, cache_index + 1,
+                                   mask_B1TS, chunk, dtype, scale)
+        return y_N1K.reshape(B, H, 1, K).transpose(0, 2, 1, 3), (k_cache_NSK, v_cache_NSK)
     scores_NTS = _scale_scores(jnp.einsum("ntk,nsk->nts", merge_heads(q_BTHK, dtype), k_cache_NSK.astype(dtype),
                                           preferred_element_type=jnp.float32), K, scale)
     probs_NTS = _masked_softmax(scores_NTS.reshape(B, H, T, S), mask_B1TS).reshape(N, T, S)
@@ -203,11 +252,15 @@ class CausalSelfAttention(nn.Module):
         new_cache = None
         if kv_cache is not None:
             y_BTHK, new_cache = _cached_attention(q_BTHK, k_BTHK, v_BTHK, kv_cache, cache_index,
-                                                  mask_B1TS, cfg.dtype, scale)
-        elif cfg.attn_impl == "dot_product_attention" and not attn_dropout:
+                                                  mask_B1TS, cfg.dtype, scale, cfg.decode_chunk)
+        elif cfg.attn_impl in ("dot_product_attention", "cudnn") and not attn_dropout:
             # is_causal lets XLA/cuDNN pick a fused causal kernel when no explicit mask is needed.
+            # "cudnn" asks for cuDNN's flash attention outright (bf16, (B, T, H, K) as here); on a
+            # machine without a GPU check_attn_impl refuses it rather than run something else.
+            check_attn_impl(cfg.attn_impl)
             y_BTHK = jax.nn.dot_product_attention(
-                q_BTHK, k_BTHK, v_BTHK, mask=mask_B1TS, is_causal=mask_B1TS is None, scale=scale
+                q_BTHK, k_BTHK, v_BTHK, mask=mask_B1TS, is_causal=mask_B1TS is None, scale=scale,
+                implementation="cudnn" if cfg.attn_impl == "cudnn" else None,
             )
         else:
             # The textbook path; also used whenever attention dropout is active, which

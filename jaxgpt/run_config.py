@@ -76,8 +76,9 @@ class TrainConfig:
     bias: bool = _field(True, "biases in Linear layers and LayerNorms")
     gelu: str = _field("tanh", "tanh | exact", choices=("tanh", "exact"))
     tie_embeddings: bool = _field(True, "share the token embedding with the output head")
-    attn_impl: str = _field("dot_product_attention", "dot_product_attention | explicit",
-                            choices=("dot_product_attention", "explicit"))
+    attn_impl: str = _field("dot_product_attention", "dot_product_attention | explicit | cudnn (cuDNN flash "
+                            "attention: NVIDIA GPU and bfloat16 only)",
+                            choices=("dot_product_attention", "explicit", "cudnn"))
     compute_dtype: str = _field("float32", "float32 | bfloat16 (params stay float32)", choices=("float32", "bfloat16"))
     remat: bool = _field(False, "recompute block activations in the backward pass")
     pos_emb: str = _field("learned", "learned (GPT-2's table) | rope (rotary)", choices=("learned", "rope"))
@@ -147,6 +148,11 @@ class TrainConfig:
              "--mup=True needs --mup_base_width=W, the width whose tuned learning rate transfers")
         need(self.bigram_smoothing > 0, f"--bigram_smoothing must be > 0, got {self.bigram_smoothing}")
         need(self.model == "gpt" or not self.mup, "--mup=True is a GPT parametrization; --model=bigram has none")
+        need(self.attn_impl != "cudnn" or self.compute_dtype == "bfloat16",
+             f"--attn_impl=cudnn needs --compute_dtype=bfloat16 (cuDNN's flash attention takes bf16), "
+             f"got {self.compute_dtype}")
+        # Whether a GPU runs it is checked in resolve_run, after the processes join: asking jax for its
+        # backend here would start it before jax.distributed.initialize on a multi-host run.
         need(not (self.overwrite and self.init_from == "resume"),
              "--overwrite=True and --init_from=resume contradict each other: pick one")
 

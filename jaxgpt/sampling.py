@@ -427,7 +427,13 @@ def _check_params(config: GPTConfig, params) -> Any:
             f"config wants ({config.vocab_size}, {config.n_embd})"
         )
     # Host (numpy) params go to the device once, not once per compiled call of a stream.
-    return jax.device_put(params)
+    params = jax.device_put(params)
+    if config.dtype != jnp.float32:
+        # bf16 compute: cast the float32 weights once here, not inside every decode step; each
+        # token then reads half the bytes (flax would cast them to the compute dtype anyway).
+        params = jax.tree_util.tree_map(
+            lambda x: x.astype(config.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    return params
 
 
 def _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k, top_p, eos_id,

@@ -334,6 +334,9 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
         _check_fresh_start(cfg, notes)
     step = _resume_step(cfg) if resuming else None
     _join_processes(cfg)
+    from jaxgpt.config import check_attn_impl
+
+    check_attn_impl(cfg.attn_impl)  # --attn_impl=cudnn without a GPU: refused before anything is written
     extra = _read_checkpoint_extra(cfg.out_dir, step) if resuming else None
 
     import jax

@@ -11,8 +11,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bench(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+def _bench(*args: str, pythonpath: str = "") -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(REPO)) if p), JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, str(REPO / "bench.py"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -21,7 +21,7 @@ def test_sample_task_prints_a_row_per_implementation_past_block_size():
     # 8 + 40 tokens > block_size 32: the window phase runs, with window_stride 8.
     proc = _bench("--task=sample", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32",
                   "--prompt_len=8", "--new_tokens=40", "--batch_sizes=1,2", "--window_stride=8",
-                  "--naive_tokens=4", "--repeats=1", "--threads=1")
+                  "--naive_tokens=4", "--repeats=1", "--threads=1", "--hf=False")
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "impl" not in line]
     impls = sorted({row.split("|")[1].strip() for row in rows})
@@ -30,8 +30,18 @@ def test_sample_task_prints_a_row_per_implementation_past_block_size():
     assert "window_stride 8" in proc.stdout
 
 
+def test_sample_task_without_transformers_says_what_to_install(tmp_path):
+    """transformers' generate is the decoding reference but no jaxgpt dependency: without it,
+    one line names the package (a stand-in module that fails to import hides any installed one)."""
+    (tmp_path / "transformers.py").write_text("raise ImportError('not installed')\n")
+    proc = _bench("--task=sample", "--n_layer=1", pythonpath=str(tmp_path))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "pip install transformers" in lines[0], proc.stderr
+
+
 def test_bad_input_exits_2_with_one_line():
     for args, message in [(["--task=nope"], "--task"),
+                          (["--decode_chunks=-1"], "--decode_chunks"),
                           (["--window_stride=0"], "--window_stride"),
                           (["--batch_sizes=0"], "--batch_sizes"),
                           (["--task=train", "--jax_run=False", "--torch_run=False"], "nothing to run")]:
@@ -54,7 +64,7 @@ def _records(proc):
 def test_json_prints_one_record_per_measurement(tmp_path, corpus_path):
     records = _records(_bench("--task=sample", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32",
                               "--prompt_len=8", "--new_tokens=16", "--batch_sizes=1", "--naive_tokens=4",
-                              "--repeats=1", "--threads=1", "--json=True"))
+                              "--repeats=1", "--threads=1", "--json=True", "--hf=False"))
     assert [r["impl"] for r in records] == ["torch naive", "jax generate", "torch cached"]
     jax_row = records[1]
     assert jax_row["reference"] == "torch cached" and jax_row["config"]["batch_size"] == 1

@@ -1,0 +1,93 @@
+"""attn_impl="cudnn" (cuDNN flash attention through jax.nn.dot_product_attention) on a machine
+without a GPU: it is refused, in one line, before anything is written; never silently replaced.
+Its wiring (the model asks jax for implementation="cudnn") is checked with jax's call recorded;
+the kernel itself is checked on a GPU by scripts/gpu_check.py (its cudnn_check).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt import model as model_module
+from jaxgpt.cli import ConfigError
+from jaxgpt.config import check_attn_impl
+from jaxgpt.model import GPT
+from torch_helpers import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_cudnn_needs_bfloat16():
+    with pytest.raises(ValueError, match="compute_dtype='bfloat16'"):
+        tiny_config(attn_impl="cudnn")
+    assert tiny_config(attn_impl="cudnn", compute_dtype="bfloat16").attn_impl == "cudnn"
+
+
+def test_cudnn_is_refused_without_a_gpu():
+    with pytest.raises(ConfigError, match="needs an NVIDIA GPU.*jax runs on cpu"):
+        check_attn_impl("cudnn", backend="cpu")
+    check_attn_impl("cudnn", backend="gpu")  # accepted where a GPU runs it
+    check_attn_impl("dot_product_attention", backend="cpu")
+    cfg = tiny_config(attn_impl="cudnn", compute_dtype="bfloat16")
+    with pytest.raises(ConfigError, match="NVIDIA GPU"):  # the library refuses at trace time too
+        GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
+def test_cudnn_asks_jax_for_the_cudnn_kernel(monkeypatch):
+    """With the device check passed, the model calls jax.nn.dot_product_attention with
+    implementation="cudnn" and the same arguments as the XLA path: run through XLA here, the
+    logits equal the dot_product_attention model's exactly."""
+    cfg = tiny_config(compute_dtype="bfloat16")
+    params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    idx = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 8)), jnp.int32)
+    reference = GPT(cfg).apply({"params": params}, idx)
+    asked, real = [], jax.nn.dot_product_attention
+
+    def recording(*args, implementation=None, **kwargs):
+        asked.append(implementation)
+        return real(*args, **kwargs)  # XLA's kernel: cuDNN is not available here
+
+    monkeypatch.setattr(model_module, "check_attn_impl", lambda impl: None)
+    monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+    logits = GPT(cfg.replace(attn_impl="cudnn")).apply({"params": params}, idx)
+    assert asked == ["cudnn"] * cfg.n_layer
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(reference))
+
+
+def _run(script, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_train_cli_refuses_cudnn_on_cpu_in_one_line_and_writes_nothing(tmp_path, corpus_path):
+    out = tmp_path / "run"
+    for args, message in [(["--compute_dtype=bfloat16"], "needs an NVIDIA GPU"),
+                          ([], "--attn_impl=cudnn needs --compute_dtype=bfloat16")]:
+        proc = _run("train.py", f"--out_dir={out}", f"--dataset={corpus_path}", "--attn_impl=cudnn", *args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+        assert not out.exists()
+
+
+def test_gpu_check_script_on_cpu_checks_the_refusal(tmp_path):
+    """scripts/gpu_check.py's cheapest step here: with no GPU its cuDNN check records the refusal;
+    a missing --data file is bad input (exit 2) before anything runs."""
+    data = tmp_path / "input.txt"
+    data.write_text("hello world\n" * 50)
+    out = tmp_path / "results.jsonl"
+    proc = _run("scripts/gpu_check.py", f"--data={data}", "--smoke", "--only=cudnn_check", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout.strip())
+    assert record["task"] == "cudnn_check" and record["refused_without_gpu"] is True and record["met"] is True
+    assert json.loads(out.read_text()) == record
+    proc = _run("scripts/gpu_check.py", f"--data={tmp_path / 'missing.txt'}")
+    assert proc.returncode == 2 and "no such file" in proc.stderr
