@@ -20,7 +20,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-__all__ = ["layer_norm", "gelu_exact", "causal_attention", "causal_attention_qkv"]
+__all__ = ["layer_norm", "gelu_exact", "causal_attention"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -129,22 +129,3 @@ def _attention_bwd(scale, res, dy_BTHK):
 
 
 causal_attention.defvjp(_attention_fwd, _attention_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def causal_attention_qkv(qkv_BT3HK, scale: float):
-    """causal_attention on the fused projection's output (B, T, 3, H, K) = (q, k, v) stacked.
-    Its gradient comes back as one stacked array: slicing q, k, v apart under autodiff would
-    instead cost three zero-padded copies and their sum in the backward."""
-    return causal_attention(qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], qkv_BT3HK[:, :, 2], scale)
-
-
-def _attention_qkv_fwd(qkv_BT3HK, scale):
-    return _attention_fwd(qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], qkv_BT3HK[:, :, 2], scale)
-
-
-def _attention_qkv_bwd(scale, res, dy_BTHK):
-    return (jnp.stack(_attention_bwd(scale, res, dy_BTHK), axis=2),)
-
-
-causal_attention_qkv.defvjp(_attention_qkv_fwd, _attention_qkv_bwd)

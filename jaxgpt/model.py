@@ -214,11 +214,8 @@ class CausalSelfAttention(nn.Module):
                                                   mask_B1TS, cfg.dtype, scale)
         elif _use_fused_attention(cfg, mask_B1TS, attn_dropout, q_BTHK):
             # XLA:CPU's generated attention backward is slow; this one is written out (jaxgpt.fused).
-            fused_scale = 1.0 / math.sqrt(K) if scale is None else scale
-            if cfg.qk_norm or rope is not None:
-                y_BTHK = fused.causal_attention(q_BTHK, k_BTHK, v_BTHK, fused_scale)
-            else:  # q, k, v untouched since the projection: one stacked gradient for it
-                y_BTHK = fused.causal_attention_qkv(qkv_BT3HK, fused_scale)
+            y_BTHK = fused.causal_attention(q_BTHK, k_BTHK, v_BTHK,
+                                            1.0 / math.sqrt(K) if scale is None else scale)
         elif cfg.attn_impl == "dot_product_attention" and not attn_dropout:
             # is_causal lets XLA/cuDNN pick a fused causal kernel when no explicit mask is needed.
             y_BTHK = jax.nn.dot_product_attention(

@@ -91,18 +91,3 @@ def test_causal_attention_value_and_grads_match_the_plain_formula():
     want = jax.grad(loss(_plain_attention), (0, 1, 2))(q, k, v)
     for name, a, b in zip("qkv", got, want):
         _close(a, b, T * K, f"grad {name}")
-
-
-def test_causal_attention_qkv_equals_the_split_form():
-    B, T, H, K = 2, 16, 3, 8
-    qkv = _rand(0, B, T, 3, H, K)
-    g = _rand(1, B, T, H, K)
-    scale = 0.3
-
-    def split(qkv, scale):
-        return _plain_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], scale)
-
-    _close(fused.causal_attention_qkv(qkv, scale), split(qkv, scale), T, "value")
-    got = jax.grad(lambda a: jnp.sum(fused.causal_attention_qkv(a, scale) * g))(qkv)
-    want = jax.grad(lambda a: jnp.sum(split(a, scale) * g))(qkv)
-    _close(got, want, T * K, "grad qkv")
