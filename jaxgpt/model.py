@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgpt import fused
 from jaxgpt.config import GPTConfig, check_attn_impl
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "init_kv_cache", "cross_entropy_loss", "causal_mask"]
@@ -218,6 +219,13 @@ def _hidden_init(cfg: GPTConfig, std: float, fan_in_mult: float):
     return _normal(std / math.sqrt(fan_in_mult) if cfg.mup else std)
 
 
+def _use_fused_attention(cfg: GPTConfig, mask_B1TS, attn_dropout: bool, q_BTHK) -> bool:
+    """The training/eval forward on a CPU backend in float32: jaxgpt.fused's causal attention with
+    its hand-written backward. Elsewhere jax.nn.dot_product_attention (fused kernels on GPU/TPU)."""
+    return (cfg.attn_impl == "dot_product_attention" and mask_B1TS is None and not attn_dropout
+            and q_BTHK.dtype == jnp.float32 and jax.default_backend() == "cpu")
+
+
 class CausalSelfAttention(nn.Module):
     config: GPTConfig
 
@@ -253,6 +261,10 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             y_BTHK, new_cache = _cached_attention(q_BTHK, k_BTHK, v_BTHK, kv_cache, cache_index,
                                                   mask_B1TS, cfg.dtype, scale, cfg.decode_chunk)
+        elif _use_fused_attention(cfg, mask_B1TS, attn_dropout, q_BTHK):
+            # XLA:CPU's generated attention backward is slow; this one is written out (jaxgpt.fused).
+            y_BTHK = fused.causal_attention(q_BTHK, k_BTHK, v_BTHK,
+                                            1.0 / math.sqrt(K) if scale is None else scale)
         elif cfg.attn_impl in ("dot_product_attention", "cudnn") and not attn_dropout:
             # is_causal lets XLA/cuDNN pick a fused causal kernel when no explicit mask is needed.
             # "cudnn" asks for cuDNN's flash attention outright (bf16, (B, T, H, K) as here); on a
@@ -296,6 +308,8 @@ class MLP(nn.Module):
             gate_MF = nn.Dense(F, use_bias=cfg.bias, dtype=cfg.dtype,
                                kernel_init=_hidden_init(cfg, _STD, cfg.mup_width_mult), name="c_gate")(x_MD)
             h_MF = nn.silu(gate_MF) * h_MF
+        elif cfg.gelu == "exact" and h_MF.dtype == jnp.float32:
+            h_MF = fused.gelu_exact(h_MF)  # erf form with a written-out derivative (jaxgpt.fused)
         else:
             h_MF = nn.gelu(h_MF, approximate=cfg.gelu == "tanh")
         y_MD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
@@ -310,10 +324,28 @@ def _rms_norm(cfg: GPTConfig, name: str) -> nn.RMSNorm:
     return nn.RMSNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name=name)
 
 
+class FusedLayerNorm(nn.Module):
+    """float32 LayerNorm with nn.LayerNorm's params (scale (D,) ones, bias (D,) zeros) and a
+    hand-written backward (jaxgpt.fused.layer_norm): XLA:CPU's autodiff of nn.LayerNorm is ~3x
+    its forward."""
+
+    epsilon: float
+    use_bias: bool
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        D = x_BTD.shape[-1]
+        scale_D = self.param("scale", nn.initializers.ones, (D,))
+        bias_D = self.param("bias", nn.initializers.zeros, (D,)) if self.use_bias else None
+        return fused.layer_norm(x_BTD.astype(jnp.float32), scale_D, bias_D, self.epsilon)
+
+
 def _layer_norm(cfg: GPTConfig, name: str) -> nn.Module:
     """The block/final normalization: LayerNorm (GPT-2) or, with norm="rmsnorm", RMSNorm."""
     if cfg.norm == "rmsnorm":
         return _rms_norm(cfg, name)
+    if cfg.dtype == jnp.float32:
+        return FusedLayerNorm(epsilon=cfg.layer_norm_eps, use_bias=cfg.bias, name=name)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_bias=cfg.bias, dtype=cfg.dtype, name=name)
 
 

@@ -1,0 +1,131 @@
+"""Hand-written backward passes (jax.custom_vjp) for the ops whose generated backward is slow on
+XLA:CPU: LayerNorm, exact GELU and causal attention, all float32.
+
+Why: on nanoGPT's CPU config the train step is made of ~500 small XLA:CPU kernels, and the
+autodiff backward of these three ops is many more of them than the arithmetic needs (LayerNorm's
+fast-variance backward, erfc's two-branch expansion, the attention's softmax and masking
+transposes). Each function below is the plain formula forward and the textbook gradient
+backward, saving only what the gradient reads. Every one is pinned to jax.grad of the plain
+formula by tests/test_fused.py.
+
+Shapes: x_MD any (..., D) array; B batch, T length, H heads, K head width.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["layer_norm", "gelu_exact", "causal_attention"]
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+# ------------------------------------------------------------------------------------ LayerNorm
+
+def _ln_stats(x, eps):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centered = x - mean
+    rstd = jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + eps)
+    return centered * rstd, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, eps):
+    xhat, _ = _ln_stats(x, eps)
+    return xhat * scale + bias
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    xhat, rstd = _ln_stats(x, eps)
+    return xhat * scale + bias, (xhat, rstd, scale)
+
+
+def _layer_norm_bwd(eps, res, g):
+    del eps
+    xhat, rstd, scale = res
+    D = xhat.shape[-1]
+    g_flat = g.reshape(-1, D)
+    d_scale = jnp.sum(g_flat * xhat.reshape(-1, D), axis=0)
+    d_bias = jnp.sum(g_flat, axis=0)
+    g_xhat = g * scale
+    d_x = rstd * (g_xhat - jnp.mean(g_xhat, axis=-1, keepdims=True)
+                  - xhat * jnp.mean(g_xhat * xhat, axis=-1, keepdims=True))
+    return d_x, d_scale, d_bias
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+def layer_norm(x, scale, bias: Optional[jax.Array], eps: float):
+    """(x - mean) / sqrt(var + eps) * scale (+ bias) over the last axis, float32 (two-pass
+    variance). bias None: no bias (its zero gradient is dropped)."""
+    if bias is None:
+        return _layer_norm(x, scale, jnp.zeros_like(scale), eps)
+    return _layer_norm(x, scale, bias, eps)
+
+
+# ----------------------------------------------------------------------------------------- GELU
+
+def _gelu_exact_plain(x):
+    return 0.5 * x * (1.0 + jax.lax.erf(x * _INV_SQRT2))
+
+
+@jax.custom_vjp
+def gelu_exact(x):
+    """x * Phi(x) with Phi the normal CDF, written 0.5 x (1 + erf(x / sqrt 2)) as torch's
+    nn.GELU() does (jax.nn.gelu uses erfc, whose XLA expansion is two branches of polynomials)."""
+    return _gelu_exact_plain(x)
+
+
+def _gelu_fwd(x):
+    return _gelu_exact_plain(x), x
+
+
+def _gelu_bwd(x, g):
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * _INV_SQRT2))
+    pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return (g * (cdf + x * pdf),)
+
+
+gelu_exact.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+# ------------------------------------------------------------------------------------ attention
+
+def _causal_probs(q_BTHK, k_BTHK, scale):
+    T = q_BTHK.shape[1]
+    scores_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BTHK) * scale
+    causal_TS = jnp.tril(jnp.ones((T, T), dtype=bool))
+    return jax.nn.softmax(jnp.where(causal_TS, scores_BHTS, jnp.finfo(jnp.float32).min), axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def causal_attention(q_BTHK, k_BTHK, v_BTHK, scale: float):
+    """softmax(q k^T * scale, causal) v, float32: (B, T, H, K) each, query i sees keys <= i."""
+    return jnp.einsum("bhts,bshk->bthk", _causal_probs(q_BTHK, k_BTHK, scale), v_BTHK)
+
+
+def _attention_fwd(q_BTHK, k_BTHK, v_BTHK, scale):
+    probs_BHTS = _causal_probs(q_BTHK, k_BTHK, scale)
+    y_BTHK = jnp.einsum("bhts,bshk->bthk", probs_BHTS, v_BTHK)
+    return y_BTHK, (q_BTHK, k_BTHK, v_BTHK, probs_BHTS)
+
+
+def _attention_bwd(scale, res, dy_BTHK):
+    q_BTHK, k_BTHK, v_BTHK, probs_BHTS = res
+    dv_BSHK = jnp.einsum("bhts,bthk->bshk", probs_BHTS, dy_BTHK)
+    dprobs_BHTS = jnp.einsum("bthk,bshk->bhts", dy_BTHK, v_BTHK)
+    # softmax backward; masked slots have probability 0, so their score gradient is 0 too.
+    dscores_BHTS = probs_BHTS * (dprobs_BHTS - jnp.sum(dprobs_BHTS * probs_BHTS, axis=-1, keepdims=True)) * scale
+    dq_BTHK = jnp.einsum("bhts,bshk->bthk", dscores_BHTS, k_BTHK)
+    dk_BSHK = jnp.einsum("bhts,bthk->bshk", dscores_BHTS, q_BTHK)
+    return dq_BTHK, dk_BSHK, dv_BSHK
+
+
+causal_attention.defvjp(_attention_fwd, _attention_bwd)
