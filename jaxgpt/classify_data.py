@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from jaxgpt.data import STDLIB_HEADER, DataError, default_cache_dir, stdlib_corpus
+from jaxgpt.data import STDLIB_HEADER, DataError, _decode_utf8, default_cache_dir, stdlib_corpus
 
 __all__ = ["LabeledTexts", "Split", "Splits", "load_labeled", "make_splits", "EMBEDDED", "SMS_SPAM",
            "SMS_SPAM_SHA256", "SMS_SPAM_URL", "stdlib_lines"]
@@ -138,13 +138,6 @@ def _read_bytes(path: str) -> bytes:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _decode(data: bytes, path: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
-
-
 def _looks_like_sms_spam(data: bytes) -> bool:
     first = data[:64].split(b"\n", 1)[0]
     return hashlib.sha256(data).hexdigest() == SMS_SPAM_SHA256 or first.split(b"\t", 1)[0] in (b"ham", b"spam")
@@ -157,7 +150,7 @@ def _parse_sms_spam(data: bytes, path: str) -> LabeledTexts:
                         f"{SMS_SPAM_SHA256[:16]}... (477,907 bytes): use the original file, or a .tsv with a "
                         "header line naming its text and label columns")
     texts, labels = [], []
-    for line in _decode(data, path).splitlines():
+    for line in _decode_utf8(data, path).splitlines():
         label, text = line.split("\t", 1)
         labels.append(label)
         texts.append(text)
@@ -192,7 +185,7 @@ def sms_spam(cache_dir: Optional[str] = None, url: str = SMS_SPAM_URL, timeout: 
 def _table(path: str, text_column: str, label_column: str) -> LabeledTexts:
     """A .csv/.tsv (header line) or .jsonl (one object a line) file's text and label columns."""
     data = _read_bytes(path)
-    content = _decode(data, path)
+    content = _decode_utf8(data, path)
     ext = os.path.splitext(path)[1].lower()
     rows: List[dict] = []
     if ext == ".jsonl":

@@ -80,6 +80,16 @@ class FinetuneConfig(TrainConfig):
 
 # ------------------------------------------------------------------------------ classification
 
+
+def _resumed_tokenizer(cfg):
+    """The tokenizer a resumed run was trained with (its out_dir's tokenizer.json)."""
+    from jaxgpt.tokenizers import TokenizerError, load_tokenizer
+
+    try:
+        return load_tokenizer(os.path.join(cfg.out_dir, "tokenizer.json"))
+    except (TokenizerError, OSError) as exc:
+        raise ConfigError(f"cannot resume {cfg.out_dir}: {exc}") from None
+
 def _check_fits(cfg: FinetuneConfig, backbone) -> None:
     """The tokenizer and length must fit the backbone: the ids index its embedding table."""
     tok, model = backbone.tokenizer, backbone.model_config
@@ -101,7 +111,7 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
     from jaxgpt import classify_data
     from jaxgpt.classify import classification_task, prepare_splits
     from jaxgpt.config import GPTConfig
-    from jaxgpt.tokenizers import TokenizerError, build_tokenizer, load_tokenizer
+    from jaxgpt.tokenizers import build_tokenizer
     from jaxgpt.trainer import TaskSetup, _check_resume_compatible, model_config_from_options
 
     dataset = classify_data.EMBEDDED if cfg.dataset == "embedded" else cfg.dataset
@@ -111,10 +121,7 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
     train_texts = splits.train.texts + splits.unused
     params = None
     if extra is not None:  # resume: the run's own tokenizer and model; its state comes from the checkpoint
-        try:
-            tokenizer = load_tokenizer(os.path.join(cfg.out_dir, "tokenizer.json"))
-        except (TokenizerError, OSError) as exc:
-            raise ConfigError(f"cannot resume {cfg.out_dir}: {exc}") from None
+        tokenizer = _resumed_tokenizer(cfg)
         model_config = GPTConfig.from_dict(extra.get("model_config") or {}).replace(dropout=cfg.dropout)
         description = f"resumed from {cfg.out_dir}"
     elif cfg.init_from == "scratch":
@@ -187,7 +194,6 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
     from jaxgpt import backbone as backbone_lib
     from jaxgpt import instruct
     from jaxgpt.config import GPTConfig
-    from jaxgpt.tokenizers import TokenizerError, load_tokenizer
     from jaxgpt.trainer import TaskSetup, _check_resume_compatible, model_config_from_options
 
     dataset = "embedded" if cfg.dataset in ("embedded", "stdlib_lines") else cfg.dataset
@@ -195,10 +201,7 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
                    split_seed=cfg.data_seed, n_per_kind=cfg.n_per_kind, cache_dir=cfg.data_dir or None)
     params = None
     if extra is not None:  # resume: the run's own tokenizer and model; its state comes from the checkpoint
-        try:
-            tokenizer = load_tokenizer(os.path.join(cfg.out_dir, "tokenizer.json"))
-        except (TokenizerError, OSError) as exc:
-            raise ConfigError(f"cannot resume {cfg.out_dir}: {exc}") from None
+        tokenizer = _resumed_tokenizer(cfg)
         data = instruct.load_sft_data(dataset, tokenizer, **options)
         model_config = GPTConfig.from_dict(extra.get("model_config") or {}).replace(dropout=cfg.dropout)
     elif cfg.init_from in ("scratch", "pretrain"):
