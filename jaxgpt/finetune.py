@@ -54,7 +54,7 @@ class FinetuneConfig(TrainConfig):
     pretrain_iters: int = _field(300, "init_from=pretrain: pretraining iterations", scope=INVOCATION)
     pretrain_batch_size: int = _field(32, "init_from=pretrain: pretraining batch size", scope=INVOCATION)
     pretrain_dropout: float = _field(0.0, "init_from=pretrain: pretraining dropout", scope=INVOCATION)
-    template: str = _field("short", "sft: the prompt template: alpaca | short | a format string")
+    template: str = _field("short", "sft: the prompt template: alpaca | short | compact | a format string")
     mask_prompt: bool = _field(True, "sft: the loss counts response tokens only (False: the prompt too)")
     n_per_kind: int = _field(1000, "sft: embedded examples per instruction kind")
     classify: str = _field("", "classify this text with the run in out_dir and print label probabilities; "

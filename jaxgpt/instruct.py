@@ -86,6 +86,9 @@ TEMPLATES = {
     # The same sections without the preamble: 2x shorter sequences for a char model.
     "short": Template("short", "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
                       "### Instruction:\n{instruction}\n\n### Response:\n"),
+    # The same three parts on three lines, "=" before the response: a char model trained from
+    # scratch spends most of its compute on the template otherwise (the embedded demo's choice).
+    "compact": Template("compact", "{instruction}\n{input}\n=", "{instruction}\n="),
 }
 
 

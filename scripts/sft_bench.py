@@ -18,7 +18,7 @@ from jaxgpt.cli import Option, main_guard, parse_args
 
 OPTIONS = {
     "dataset": Option("embedded", "embedded | instruction-data | a JSON/JSONL path"),
-    "template": Option("short", "alpaca | short | a format string"),
+    "template": Option("short", "alpaca | short | compact | a format string"),
     "out_dir": Option("/tmp/sft-bench", "where responses.jsonl and sft.json go"),
     "n_per_kind": Option(1000, "embedded examples per kind"),
     "max_length": Option(96, "longest input in tokens"),

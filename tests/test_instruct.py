@@ -96,6 +96,18 @@ def test_mask_prompt_false_counts_the_prompt_and_padding_never_counts():
                                rtol=1e-6)
 
 
+def test_compact_template_counts_the_answer_after_the_equals_sign():
+    data = _data(template="compact")
+    assert data.template.prompt("Reverse the word.", "abc") == "Reverse the word.\nabc\n="
+    assert data.template.prompt("Say hi.") == "Say hi.\n="
+    x, y = instruct.make_batch(data.encoded["train"], np.array([1]), data.buckets, True, data.eos_id)
+    tok = data.tokenizer
+    counted = [int(t) for t in y[0] if t != -1]
+    assert tok.decode(counted[:-1]) == "cba" and counted[-1] == data.eos_id  # the answer, then EOS
+    first = int(np.flatnonzero(y[0] != -1)[0])
+    assert tok.decode([int(x[0, first])]) == "="  # the first counted target follows the "="
+
+
 def test_bucketing_bounds_the_shapes():
     splits = instruct_data.split_records(instruct_data.embedded_records(40, seed=1), seed=0)
     data = _data(max_length=100, splits={**splits, "train": splits["train"] + RECORDS * 10})  # short and long
