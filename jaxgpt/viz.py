@@ -243,6 +243,14 @@ def compare_decoding(cfg, params, tokenizer, prompt: str, png_path=None,
     return results
 
 
+def visible_whitespace(text: str) -> str:
+    """A continuation that is only whitespace (an undertrained model's greedy output often is)
+    with its spaces, tabs and newlines drawn as ·, → and ↵, so its row is not blank."""
+    if text.strip():
+        return text
+    return text.replace(" ", "\u00b7").replace("\t", "\u2192").replace("\n", "\u21b5").replace("\r", "\u21b5")
+
+
 def _plot_texts(prompt: str, results: Sequence[Tuple[str, str]], png_path, width: int = 90,
                 max_lines: int = 8) -> str:
     plt = _plt()
@@ -255,7 +263,7 @@ def _plot_texts(prompt: str, results: Sequence[Tuple[str, str]], png_path, width
             lines = lines[:max_lines - 1] + [lines[max_lines - 1][: width - 1] + "\u2026"]
         return lines
 
-    blocks = [(label, wrapped(prompt + "\u2502" + text)) for label, text in results]
+    blocks = [(label, wrapped(prompt + "\u2502" + visible_whitespace(text))) for label, text in results]
     heights = [len(lines) + 1.3 for _, lines in blocks]
     line_h = 0.2
     fig = plt.figure(figsize=(0.085 * width + 2.2, line_h * sum(heights) + 0.9), dpi=100)

@@ -179,3 +179,10 @@ def test_cli_confusion_from_a_finetune_runs_metrics(run_dir, tmp_path):
     png = viz.main([f"--out_dir={run}", "--what=confusion"])
     assert png == str(run / "confusion.png")
     _check_png(png)
+
+
+def test_a_blank_continuation_is_drawn_visibly():
+    from jaxgpt.viz import visible_whitespace
+
+    assert visible_whitespace(" \n\t ") == "\u00b7\u21b5\u2192\u00b7"   # a greedy run of whitespace
+    assert visible_whitespace(" to be\n") == " to be\n"                 # real text is left as it is
