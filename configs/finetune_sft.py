@@ -1,7 +1,7 @@
 # Instruction fine-tuning (the course's chapter 7): python finetune.py configs/finetune_sft.py
 # Default data: rule-made instructions with one checkable answer each (jaxgpt.instruct_data),
 # a small char GPT trained from scratch; the loss counts response tokens only.
-# The recipe measured best so far (README, "Instruction following"): the compact template (a char
+# The recipe measured best so far (test exact match 0.82) (README, "Instruction following"): the compact template (a char
 # model spends its compute on the template otherwise), rotary positions (the answers are read from
 # the input at an offset: reversing, copying in capitals), a narrow 3-layer model, many steps.
 task = "sft"
@@ -15,8 +15,8 @@ n_layer, n_head, n_embd = 3, 4, 64
 pos_emb = "rope"
 dropout = 0.0
 batch_size = 32
-max_iters = 4000
-lr_decay_iters = 4000
+max_iters = 6000
+lr_decay_iters = 6000
 warmup_iters = 100
 learning_rate = 3e-3
 min_lr = 2e-4
