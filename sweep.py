@@ -141,4 +141,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    # The fits' L-BFGS hands tiny matrices to scipy's OpenBLAS, whose spinning worker threads made
+    # them 5-18x slower on a busy machine (minutes for a 6-run sweep on 2 cores); OpenBLAS reads
+    # this once, when numpy first loads it, which is later than here.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     main_guard(main)

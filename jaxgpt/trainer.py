@@ -515,10 +515,15 @@ def _is_main() -> bool:
 class _Reporter:
     """metrics.jsonl, loss.png, the progress bar and the eval lines (process 0 only)."""
 
+    # loss.png is redrawn at most this often (seconds), and always at the end of the run: a plot
+    # costs ~0.5 s (plus ~2 s to import matplotlib once), which dominated short runs' evals.
+    PLOT_EVERY_S = 30.0
+
     def __init__(self, run: ResolvedRun, resume_iter: Optional[int], initial: int):
         from jaxgpt.metrics import MetricsLog
 
         self.run, self.active = run, _is_main()
+        self.last_plot = time.monotonic()  # the run's first plot waits too: one point says little
         self.metrics_path = os.path.join(run.out_dir, "metrics.jsonl")
         self.log = MetricsLog(self.metrics_path, resume_iter=resume_iter) if self.active else None
         self.bar = None
@@ -539,9 +544,10 @@ class _Reporter:
         else:
             print(text, flush=True)
 
-    def plot(self) -> None:
-        if not self.active:
+    def plot(self, final: bool = False) -> None:
+        if not self.active or (not final and time.monotonic() - self.last_plot < self.PLOT_EVERY_S):
             return
+        self.last_plot = time.monotonic()
         from jaxgpt.metrics import plot_losses
 
         run = self.run
@@ -585,7 +591,7 @@ def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, repo
             loop = dataclasses.replace(loop, best_val=min(loop.best_val, losses["val"]), last_val=losses["val"])
             if it > 0 and (improved or cfg.always_save_checkpoint):
                 save_checkpoint(run, checkpointer, loop, losses["val"])
-            report.plot()
+            report.plot(final=it >= cfg.max_iters)
             t_last, tokens_since = time.time(), 0  # keep eval time out of tokens/s
         if it >= cfg.max_iters:
             watch.check(run, checkpointer)

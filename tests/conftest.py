@@ -1,5 +1,7 @@
+import fcntl
 import os
 import pathlib
+import shutil
 import tempfile
 
 import pytest
@@ -9,6 +11,13 @@ import pytest
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxgpt_xla_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Cheaper CPU code generation for this process and the subprocesses, notebook kernels and workers
+# it starts: XLA's compile time, not run time, dominates the suite's tiny models (a tiny train step
+# compiled in about a third of the time). Only LLVM's optimization effort changes, not the HLO:
+# every test still runs the same programs, and a comparison between two runs sees the same flags.
+_CHEAP_CODEGEN = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_CHEAP_CODEGEN}".strip()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,3 +47,42 @@ def corpus_path(corpus_text, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text(corpus_text, encoding="utf-8")
     return str(path)
+
+
+def shared_build(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """A folder `name` made by build(path) once per session, even under pytest-xdist: the first
+    worker to ask builds it under a file lock, the others wait for it and reuse it. Callers that
+    change what they get must work on a copy (shutil.copytree)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"  # workers share the parent
+    root.mkdir(exist_ok=True)
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                shutil.rmtree(path, ignore_errors=True)  # a build that failed part way
+                path.mkdir()
+                build(path)
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, corpus_text) -> pathlib.Path:
+    """A finished train.py run shared by the whole session (read it, or copy it to change it):
+    <dir>/corpus.txt and <dir>/run, test_train's TINY settings, 20 iterations, checkpoints at 10
+    and 20, no samples."""
+
+    def build(path):
+        from jaxgpt.trainer import config_from_argv, train
+        from test_train import TINY
+
+        corpus = path / "corpus.txt"
+        corpus.write_text(corpus_text, encoding="utf-8")
+        train(config_from_argv([f"--out_dir={path / 'run'}", f"--dataset={corpus}", *TINY, "--num_samples=0",
+                                "--max_iters=20"]))
+
+    return shared_build(tmp_path_factory, "tiny_run", build)

@@ -70,12 +70,17 @@ def _run(script, *args):
 
 def test_train_cli_refuses_cudnn_on_cpu_in_one_line_and_writes_nothing(tmp_path, corpus_path):
     out = tmp_path / "run"
-    for args, message in [(["--compute_dtype=bfloat16"], "needs an NVIDIA GPU"),
-                          ([], "--attn_impl=cudnn needs --compute_dtype=bfloat16")]:
-        proc = _run("train.py", f"--out_dir={out}", f"--dataset={corpus_path}", "--attn_impl=cudnn", *args)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
-        assert not out.exists()
+    cases = [(["--compute_dtype=bfloat16"], "needs an NVIDIA GPU"),
+             ([], "--attn_impl=cudnn needs --compute_dtype=bfloat16")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), f"--out_dir={out}",  # together
+                               f"--dataset={corpus_path}", "--attn_impl=cudnn", *args], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args, _ in cases]
+    for (args, message), proc in zip(cases, procs):
+        _, err = proc.communicate(timeout=120)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], err
+    assert not out.exists()
 
 
 def test_gpu_check_script_on_cpu_checks_the_refusal(tmp_path):

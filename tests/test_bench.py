@@ -3,10 +3,13 @@ line and exit code 2. Only that it works is checked here; its timings are for pe
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from jaxgpt.cli import main_guard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,16 +42,37 @@ def test_sample_task_without_transformers_says_what_to_install(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and "pip install transformers" in lines[0], proc.stderr
 
 
-def test_bad_input_exits_2_with_one_line():
-    for args, message in [(["--task=nope"], "--task"),
-                          (["--decode_chunks=-1"], "--decode_chunks"),
-                          (["--window_stride=0"], "--window_stride"),
-                          (["--batch_sizes=0"], "--batch_sizes"),
-                          (["--task=train", "--jax_run=False", "--torch_run=False"], "nothing to run")]:
-        proc = _bench(*args)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2, (args, proc.stderr)
-        assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
+def _bench_in_process(capsys, *args: str):
+    """bench.py's main under main_guard in this process: (exit code, stderr)."""
+    spec = importlib.util.spec_from_file_location("bench_script", REPO / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    capsys.readouterr()
+    argv, sys.argv = sys.argv, ["bench.py", *args]
+    try:
+        main_guard(bench.main)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = argv
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_exits_2_with_one_line(capsys):
+    cases = [(["--task=nope"], "--task"),
+             (["--decode_chunks=-1"], "--decode_chunks"),
+             (["--window_stride=0"], "--window_stride"),
+             (["--batch_sizes=0"], "--batch_sizes"),
+             (["--task=train", "--jax_run=False", "--torch_run=False"], "nothing to run")]
+    # The first in a real process too (bench.py's own exit status and stderr), all in this one.
+    proc = _bench(*cases[0][0])
+    results = [(cases[0], proc.returncode, proc.stderr)]
+    results += [((args, message), *_bench_in_process(capsys, *args)) for args, message in cases]
+    for (args, message), code, err in results:
+        lines = err.strip().splitlines()
+        assert code == 2, (args, err)
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, (args, err)
 
 
 def _records(proc):

@@ -19,9 +19,6 @@ from test_train import REPO
 _spec = importlib.util.spec_from_file_location("finetune_script", os.path.join(REPO, "finetune.py"))
 finetune_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(finetune_script)
-_spec = importlib.util.spec_from_file_location("train_script_ft", os.path.join(REPO, "train.py"))
-train_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_script)
 
 TINY = ["--init_from=scratch", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
         "--eval_iters=2", "--eval_interval=4", "--log_interval=2", "--max_iters=8", "--lr_decay_iters=8",
@@ -125,13 +122,9 @@ def target(tmp_path_factory, csv_path):
 
 
 @pytest.fixture(scope="module")
-def char_backbone(tmp_path_factory, corpus_path):
-    """A tiny train.py run: a char backbone with its tokenizer."""
-    out = tmp_path_factory.mktemp("backbone") / "run"
-    train_script.main([f"--out_dir={out}", f"--dataset={corpus_path}", "--n_layer=1", "--n_head=2", "--n_embd=32",
-                       "--block_size=32", "--batch_size=4", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
-                       "--num_samples=0", "--progress=False"])
-    return out
+def char_backbone(tiny_run):
+    """A tiny train.py run: a char backbone with its tokenizer (conftest.tiny_run's, shared)."""
+    return tiny_run / "run"
 
 
 def refused(capsys, target, expected, *args):

@@ -6,9 +6,8 @@ exact resume of the batches, sample.py --instruction, and a tiny SFT run through
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from jaxgpt import instruct, instruct_data
 from jaxgpt.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
+from jaxgpt.cli import main_guard
 from jaxgpt.config import GPTConfig
 from jaxgpt.data import DataError
 from jaxgpt.instruct_data import Record
@@ -42,16 +42,17 @@ def _data(max_length=100, mask_prompt=True, splits=SPLITS, template="short"):
 def _model(data, block_size=100, seed=0):
     cfg = GPTConfig(vocab_size=data.tokenizer.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16,
                     dropout=0.0)
-    return cfg, GPT(cfg).init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"]
+    return cfg, jax.jit(GPT(cfg).init)(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"]
 
 
 def _hand_loss(cfg, params, data, records, mask_prompt):
     """Mean -log p(target) over the counted targets, from the records' texts (not the batch)."""
     total, count = 0.0, 0
+    forward = jax.jit(lambda p, ids: GPT(cfg).apply({"params": p}, ids))  # one compile per length, not per op
     for r in records:
         prompt = data.tokenizer.encode(data.template.prompt(r.instruction, r.input))
         seq = prompt + data.tokenizer.encode(r.output) + [data.eos_id]
-        logits = np.asarray(GPT(cfg).apply({"params": params}, jnp.asarray([seq[:-1]], jnp.int32))[0], np.float64)
+        logits = np.asarray(forward(params, jnp.asarray([seq[:-1]], jnp.int32))[0], np.float64)
         logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
         first = len(prompt) if mask_prompt else 1  # index of the first counted TARGET token in seq
         for k in range(first, len(seq)):
@@ -66,7 +67,7 @@ def test_masked_loss_equals_hand_computation(mask_prompt):
     cfg, params = _model(data)
     task = instruct.build_sft_task(cfg, data, seed=0)
     x, y = instruct.make_batch(data.encoded["train"], np.arange(4), data.buckets, mask_prompt, data.eos_id)
-    loss, _ = task.loss(params, (jnp.asarray(x), jnp.asarray(y)), None)
+    loss, _ = jax.jit(task.loss)(params, (jnp.asarray(x), jnp.asarray(y)), None)
     want, count = _hand_loss(cfg, params, data, SPLITS["train"], mask_prompt)
     assert int((y >= 0).sum()) == count
     # float32 logits and log-softmax over ~40 ids, summed over < 200 tokens: relative error ~1e-6.
@@ -92,7 +93,8 @@ def test_mask_prompt_false_counts_the_prompt_and_padding_never_counts():
     short = instruct.make_batch(enc, pick, off.buckets, False, off.eos_id)
     long = instruct.make_batch(enc, pick, off.buckets, False, off.eos_id, T=100)
     assert long[0].shape[1] > short[0].shape[1]
-    np.testing.assert_allclose(float(task.loss(params, long, None)[0]), float(task.loss(params, short, None)[0]),
+    loss = jax.jit(task.loss)
+    np.testing.assert_allclose(float(loss(params, long, None)[0]), float(loss(params, short, None)[0]),
                                rtol=1e-6)
 
 
@@ -264,13 +266,24 @@ def test_tiny_sft_training_lowers_the_loss_and_finish_writes_responses(tmp_path)
 
 # ------------------------------------------------------------------------- sample.py --instruction
 
-def _sample(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, str(REPO / "sample.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=180)
+def _sample(capsys, monkeypatch, *args: str):
+    """sample.py's main under main_guard in this process (its bad input in a real process is pinned
+    by tests/test_sample_cli.py): (exit code, stdout, stderr)."""
+    spec = importlib.util.spec_from_file_location("sample_script_in_test_instruct", REPO / "sample.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["sample.py", *args])
+    code = 0
+    try:
+        main_guard(script.main)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_sample_instruction_applies_the_saved_template(tmp_path):
+def test_sample_instruction_applies_the_saved_template(tmp_path, capsys, monkeypatch):
     data = _data()
     cfg, params = _model(data, seed=3)
     params = jax.tree_util.tree_map(lambda x: x * 6.0 if x.ndim == 2 else x, params)  # livelier output
@@ -278,12 +291,12 @@ def test_sample_instruction_applies_the_saved_template(tmp_path):
         ckpt.save(1, create_train_state(params, optax.adamw(1e-3)), {"model_config": cfg.to_dict(), "iter_num": 1})
     data.tokenizer.save(tmp_path / "tokenizer.json")
     instruct.save_sft_config(str(tmp_path), data)
-    res = _sample(f"--out_dir={tmp_path}", "--instruction=Reverse the word.", "--input=abc", "--temperature=0",
-                  "--num_samples=2", "--max_new_tokens=12")
-    assert res.returncode == 0, res.stderr
+    code, out, err = _sample(capsys, monkeypatch, f"--out_dir={tmp_path}", "--instruction=Reverse the word.",
+                             "--input=abc", "--temperature=0", "--num_samples=2", "--max_new_tokens=12")
+    assert code == 0, err
     want = instruct.respond(cfg, params, data.tokenizer, data.template, data.eos_id, [("Reverse the word.", "abc")],
                             12)[0]
-    assert res.stdout == (want + "\n" + "-" * 40 + "\n") * 2
+    assert out == (want + "\n" + "-" * 40 + "\n") * 2
     plain = tmp_path / "plain"
     plain.mkdir()
     cases = [
@@ -293,9 +306,6 @@ def test_sample_instruction_applies_the_saved_template(tmp_path):
         (["--init_from=gpt2", "--instruction=x"], "--init_from=resume"),
         ([f"--out_dir={plain}", "--instruction=x"], "sft.json is missing"),
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, str(REPO / "sample.py"), *args], cwd=REPO, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args, _ in cases]  # together
-    for (args, message), p in zip(cases, procs):
-        _, err = p.communicate(timeout=180)
-        assert p.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    for args, message in cases:
+        code, _, err = _sample(capsys, monkeypatch, *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)

@@ -66,16 +66,10 @@ def one_line_exit_2(result, expected: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, corpus_text):
-    """A finished tiny run (checkpoints at 10 and 20) on its own copy of the corpus."""
-    base = tmp_path_factory.mktemp("trained")
-    corpus = base / "corpus.txt"
-    corpus.write_text(corpus_text, encoding="utf-8")
-    out = base / "run"
-    code = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--out_dir={out}",
-                           f"--dataset={corpus}", *BASE], capture_output=True, text=True, cwd=REPO)
-    assert code.returncode == 0, code.stderr
-    return base
+def trained(tiny_run):
+    """A finished tiny run (BASE: checkpoints at 10 and 20) beside its own copy of the corpus,
+    shared by the session (conftest.tiny_run): tests work on copies of it (`run`)."""
+    return tiny_run
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """sweep.py: a tiny grid through the shared loop, skipping finished members, resuming an interrupted
 one exactly, one results table, the fits and plots."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from jaxgpt import sweep
-from jaxgpt.cli import ConfigError
+from jaxgpt.cli import ConfigError, main_guard
 from jaxgpt.metrics import read_metrics
 from test_train import REPO
 
@@ -18,7 +19,7 @@ base = dict(dataset={dataset!r}, block_size=32, batch_size=8, eval_interval=10, 
             warmup_iters=2)
 shapes = [dict(n_layer=1, n_head=2, n_embd=32), dict(n_layer=2, n_head=2, n_embd=32),
           dict(n_layer=2, n_head=2, n_embd=64)]
-tokens = [4096, 8192]
+tokens = [2048, 4096]
 """
 
 
@@ -35,9 +36,9 @@ def _losses(path):
 def test_grid_expansion_budgets_and_names(tmp_path, corpus_path):
     spec = sweep.SweepSpec.from_file(_write_config(tmp_path, corpus_path))
     members = sweep.expand(spec, vocab_size=100)
-    assert [m.name for m in members] == ["L1-D32-T4e3", "L1-D32-T8e3", "L2-D32-T4e3", "L2-D32-T8e3",
-                                         "L2-D64-T4e3", "L2-D64-T8e3"]
-    assert [m.options["max_iters"] for m in members[:2]] == [16, 32]  # ceil(D / (8 * 32))
+    assert [m.name for m in members] == ["L1-D32-T2e3", "L1-D32-T4e3", "L2-D32-T2e3", "L2-D32-T4e3",
+                                         "L2-D64-T2e3", "L2-D64-T4e3"]
+    assert [m.options["max_iters"] for m in members[:2]] == [8, 16]  # ceil(D / (8 * 32))
     iso = sweep.SweepSpec.from_values({**spec.__dict__, "tokens": [], "compute": [1e9], "shapes": spec.shapes})
     for member in sweep.expand(iso, vocab_size=100):  # isoFLOP: D = C / 6N per shape
         tokens = member.options["max_iters"] * 8 * 32
@@ -62,14 +63,14 @@ def test_sweep_runs_resumes_and_fits(tmp_path, corpus_path, monkeypatch):
     out = tmp_path / "sweep"
     spec = sweep.SweepSpec.from_file(config)
     members = sweep.expand(spec, sweep.vocab_size_for(spec.base))
-    victim = members[3]  # L2-D32-T8e3: 32 iterations, checkpoints at 10, 20, 30
+    victim = members[3]  # L2-D32-T4e3: 16 iterations, checkpoints at 10 and 16
 
-    # Interrupt one member after its checkpoint at 20 (as a kill would), then rerun the sweep.
+    # Interrupt one member after its checkpoint at 10 (as a kill would), then rerun the sweep.
     real_save = jaxgpt.trainer.save_checkpoint
 
     def save_then_die(run, checkpointer, loop, val_loss):
         real_save(run, checkpointer, loop, val_loss)
-        if run.out_dir.endswith(victim.name) and loop.iter_num == 20:
+        if run.out_dir.endswith(victim.name) and loop.iter_num == 10:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(jaxgpt.trainer, "save_checkpoint", save_then_die)
@@ -103,16 +104,40 @@ def test_sweep_runs_resumes_and_fits(tmp_path, corpus_path, monkeypatch):
         assert (out / name).stat().st_size > 10_000, name
 
 
-def test_bad_sweep_input_is_one_line(tmp_path, corpus_path):
+def _sweep_cli(capsys, *args):
+    """sweep.py's main through main_guard, in this process: (exit code, stdout, stderr)."""
+    spec = importlib.util.spec_from_file_location("sweep_script", os.path.join(REPO, "sweep.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    capsys.readouterr()
+    argv, sys.argv = sys.argv, ["sweep.py", *args]
+    try:
+        main_guard(script.main)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_bad_sweep_input_is_one_line(tmp_path, corpus_path, capsys):
     config = _write_config(tmp_path, corpus_path, TINY_SWEEP + "\nshapes = []\n")
-    for args, expected in (([config, f"--out_dir={tmp_path / 'x'}"], "shapes or target_params"),
-                           ([config, "--workers=-2"], "--workers must be >= 0"),
-                           ([str(tmp_path / "nope.py")], "config file not found"),
-                           ([config, "--predict_at=1e13,abc"], "--predict_at")):
-        res = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), *args],
-                             capture_output=True, text=True, cwd=REPO, timeout=120)
-        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
-        assert expected in res.stderr, (args, res.stderr)
+    cases = (([config, f"--out_dir={tmp_path / 'x'}"], "shapes or target_params"),
+             ([config, "--workers=-2"], "--workers must be >= 0"),
+             ([str(tmp_path / "nope.py")], "config file not found"),
+             ([config, "--predict_at=1e13,abc"], "--predict_at"))
+    # The first in a real process too (sweep.py's own exit status and stderr), all in this one.
+    res = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), *cases[0][0]],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    results = [(cases[0], res.returncode, res.stderr)]
+    for args, expected in cases:
+        code, _out, err = _sweep_cli(capsys, *args)
+        results.append(((args, expected), code, err))
+    for (args, expected), code, err in results:
+        assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
+        assert expected in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "x").exists()
 
 
@@ -130,15 +155,14 @@ def test_workers_run_members_side_by_side(tmp_path, corpus_path):
     assert sorted(r["name"] for r in rows) == ["L1-D32-T2e3", "L2-D32-T2e3"]
 
 
-def test_a_diverging_member_is_recorded_and_the_sweep_goes_on(tmp_path, corpus_path):
+def test_a_diverging_member_is_recorded_and_the_sweep_goes_on(tmp_path, corpus_path, capsys):
     config = _write_config(tmp_path, corpus_path, TINY_SWEEP.split("shapes =")[0] + (
         "shapes = [dict(n_layer=1, n_head=2, n_embd=32)]\ntokens = [2048]\nlearning_rates = [1e-3, 1e6]\n"))
     out = tmp_path / "sweep"
-    res = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), config, f"--out_dir={out}",
-                          "--n_bootstrap=0"], capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert res.returncode == 0, res.stderr
+    code, stdout, err = _sweep_cli(capsys, config, f"--out_dir={out}", "--n_bootstrap=0")
+    assert code == 0, err
     rows = {r["name"]: r for r in map(json.loads, (out / "runs.jsonl").read_text().splitlines())}
     assert rows["L1-D32-T2e3-lr1e+06"]["diverged"].startswith("loss became")
     assert rows["L1-D32-T2e3-lr1e+06"]["best_val_loss"] is None
     assert rows["L1-D32-T2e3-lr0.001"]["diverged"] is None and rows["L1-D32-T2e3-lr0.001"]["best_val_loss"] < 5
-    assert "diverged: loss became" in res.stdout
+    assert "diverged: loss became" in stdout

@@ -1,7 +1,9 @@
 """The main job: train.py end to end, the shared train step, exact resume, bad input."""
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 
 from jaxgpt import GPT, GPTConfig
 from jaxgpt.checkpoint import Checkpointer
+from jaxgpt.cli import main_guard
 from jaxgpt.metrics import read_metrics
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.tasks import lm_loss
@@ -35,6 +38,24 @@ def tiny_opts(tmp_path, *extra):
 def run_cli(script, *args, timeout=300):
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
+
+
+def train_cli(capsys, *args):
+    """train.py's main through main_guard, in this process: (exit code, stdout, stderr)."""
+    spec = importlib.util.spec_from_file_location("train_script_in_test_train", os.path.join(REPO, "train.py"))
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+    capsys.readouterr()
+    argv, sys.argv = sys.argv, ["train.py", *args]
+    try:
+        main_guard(train_script.main)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def loss_events(path):
@@ -96,7 +117,7 @@ def test_train_writes_run_and_learns(tmp_path, corpus_path, corpus_text):
     assert json.loads((out / "data_meta.json").read_text())["vocab_size"] == len(set(corpus_text))
 
 
-def test_kill_and_resume_continues_exactly(tmp_path, corpus_path):
+def test_kill_and_resume_continues_exactly(tmp_path, corpus_path, capsys):
     # Also the same-seed check: the reference and the killed run are separate processes.
     common = [*TINY, f"--dataset={corpus_path}", "--dropout=0.1", "--num_samples=0"]
     reference = tmp_path / "reference"
@@ -120,8 +141,8 @@ def test_kill_and_resume_continues_exactly(tmp_path, corpus_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
-    res = run_cli("train.py", f"--out_dir={killed}", "--init_from=resume", "--max_iters=40")
-    assert res.returncode == 0, res.stderr
+    code, _, err = train_cli(capsys, f"--out_dir={killed}", "--init_from=resume", "--max_iters=40")
+    assert code == 0, err
     resumed_from = json.loads((killed / "run_config.json").read_text())
     assert resumed_from["max_iters"] == 40 and resumed_from["dropout"] == 0.1  # the run's own options kept
     assert loss_events(killed / "metrics.jsonl") == loss_events(reference / "metrics.jsonl")
@@ -148,7 +169,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus_path, monkeyp
     assert Checkpointer(str(tmp_path / "run" / "checkpoints")).latest_step() == 10
 
 
-def test_bad_inputs_exit_2_with_one_line(tmp_path, corpus_path):
+def test_bad_inputs_exit_2_with_one_line(tmp_path, corpus_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     short = tmp_path / "short.txt"
@@ -166,36 +187,48 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, corpus_path):
         (["--dataset=nonexistent_corpus_name"], "nonexistent_corpus_name"),
         ([f"--out_dir={tmp_path / 'none'}", "--init_from=resume"], "does not exist"),
     ]
-    for args, expected in cases:
-        res = run_cli("train.py", f"--out_dir={tmp_path / 'out'}", *TINY, *args) if "--out_dir" not in " ".join(args) \
-            else run_cli("train.py", *TINY, *args)
-        assert res.returncode == 2, (args, res.stderr)
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Traceback" not in res.stderr, (args, res.stderr)
+    argvs = [([f"--out_dir={tmp_path / 'out'}"] if "--out_dir" not in " ".join(args) else []) + [*TINY, *args]
+             for args, _ in cases]
+    # Three in real processes (train.py's own exit status and stderr; started together, as they
+    # spend most of their time importing jax), then every case in this process through main_guard.
+    procs = [(i, subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *argvs[i]], cwd=REPO, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)) for i in (0, 5, 8)]
+    results = []
+    for i, p in procs:
+        _out, err = p.communicate(timeout=300)
+        results.append((i, p.returncode, err))
+    for i, argv in enumerate(argvs):
+        code, _out, err = train_cli(capsys, *argv)
+        results.append((i, code, err))
+    for i, code, err in results:
+        args, expected = cases[i]
+        assert code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, (args, err)
         assert expected in lines[0], (args, lines[0])
 
 
-def test_out_dir_of_another_config_is_refused_and_kept(tmp_path, corpus_path):
-    opts = tiny_opts(tmp_path, f"--dataset={corpus_path}", "--max_iters=10", "--num_samples=0")
-    train(opts)
-    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
-    res = run_cli("train.py", f"--out_dir={tmp_path / 'run'}", *TINY, f"--dataset={corpus_path}", "--n_layer=3")
+def test_out_dir_of_another_config_is_refused_and_kept(tmp_path, tiny_run, capsys):
+    shutil.copytree(tiny_run / "run", tmp_path / "run")
+    run, corpus = tmp_path / "run", tiny_run / "corpus.txt"  # the corpus the run trained on
+    before = sorted(os.listdir(run / "checkpoints"))
+    res = run_cli("train.py", f"--out_dir={run}", *TINY, f"--dataset={corpus}", "--n_layer=3")
     assert res.returncode == 2 and "another config" in res.stderr
-    res = run_cli("train.py", f"--out_dir={tmp_path / 'run'}", *TINY, f"--dataset={corpus_path}")
-    assert res.returncode == 2 and "--init_from=resume" in res.stderr
-    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+    code, _, err = train_cli(capsys, f"--out_dir={run}", *TINY, f"--dataset={corpus}")
+    assert code == 2 and "--init_from=resume" in err
+    assert sorted(os.listdir(run / "checkpoints")) == before
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, corpus_path):
-    train(tiny_opts(tmp_path, f"--dataset={corpus_path}", "--max_iters=10", "--num_samples=0"))
-    ckpt = tmp_path / "run" / "checkpoints" / "10"
-    for root, _dirs, files in os.walk(ckpt):
-        for name in files:
-            with open(os.path.join(root, name), "wb") as f:
-                f.write(b"garbage")
-    res = run_cli("train.py", f"--out_dir={tmp_path / 'run'}", "--init_from=resume", "--max_iters=20")
-    assert res.returncode == 2, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and "checkpoint" in res.stderr.lower()
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, tiny_run, capsys):
+    shutil.copytree(tiny_run / "run", tmp_path / "run")
+    for step in ("10", "20"):  # every checkpoint of the run
+        for root, _dirs, files in os.walk(tmp_path / "run" / "checkpoints" / step):
+            for name in files:
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    code, _, err = train_cli(capsys, f"--out_dir={tmp_path / 'run'}", "--init_from=resume", "--max_iters=30")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "checkpoint" in err.lower()
 
 
 def test_full_disk_on_save_keeps_previous_checkpoint(tmp_path, corpus_path, monkeypatch):

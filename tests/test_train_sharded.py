@@ -13,7 +13,7 @@ RUN = [*TINY, "--n_head=4", "--batch_size=8", "--max_iters=20", "--num_samples=0
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
     return env
 
 

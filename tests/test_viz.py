@@ -140,7 +140,24 @@ def test_cli_makes_each_figure(run_dir, tmp_path, capsys):
     _check_png(run_dir / "attention.png")
 
 
-def test_cli_subprocess_and_bad_input(run_dir, tmp_path):
+def _viz_in_process(capsys, *args):
+    """python -m jaxgpt.viz's main under main_guard, in this process: (exit code, stdout, stderr)."""
+    from jaxgpt.cli import main_guard
+
+    capsys.readouterr()
+    argv, sys.argv = sys.argv, ["viz", *args]
+    try:
+        main_guard(viz.main)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_subprocess_and_bad_input(run_dir, tmp_path, capsys):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     cases = [
         [f"--out_dir={run_dir}", "--what=next_token", "--prompt=The", f"--png={tmp_path / 'n.png'}"],
@@ -149,10 +166,12 @@ def test_cli_subprocess_and_bad_input(run_dir, tmp_path):
         [f"--out_dir={tmp_path}", "--what=embeddings"],  # a folder that is not a run
         [f"--out_dir={run_dir}", "--what=attention", "--layer=7"],
     ]
+    # A figure and one bad input in real processes (started together), the other bad inputs here.
     procs = [subprocess.Popen([sys.executable, "-m", "jaxgpt.viz", *args], cwd=REPO, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in cases]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in cases[:2]]
     outputs = [p.communicate(timeout=120) for p in procs]
     results = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+    results += [_viz_in_process(capsys, *args) for args in cases[2:]]
     rc, out, err = results[0]
     assert rc == 0, err
     _check_png(tmp_path / "n.png")
