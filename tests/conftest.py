@@ -86,3 +86,17 @@ def tiny_run(tmp_path_factory, corpus_text) -> pathlib.Path:
                                 "--max_iters=20"]))
 
     return shared_build(tmp_path_factory, "tiny_run", build)
+
+
+# The few longest tests first, so that under `-n 2` neither worker is left running one of them
+# alone at the end (pytest-xdist hands out tests in collection order). Order only: every test runs.
+_LONGEST_FIRST = ("tests/test_train_sharded.py", "tests/test_sweep.py", "tests/test_sharding.py",
+                  "tests/test_notebooks.py", "tests/test_bench.py", "tests/test_finetune_cli.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        path = item.nodeid.split("::", 1)[0]
+        return _LONGEST_FIRST.index(path) if path in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
