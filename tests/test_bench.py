@@ -3,13 +3,12 @@ line and exit code 2. Only that it works is checked here; its timings are for pe
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from jaxgpt.cli import main_guard
+from cli_helpers import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,20 +42,9 @@ def test_sample_task_without_transformers_says_what_to_install(tmp_path):
 
 
 def _bench_in_process(capsys, *args: str):
-    """bench.py's main under main_guard in this process: (exit code, stderr)."""
-    spec = importlib.util.spec_from_file_location("bench_script", REPO / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    capsys.readouterr()
-    argv, sys.argv = sys.argv, ["bench.py", *args]
-    try:
-        main_guard(bench.main)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().err
+    """bench.py's main in this process: (exit code, stderr)."""
+    code, _, err = run_script(capsys, "bench.py", *args)
+    return code, err
 
 
 def test_bad_input_exits_2_with_one_line(capsys):

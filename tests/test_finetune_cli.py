@@ -1,7 +1,6 @@
 """finetune.py end to end on tiny settings: the demo, exact resume, classifying texts, and every
 bad input (one line, exit 2, the run directory byte for byte as it was)."""
 
-import importlib.util
 import json
 import os
 import random
@@ -10,15 +9,13 @@ import sys
 import pytest
 
 from jaxgpt.classify_data import make_splits, load_labeled
-from jaxgpt.cli import main_guard
 from jaxgpt.data import DataError
 from jaxgpt.metrics import read_metrics
 from test_run_safety import digest, one_line_exit_2
 from test_train import REPO
+from cli_helpers import load_script, run_main
 
-_spec = importlib.util.spec_from_file_location("finetune_script", os.path.join(REPO, "finetune.py"))
-finetune_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(finetune_script)
+finetune_script = load_script("finetune.py")
 
 TINY = ["--init_from=scratch", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
         "--eval_iters=2", "--eval_interval=4", "--log_interval=2", "--max_iters=8", "--lr_decay_iters=8",
@@ -28,17 +25,7 @@ SPAM = "win free prize call now cash claim urgent txt reply".split()
 
 
 def run(capsys, script, *args):
-    capsys.readouterr()
-    argv, sys.argv = sys.argv, ["finetune.py", *args]
-    try:
-        main_guard(script.main)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_main(capsys, script.main, *args, prog="finetune.py")
 
 
 def write_csv(path, rows, header="text,label"):

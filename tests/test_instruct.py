@@ -6,9 +6,7 @@ exact resume of the batches, sample.py --instruction, and a tiny SFT run through
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -19,12 +17,12 @@ import pytest
 
 from jaxgpt import instruct, instruct_data
 from jaxgpt.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
-from jaxgpt.cli import main_guard
 from jaxgpt.config import GPTConfig
 from jaxgpt.data import DataError
 from jaxgpt.instruct_data import Record
 from jaxgpt.model import GPT
 from jaxgpt.train_step import create_train_state, make_eval_step, make_train_step
+from cli_helpers import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -267,20 +265,9 @@ def test_tiny_sft_training_lowers_the_loss_and_finish_writes_responses(tmp_path)
 # ------------------------------------------------------------------------- sample.py --instruction
 
 def _sample(capsys, monkeypatch, *args: str):
-    """sample.py's main under main_guard in this process (its bad input in a real process is pinned
-    by tests/test_sample_cli.py): (exit code, stdout, stderr)."""
-    spec = importlib.util.spec_from_file_location("sample_script_in_test_instruct", REPO / "sample.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["sample.py", *args])
-    code = 0
-    try:
-        main_guard(script.main)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    """sample.py's main in this process (its bad input in a real process is pinned by
+    tests/test_sample_cli.py): (exit code, stdout, stderr)."""
+    return run_script(capsys, "sample.py", *args)
 
 
 def test_sample_instruction_applies_the_saved_template(tmp_path, capsys, monkeypatch):

@@ -7,7 +7,6 @@ processes, since what they pin happens at process exit or across processes.
 """
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -16,15 +15,13 @@ import sys
 
 import pytest
 
-from jaxgpt.cli import main_guard, parse_args
+from jaxgpt.cli import parse_args
 from jaxgpt.metrics import read_metrics
 from jaxgpt.run_config import INVOCATION_KEYS, OPTIONS, RUN_KEYS, TrainConfig
 from jaxgpt.run_dir import RunDirLock
 from test_train import REPO, TINY
+from cli_helpers import load_script, run_script
 
-_spec = importlib.util.spec_from_file_location("train_script", os.path.join(REPO, "train.py"))
-train_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_script)
 
 BASE = [*TINY, "--num_samples=0", "--max_iters=20"]
 
@@ -43,18 +40,8 @@ def digest(path) -> str:
 
 
 def cli(capsys, *args):
-    """train.py's main through main_guard, in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    argv, sys.argv = sys.argv, ["train.py", *args]
-    try:
-        main_guard(train_script.main)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """train.py's main in this process: (exit code, stdout, stderr)."""
+    return run_script(capsys, "train.py", *args)
 
 
 def one_line_exit_2(result, expected: str):
@@ -204,9 +191,7 @@ def test_values_are_parsed_by_the_keys_declared_type():
     opts = parse_args(OPTIONS, ["--out_dir=1e3", "--dataset=0x41", "--learning_rate=3.10", "--n_layer=12"])
     assert opts["out_dir"] == "1e3" and opts["dataset"] == "0x41"
     assert opts["learning_rate"] == 3.1 and opts["n_layer"] == 12
-    spec = importlib.util.spec_from_file_location("sample_script", os.path.join(REPO, "sample.py"))
-    sample_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sample_script)
+    sample_script = load_script("sample.py")
     sample_opts = parse_args(sample_script.OPTIONS, ["--start=3.10", "--top_k=None"])
     assert sample_opts["start"] == "3.10" and sample_opts["top_k"] is None
     assert parse_args(sample_script.OPTIONS, ["--start=0x41"])["start"] == "0x41"

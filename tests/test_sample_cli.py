@@ -4,7 +4,6 @@ tiny weights, a tiny train.py-style run directory, and bad input -> exit code 2 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,13 +18,13 @@ import pytest
 import safetensors.numpy
 
 from jaxgpt.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
-from jaxgpt.cli import main_guard
 from jaxgpt.config import GPTConfig
 from jaxgpt.model import GPT
 from jaxgpt.pretrained import load_pretrained
 from jaxgpt.sampling import generate
 from jaxgpt.tokenizers import CharTokenizer, build_tokenizer
 from jaxgpt.train_step import create_train_state
+from cli_helpers import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_VOCAB = 50257
@@ -107,24 +106,9 @@ def test_hf_directory_greedy_samples_match_generate(hf_dir):
     assert "tokens/s" in res.stderr and "2 x 12 tokens" in res.stderr
 
 
-def _load_sample_module():
-    spec = importlib.util.spec_from_file_location("sample_cli_under_test", REPO / "sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run_in_process(capsys, monkeypatch, *args: str):
-    """sample.py's main under main_guard in this process: (exit code, stdout, stderr)."""
-    module = _load_sample_module()
-    monkeypatch.setattr(sys, "argv", ["sample.py", *args])
-    code = 0
-    try:
-        main_guard(module.main)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    """sample.py's main in this process: (exit code, stdout, stderr)."""
+    return run_script(capsys, "sample.py", *args)
 
 
 def test_run_directory_streams_sampled_text(run_dir, capsys, monkeypatch):

@@ -1,7 +1,6 @@
 """sweep.py: a tiny grid through the shared loop, skipping finished members, resuming an interrupted
 one exactly, one results table, the fits and plots."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,9 +9,10 @@ import sys
 import pytest
 
 from jaxgpt import sweep
-from jaxgpt.cli import ConfigError, main_guard
+from jaxgpt.cli import ConfigError
 from jaxgpt.metrics import read_metrics
 from test_train import REPO
+from cli_helpers import run_script
 
 TINY_SWEEP = """
 base = dict(dataset={dataset!r}, block_size=32, batch_size=8, eval_interval=10, eval_iters=2, log_interval=5,
@@ -105,21 +105,7 @@ def test_sweep_runs_resumes_and_fits(tmp_path, corpus_path, monkeypatch):
 
 
 def _sweep_cli(capsys, *args):
-    """sweep.py's main through main_guard, in this process: (exit code, stdout, stderr)."""
-    spec = importlib.util.spec_from_file_location("sweep_script", os.path.join(REPO, "sweep.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    capsys.readouterr()
-    argv, sys.argv = sys.argv, ["sweep.py", *args]
-    try:
-        main_guard(script.main)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_script(capsys, "sweep.py", *args)
 
 
 def test_bad_sweep_input_is_one_line(tmp_path, corpus_path, capsys):

@@ -1,6 +1,5 @@
 """The main job: train.py end to end, the shared train step, exact resume, bad input."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,12 +15,12 @@ import pytest
 
 from jaxgpt import GPT, GPTConfig
 from jaxgpt.checkpoint import Checkpointer
-from jaxgpt.cli import main_guard
 from jaxgpt.metrics import read_metrics
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.tasks import lm_loss
 from jaxgpt.train_step import create_train_state, make_eval_step, make_train_step
 from jaxgpt.trainer import OPTIONS, TrainingDiverged, config_from_argv, train
+from cli_helpers import run_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,21 +40,8 @@ def run_cli(script, *args, timeout=300):
 
 
 def train_cli(capsys, *args):
-    """train.py's main through main_guard, in this process: (exit code, stdout, stderr)."""
-    spec = importlib.util.spec_from_file_location("train_script_in_test_train", os.path.join(REPO, "train.py"))
-    train_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_script)
-    capsys.readouterr()
-    argv, sys.argv = sys.argv, ["train.py", *args]
-    try:
-        main_guard(train_script.main)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """train.py's main in this process: (exit code, stdout, stderr)."""
+    return run_script(capsys, "train.py", *args)
 
 
 def loss_events(path):

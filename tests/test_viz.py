@@ -18,6 +18,7 @@ from jaxgpt import viz
 from jaxgpt.checkpoint import load_inference_params
 from jaxgpt.model import GPT
 from jaxgpt.tokenizers import load_tokenizer
+from cli_helpers import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("the cat sat on a mat and dog ran to big red house with small tree in park where children "
@@ -141,20 +142,7 @@ def test_cli_makes_each_figure(run_dir, tmp_path, capsys):
 
 
 def _viz_in_process(capsys, *args):
-    """python -m jaxgpt.viz's main under main_guard, in this process: (exit code, stdout, stderr)."""
-    from jaxgpt.cli import main_guard
-
-    capsys.readouterr()
-    argv, sys.argv = sys.argv, ["viz", *args]
-    try:
-        main_guard(viz.main)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_main(capsys, viz.main, *args, prog="viz")
 
 
 def test_cli_subprocess_and_bad_input(run_dir, tmp_path, capsys):
