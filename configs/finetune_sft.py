@@ -1,14 +1,16 @@
 # Instruction fine-tuning (the course's chapter 7): python finetune.py configs/finetune_sft.py
 # Default data: rule-made instructions with one checkable answer each (jaxgpt.instruct_data),
 # a small char GPT trained from scratch; the loss counts response tokens only.
-# The recipe measured best so far (test exact match 0.82) (README, "Instruction following"): the compact template (a char
-# model spends its compute on the template otherwise), rotary positions (the answers are read from
-# the input at an offset: reversing, copying in capitals), a narrow 3-layer model, many steps.
+# The recipe measured best so far (test exact match 0.83 in 7 min on 2 cores; README, "Instruction
+# following"): the compact template (a char model spends its compute on the template otherwise),
+# rotary positions (the answers are read from the input at an offset: reversing, copying in
+# capitals), a narrow 3-layer model, 4x the distinct prompts (1,000 per kind memorized), many steps.
 task = "sft"
 dataset = "embedded"
 out_dir = "out-sft"
 init_from = "scratch"
 template = "compact"
+n_per_kind = 4000        # 4,000 prompts per kind (add has 1,000): more distinct data, less memorizing
 mask_prompt = True
 block_size = 64          # max_length: longer examples are cut (counted per split); none is, here
 n_layer, n_head, n_embd = 3, 4, 64

@@ -3,7 +3,9 @@
 A GPT backbone reads the text; a linear head reads one pooled hidden state:
   - pooling="last": the hidden state of the last NON-padding token (the only position that has
     seen the whole text under causal attention), found from the mask whatever side pads;
-  - pooling="mean": the mean over the real tokens.
+  - pooling="mean": the mean over the real tokens;
+  - pooling="max": the per-feature maximum over the real tokens (a cue anywhere in the text, such
+    as a phone number in a spam message, is not averaged away).
 
 Batches are two (A, B, T) int32 arrays like pretraining's: tokens, and targets that hold the
 row's label at every real token and -1 at padding. So the mask is `targets >= 0`, the label is the
@@ -38,7 +40,7 @@ __all__ = ["TRAINABLE", "POOLINGS", "Encoded", "encode_texts", "pool", "classifi
            "classification_task", "classify_texts"]
 
 TRAINABLE = ("all", "last_block", "head", "lora")
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "max")
 PAD_ID = 0  # any id: padding is masked out of pooling and never attended to by real tokens (causal)
 
 
@@ -94,8 +96,13 @@ def targets_for(lengths_N: np.ndarray, label_ids_N: np.ndarray, T: int) -> np.nd
 # ---------------------------------------------------------------------------------- the model
 
 def pool(h_BTD: jax.Array, mask_BT: jax.Array, pooling: str = "last") -> jax.Array:
-    """(B, D): the hidden state of the last real token (mask True), or the mean over real tokens.
-    Works for left and right padding alike: the position comes from the mask, not from a length."""
+    """(B, D): the hidden state of the last real token (mask True), or the mean or the per-feature
+    max over real tokens. Works for left and right padding alike: the position comes from the
+    mask, not from a length. A row with no real token pools to zeros under mean and max."""
+    if pooling == "max":
+        any_B1 = jnp.any(mask_BT, axis=1, keepdims=True)
+        masked_BTD = jnp.where(mask_BT[:, :, None], h_BTD, jnp.finfo(h_BTD.dtype).min)
+        return jnp.where(any_B1, jnp.max(masked_BTD, axis=1), 0.0)
     if pooling == "mean":
         weights_BT = mask_BT.astype(h_BTD.dtype)
         return jnp.einsum("btd,bt->bd", h_BTD, weights_BT) / jnp.maximum(weights_BT.sum(1, keepdims=True), 1)

@@ -44,8 +44,8 @@ class FinetuneConfig(TrainConfig):
     data_seed: int = _field(123, "seed of the balancing and the train/val/test split")
     balance: bool = _field(None, "undersample every class to the rarest's count (None: yes for sms_spam)",
                            type_=bool, optional=True)
-    pooling: str = _field("last", "classify: last (last non-padding token) | mean (over real tokens)",
-                          choices=("last", "mean"))
+    pooling: str = _field("last", "classify: last (last non-padding token) | mean | max (over real tokens)",
+                          choices=("last", "mean", "max"))
     trainable: str = _field("all", "all | last_block | head | lora", choices=("all", "last_block", "head", "lora"))
     lora_rank: int = _field(8, "LoRA rank r")
     lora_alpha: float = _field(16.0, "LoRA alpha (the adapters' output is scaled by alpha / r)")

@@ -78,12 +78,20 @@ def _upper(rng):
 
 # kind -> generator of (instruction, input, output); each output is the ONE right answer.
 EMBEDDED_KINDS = {"reverse": _reverse, "sort": _sort, "add": _add, "uppercase": _upper}
+# Kinds with a small input space give all their distinct examples when more are asked for.
+KIND_SIZES = {"add": 100 * 10}
+
+
+def kind_counts(n_per_kind: int, kinds: Sequence[str] = tuple(EMBEDDED_KINDS)) -> Dict[str, int]:
+    """Examples per kind for a request of n_per_kind: n, or the kind's size when that is smaller."""
+    return {k: min(n_per_kind, KIND_SIZES.get(k, n_per_kind)) for k in kinds}
 
 
 def embedded_records(n_per_kind: int = 1000, seed: int = 0, kinds: Sequence[str] = tuple(EMBEDDED_KINDS)
                      ) -> List[Record]:
-    """`n_per_kind` DISTINCT records of each kind, drawn by rules from one seeded generator (the
-    same seed gives the same records), kinds interleaved in a fixed order."""
+    """`n_per_kind` DISTINCT records of each kind (all of them for a kind that has fewer:
+    kind_counts), drawn by rules from one seeded generator (the same seed gives the same records),
+    kinds interleaved in a fixed order."""
     if isinstance(n_per_kind, bool) or not isinstance(n_per_kind, int) or n_per_kind < 1:
         raise DataError(f"n_per_kind must be a positive integer, got {n_per_kind!r}")
     unknown = [k for k in kinds if k not in EMBEDDED_KINDS]
@@ -91,13 +99,13 @@ def embedded_records(n_per_kind: int = 1000, seed: int = 0, kinds: Sequence[str]
         raise DataError(f"unknown embedded kinds {unknown}; choose from {list(EMBEDDED_KINDS)}")
     rng = np.random.Generator(np.random.PCG64(seed))
     out: List[Record] = []
-    for kind in kinds:
+    for kind, n in kind_counts(n_per_kind, kinds).items():
         seen, tries = set(), 0
-        while len(seen) < n_per_kind:
+        while len(seen) < n:
             instruction, inp, answer = EMBEDDED_KINDS[kind](rng)
             tries += 1
-            if tries > 50 * n_per_kind:
-                raise DataError(f"the {kind!r} kind has fewer than {n_per_kind} distinct examples")
+            if tries > 50 * n:  # a kind_counts size too large for its generator
+                raise DataError(f"the {kind!r} kind has fewer than {n} distinct examples")
             if (instruction, inp) not in seen:
                 seen.add((instruction, inp))
                 out.append(Record(instruction, inp, answer, kind))
@@ -201,7 +209,10 @@ def resolve_records(dataset: str, cache_dir: Optional[str] = None, *, n_per_kind
     if not isinstance(dataset, str) or not dataset:
         raise DataError(f"dataset must be a non-empty string, got {dataset!r}")
     if dataset == "embedded":
-        return embedded_records(n_per_kind, seed), f"embedded ({len(EMBEDDED_KINDS)} kinds x {n_per_kind}, seed {seed})"
+        counts = kind_counts(n_per_kind)
+        sizes = (f"{len(counts)} kinds x {n_per_kind}" if len(set(counts.values())) == 1
+                 else ", ".join(f"{k} {n}" for k, n in counts.items()))
+        return embedded_records(n_per_kind, seed), f"embedded ({sizes}, seed {seed})"
     if dataset == "instruction-data":
         records, path = instruction_data_records(cache_dir, url, timeout)
         return records, f"instruction-data ({path})"

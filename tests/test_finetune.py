@@ -32,6 +32,11 @@ def test_pool_reads_the_last_real_token_under_left_and_right_padding():
     # mean pooling averages exactly the real positions
     mean = pool(h_BTD, jnp.asarray(left), "mean")
     np.testing.assert_allclose(mean[1], np.mean(np.asarray(h_BTD)[1, 4:], axis=0), rtol=1e-6)
+    # max pooling: the per-feature max of exactly the real positions, under either padding
+    for mask, real in ((left, lambda b: slice(7 - lengths[b], 7)), (right, lambda b: slice(0, lengths[b]))):
+        got = pool(h_BTD, jnp.asarray(mask), "max")
+        np.testing.assert_array_equal(got, np.stack([np.asarray(h_BTD)[b, real(b)].max(0) for b in range(3)]))
+    np.testing.assert_array_equal(pool(h_BTD, jnp.zeros((3, 7), bool), "max"), np.zeros((3, 5)))  # no real token
 
 
 def test_padding_never_changes_a_rows_class_logits():
@@ -40,7 +45,7 @@ def test_padding_never_changes_a_rows_class_logits():
     model = GPT(CFG)
     ids = jnp.asarray([[3, 5, 7, 9, 0, 0, 0, 0, 0, 0, 0, 0], [3, 5, 7, 9, 11, 2, 4, 6, 1, 1, 1, 1]])
     mask = jnp.asarray([[True] * 4 + [False] * 8, [True] * 4 + [False] * 8])
-    for pooling in ("last", "mean"):
+    for pooling in ("last", "mean", "max"):
         logits = classifier_logits(model, params, ids, mask, pooling, 2.0)
         alone = classifier_logits(model, params, ids[:1, :4], mask[:1, :4], pooling, 2.0)
         # same row with other pad ids: bit-identical; against the unpadded row: float32 rounding

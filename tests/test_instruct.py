@@ -135,6 +135,17 @@ def test_truncation_is_counted():
     assert "max_length 40: truncated 2/0/1" in instruct.describe(data)
 
 
+def test_a_small_kind_gives_all_its_distinct_examples_when_more_are_asked():
+    # add has 100 x 10 distinct prompts; the other kinds give what is asked
+    assert instruct_data.kind_counts(2500) == {"reverse": 2500, "sort": 2500, "add": 1000, "uppercase": 2500}
+    records = instruct_data.embedded_records(1200, seed=5)
+    adds = [r for r in records if r.kind == "add"]
+    assert len(adds) == len({r.key() for r in adds}) == 1000 and len(records) == 3 * 1200 + 1000
+    assert all(int(r.output) == sum(int(t) for t in r.input.split(" + ")) for r in adds)
+    _, source = instruct_data.resolve_records("embedded", None, n_per_kind=1200, seed=5)
+    assert "add 1000" in source and "reverse 1200" in source
+
+
 def test_held_out_splits_are_disjoint_by_content():
     data = instruct.load_sft_data("embedded", n_per_kind=50, split_seed=4)
     seen = {r.key() for r in data.records["train"]}
