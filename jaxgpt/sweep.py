@@ -305,7 +305,8 @@ def pinned_env(platform: str, index: int) -> Dict[str, str]:
     if platform == "tpu":  # one chip per process (the usual recipe for independent TPU jobs)
         return {"TPU_VISIBLE_CHIPS": str(index), "TPU_CHIPS_PER_PROCESS_BOUNDS": "1,1,1",
                 "TPU_PROCESS_BOUNDS": "1,1,1", "TPU_MESH_CONTROLLER_PORT": str(8476 + index)}
-    return {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    # CPU: one host device, keeping the user's own XLA flags (a later flag wins over an earlier one)
+    return {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1".strip()}
 
 
 def select(members: Sequence[Member], worker: Optional[int], workers: int) -> List[Member]:

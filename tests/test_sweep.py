@@ -1,5 +1,5 @@
 """sweep.py: a tiny grid through the shared loop, skipping finished members, resuming an interrupted
-one exactly, one results table, the fits and plots."""
+one exactly (in one of two worker processes), one results table, the fits and plots."""
 
 import json
 import os
@@ -80,10 +80,12 @@ def test_sweep_runs_resumes_and_fits(tmp_path, corpus_path, monkeypatch):
     monkeypatch.undo()
     assert sweep.done_members(str(out), members) == [m.name for m in members[:3]]
 
+    # The rerun splits the members over two worker processes (round-robin: 0, 2, 4 and 1, 3, 5).
     res = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), config, f"--out_dir={out}",
-                          "--n_bootstrap=0"], capture_output=True, text=True, cwd=REPO, timeout=600)
+                          "--workers=2", "--n_bootstrap=0"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("done, skipped") == 3
+    assert res.stdout.count("[1/3]") == 2 and res.stdout.count("[3/3]") == 2  # each worker took three
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert [r["name"] for r in rows] == [m.name for m in members]
     for r in rows:
@@ -127,20 +129,6 @@ def test_bad_sweep_input_is_one_line(tmp_path, corpus_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_workers_run_members_side_by_side(tmp_path, corpus_path):
-    two_members = TINY_SWEEP.split("shapes =")[0] + (
-        "shapes = [dict(n_layer=1, n_head=2, n_embd=32), dict(n_layer=2, n_head=2, n_embd=32)]\n"
-        "tokens = [2048]\n")
-    config = _write_config(tmp_path, corpus_path, two_members)
-    out = tmp_path / "sweep"
-    res = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), config, f"--out_dir={out}", "--workers=2",
-                          "--n_bootstrap=0"], capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.count("[1/1]") == 2  # each worker process took one member
-    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    assert sorted(r["name"] for r in rows) == ["L1-D32-T2e3", "L2-D32-T2e3"]
-
-
 def test_a_diverging_member_is_recorded_and_the_sweep_goes_on(tmp_path, corpus_path, capsys):
     config = _write_config(tmp_path, corpus_path, TINY_SWEEP.split("shapes =")[0] + (
         "shapes = [dict(n_layer=1, n_head=2, n_embd=32)]\ntokens = [2048]\nlearning_rates = [1e-3, 1e6]\n"))
@@ -152,3 +140,12 @@ def test_a_diverging_member_is_recorded_and_the_sweep_goes_on(tmp_path, corpus_p
     assert rows["L1-D32-T2e3-lr1e+06"]["best_val_loss"] is None
     assert rows["L1-D32-T2e3-lr0.001"]["diverged"] is None and rows["L1-D32-T2e3-lr0.001"]["best_val_loss"] < 5
     assert "diverged: loss became" in stdout
+
+
+def test_cpu_workers_keep_the_users_xla_flags(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    assert sweep.pinned_env("cpu", 1) == {
+        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false --xla_force_host_platform_device_count=1"}
+    monkeypatch.delenv("XLA_FLAGS")
+    assert sweep.pinned_env("cpu", 0) == {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    assert sweep.pinned_env("gpu", 3) == {"CUDA_VISIBLE_DEVICES": "3"}
