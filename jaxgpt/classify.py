@@ -99,6 +99,8 @@ def pool(h_BTD: jax.Array, mask_BT: jax.Array, pooling: str = "last") -> jax.Arr
     """(B, D): the hidden state of the last real token (mask True), or the mean or the per-feature
     max over real tokens. Works for left and right padding alike: the position comes from the
     mask, not from a length. A row with no real token pools to zeros under mean and max."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if pooling == "max":
         any_B1 = jnp.any(mask_BT, axis=1, keepdims=True)
         masked_BTD = jnp.where(mask_BT[:, :, None], h_BTD, jnp.finfo(h_BTD.dtype).min)

@@ -66,8 +66,11 @@ def _sort(rng):
     return "Sort the digits.", " ".join(map(str, xs)), " ".join(map(str, sorted(xs)))
 
 
+_ADD_RANGES = (100, 10)  # a in [0, 100), b in [0, 10)
+
+
 def _add(rng):  # a two-digit and a one-digit number: 1,000 distinct sums to learn a rule from
-    a, b = int(rng.integers(0, 100)), int(rng.integers(0, 10))
+    a, b = (int(rng.integers(0, n)) for n in _ADD_RANGES)
     return "Add the numbers.", f"{a} + {b}", str(a + b)
 
 
@@ -79,7 +82,7 @@ def _upper(rng):
 # kind -> generator of (instruction, input, output); each output is the ONE right answer.
 EMBEDDED_KINDS = {"reverse": _reverse, "sort": _sort, "add": _add, "uppercase": _upper}
 # Kinds with a small input space give all their distinct examples when more are asked for.
-KIND_SIZES = {"add": 100 * 10}
+KIND_SIZES = {"add": _ADD_RANGES[0] * _ADD_RANGES[1]}
 
 
 def kind_counts(n_per_kind: int, kinds: Sequence[str] = tuple(EMBEDDED_KINDS)) -> Dict[str, int]:

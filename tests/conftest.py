@@ -54,7 +54,8 @@ def shared_build(tmp_path_factory, name: str, build) -> pathlib.Path:
     worker to ask builds it under a file lock, the others wait for it and reuse it. Callers that
     change what they get must work on a copy (shutil.copytree)."""
     base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"  # workers share the parent
+    # under pytest's own temporary folder; workers share its parent
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "session_builds"
     root.mkdir(exist_ok=True)
     path, done = root / name, root / f"{name}.done"
     with open(root / f"{name}.lock", "w") as lock:
