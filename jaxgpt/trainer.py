@@ -673,6 +673,10 @@ def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, An
 
     run = resolve_run(cfg, setup)
     cfg = run.cfg  # with a pretrained model's architecture filled in
+    if jax.default_backend() == "cpu":  # a step's freed temporaries stay mapped (jaxgpt.host_memory)
+        from jaxgpt.host_memory import retain_freed_memory
+
+        retain_freed_memory()
     init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(cfg.seed), 3)
     is_main = _is_main()
     if is_main:
