@@ -263,8 +263,11 @@ class CausalSelfAttention(nn.Module):
                                                   mask_B1TS, cfg.dtype, scale, cfg.decode_chunk)
         elif _use_fused_attention(cfg, mask_B1TS, attn_dropout, q_BTHK):
             # XLA:CPU's generated attention backward is slow; this one is written out (jaxgpt.fused).
-            y_BTHK = fused.causal_attention(q_BTHK, k_BTHK, v_BTHK,
-                                            1.0 / math.sqrt(K) if scale is None else scale)
+            fused_scale = 1.0 / math.sqrt(K) if scale is None else scale
+            if cfg.qk_norm or rope is not None:  # q and k were changed after the split
+                y_BTHK = fused.causal_attention(q_BTHK, k_BTHK, v_BTHK, fused_scale)
+            else:  # straight from the projection: one stacked gradient (jaxgpt.fused)
+                y_BTHK = fused.causal_attention_qkv(qkv_BT3HK, fused_scale)
         elif cfg.attn_impl in ("dot_product_attention", "cudnn") and not attn_dropout:
             # is_causal lets XLA/cuDNN pick a fused causal kernel when no explicit mask is needed.
             # "cudnn" asks for cuDNN's flash attention outright (bf16, (B, T, H, K) as here); on a

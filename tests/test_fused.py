@@ -91,3 +91,19 @@ def test_causal_attention_value_and_grads_match_the_plain_formula():
     want = jax.grad(loss(_plain_attention), (0, 1, 2))(q, k, v)
     for name, a, b in zip("qkv", got, want):
         _close(a, b, T * K, f"grad {name}")
+
+
+def test_attention_on_the_projection_output_matches_split_q_k_v():
+    """causal_attention_qkv takes the (B, T, 3, H, K) projection and returns its gradient stacked:
+    the same numbers as causal_attention on the three slices (the same kernels, only the gradient's
+    assembly differs, so equal up to float32 reordering)."""
+    B, T, H, K = 2, 16, 3, 8
+    qkv, g = _rand(0, B, T, 3, H, K), _rand(1, B, T, H, K)
+    scale = 1.0 / math.sqrt(K)
+    split = lambda qkv: (qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # noqa: E731
+    _close(fused.causal_attention_qkv(qkv, scale), _plain_attention(*split(qkv), scale), T, "value")
+    got = jax.grad(lambda qkv: jnp.sum(fused.causal_attention_qkv(qkv, scale) * g))(qkv)
+    want = jax.grad(lambda qkv: jnp.sum(_plain_attention(*split(qkv), scale) * g))(qkv)
+    assert got.shape == qkv.shape
+    for i, name in enumerate("qkv"):
+        _close(got[:, :, i], want[:, :, i], T * K, f"grad {name}")
