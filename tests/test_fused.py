@@ -107,3 +107,33 @@ def test_attention_on_the_projection_output_matches_split_q_k_v():
     assert got.shape == qkv.shape
     for i, name in enumerate("qkv"):
         _close(got[:, :, i], want[:, :, i], T * K, f"grad {name}")
+
+
+@pytest.mark.parametrize("transpose_weight_grad", [False, True])
+@pytest.mark.parametrize("features,axis", [((3, 2, 4), -1), (5, (-2, -1))])
+def test_dense_dot_general_value_and_grads_match_lax(transpose_weight_grad, features, axis):
+    """nn.DenseGeneral with fused.dense_dot_general equals the stock one, value and gradients, for
+    the c_attn shape (one input axis into (3, H, K)) and attention c_proj's ((H, K) into D)."""
+    x = _rand(0, 2, 6, 3, 4)  # (B, T, H, K): the last one or two axes are contracted
+    stock = nn.DenseGeneral(features, axis=axis)
+    fused_dense = nn.DenseGeneral(features, axis=axis, dot_general=fused.dense_dot_general(transpose_weight_grad))
+    params = stock.init(jax.random.key(0), x)
+    g = _rand(1, *stock.apply(params, x).shape)
+    n_contract = 4 if axis == -1 else 12
+    _close(fused_dense.apply(params, x), stock.apply(params, x), n_contract, "value")
+
+    def loss(module):
+        return lambda p, x: jnp.sum(module.apply(p, x) * g)
+
+    (gp_fused, gx_fused), (gp_stock, gx_stock) = (jax.grad(loss(m), (0, 1))(params, x) for m in (fused_dense, stock))
+    _close(gx_fused, gx_stock, int(np.prod(features)), "grad x")  # dx sums over the output features
+    for a, b in zip(jax.tree_util.tree_leaves(gp_fused), jax.tree_util.tree_leaves(gp_stock)):
+        _close(a, b, 2 * 6, "grad params")  # weight and bias gradients sum over the B*T = 12 rows
+
+
+def test_dense_dot_general_passes_other_contractions_through():
+    dot = fused.dense_dot_general(True)
+    a, b = _rand(0, 4, 5), _rand(1, 4, 3)
+    # contracting the lhs's first axis is not a dense layer's shape: plain lax.dot_general
+    np.testing.assert_array_equal(dot(a, b, (((0,), (0,)), ((), ()))),
+                                  jax.lax.dot_general(a, b, (((0,), (0,)), ((), ()))))
