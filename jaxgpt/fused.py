@@ -160,37 +160,47 @@ causal_attention_qkv.defvjp(_qkv_fwd, _qkv_bwd)
 
 # --------------------------------------------------------- dense layers: the weight gradient's form
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul(x_MF, w_FD, transpose_weight_grad: bool):
-    return x_MF @ w_FD
+def _contract(a, b, a_axes, b_axes):
+    return jax.lax.dot_general(a, b, ((tuple(a_axes), tuple(b_axes)), ((), ())))
 
 
-def _matmul_fwd(x_MF, w_FD, transpose_weight_grad):
-    return x_MF @ w_FD, (x_MF, w_FD)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dense(x, w, n_contract: int, transpose_weight_grad: bool):
+    """x (lead..., F...) contracted on its last n_contract axes with w (F..., D...)."""
+    return _contract(x, w, range(x.ndim - n_contract, x.ndim), range(n_contract))
 
 
-def _matmul_bwd(transpose_weight_grad, res, g_MD):
-    x_MF, w_FD = res
+def _dense_fwd(x, w, n_contract, transpose_weight_grad):
+    return _dense(x, w, n_contract, transpose_weight_grad), (x, w)
+
+
+def _dense_bwd(n_contract, transpose_weight_grad, res, g):
+    x, w = res
+    n_lead, n_out = x.ndim - n_contract, w.ndim - n_contract
+    lead = range(n_lead)
+    dx = _contract(g, w, range(n_lead, g.ndim), range(n_contract, w.ndim))  # (lead..., F...)
     # The barrier keeps the weight gradient in the form chosen here: XLA's simplifier would rewrite
     # one form into the other, and its own choice for the c_attn gradient (dW^T = g^T x, then a
     # transposing copy of g) cost 7% of a shakespeare_char_cpu step on one core.
     if transpose_weight_grad:
-        dw_FD = jax.lax.optimization_barrier(g_MD.T @ x_MF).T
+        dw_T = jax.lax.optimization_barrier(_contract(g, x, lead, lead))  # (D..., F...)
+        dw = dw_T.transpose(*range(n_out, n_out + n_contract), *range(n_out))
     else:
-        dw_FD = jax.lax.optimization_barrier(x_MF.T @ g_MD)
-    return g_MD @ w_FD.T, dw_FD
+        dw = jax.lax.optimization_barrier(_contract(x, g, lead, lead))  # (F..., D...)
+    return dx, dw
 
 
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+_dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def dense_dot_general(transpose_weight_grad: bool):
-    """A `dot_general` for flax's nn.Dense / nn.DenseGeneral: x (..., F) contracted with a kernel
-    (F..., D...) on x's trailing axes, float32, with the backward written out: dx = g W^T and the
-    weight gradient dW = x^T g, computed as (M, F)^T (M, D) when transpose_weight_grad is False or
-    as ((M, D)^T (M, F))^T when True. On XLA:CPU the faster form depends on the shape (a (512, 768)
-    x (768, 128) product ran 1.4x slower than its (128, 768) x (768, 512) twin); jaxgpt.model picks
-    per layer. Any other contraction, dtype or precision goes to lax.dot_general unchanged."""
+    """A `dot_general` for flax's nn.Dense / nn.DenseGeneral: x (..., F...) contracted on its
+    trailing axes with a kernel (F..., D...), float32, with the backward written out: dx = g W^T,
+    and the weight gradient x^T g computed as (M, F)^T (M, D) when transpose_weight_grad is False
+    or as ((M, D)^T (M, F))^T when True. XLA:CPU's dot runs one form much faster than the other
+    depending on the shape (a (512, 768) x (768, 128) product 1.4x slower than its (128, 768) x
+    (768, 512) twin), and jaxgpt.model picks per layer. No axis is reshaped, so a sharded kernel
+    keeps its sharding. Any other contraction, dtype or precision goes to lax.dot_general."""
 
     def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
         (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
@@ -201,9 +211,6 @@ def dense_dot_general(transpose_weight_grad: bool):
                 and lhs.dtype == rhs.dtype == jnp.float32):
             return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                        preferred_element_type=preferred_element_type)
-        lead, contracted, out = lhs.shape[:lhs.ndim - n], rhs.shape[:n], rhs.shape[n:]
-        F = math.prod(contracted)
-        y_MD = _matmul(lhs.reshape(-1, F), rhs.reshape(F, -1), transpose_weight_grad)
-        return y_MD.reshape(*lead, *out)
+        return _dense(lhs, rhs, n, transpose_weight_grad)
 
     return dot_general
