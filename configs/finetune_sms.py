@@ -1,7 +1,8 @@
 # SMS spam (the course's chapter 6 data): python finetune.py configs/finetune_sms.py
 # --dataset=/path/to/SMSSpamCollection (or sms_spam: downloaded once). Balanced 747+747, 70/10/20.
 # The backbone is pretrained first (next-token prediction) on the messages outside val and test.
-# Measured: test accuracy 0.9599 in 7 min 47 s on 2 cores (README, "What the classification runs measured").
+# Measured: test accuracy 0.9732 in 7 min 44 s on 2 cores, pretraining included; 0.9632 averaged over
+# seeds 1337, 1 and 2 (README, "What the classification runs measured").
 task = "classify"
 dataset = "sms_spam"
 out_dir = "out-sms"
@@ -15,13 +16,14 @@ block_size = 192
 trainable = "all"
 pooling = "max"          # a spam cue anywhere in the text is not averaged away (README: 0.9365 with "last")
 batch_size = 16
-max_iters = 150
-lr_decay_iters = 150
-warmup_iters = 15
-learning_rate = 1e-3
-min_lr = 1e-4
+max_iters = 300
+lr_decay_iters = 300
+warmup_iters = 30
+learning_rate = 3e-4
+min_lr = 3e-5
 weight_decay = 0.1
 dropout = 0.1
-eval_interval = 25
-eval_iters = 8
+lm_loss_weight = 0.5     # GPT-1's auxiliary next-token loss on the train texts: steadier across seeds
+eval_interval = 10       # the best val checkpoint is kept; an eval covers the whole val split
+eval_iters = 1
 log_interval = 25

@@ -36,7 +36,7 @@ from jaxgpt.tasks import Task
 from jaxgpt.tokenizers import CharTokenizer, Tokenizer
 
 __all__ = ["TRAINABLE", "POOLINGS", "Encoded", "encode_texts", "pool", "classifier_init", "classifier_logits",
-           "classification_loss", "trainable_mask", "ClassifyBatches", "classification_metrics",
+           "classification_loss", "next_token_loss", "trainable_mask", "ClassifyBatches", "classification_metrics",
            "classification_task", "classify_texts"]
 
 TRAINABLE = ("all", "last_block", "head", "lora")
@@ -149,22 +149,53 @@ def trainable_mask(params, trainable: str, n_layer: int):
     return jax.tree_util.tree_map_with_path(trains, params)
 
 
-def classifier_logits(model: GPT, params, tokens_BT, mask_BT, pooling: str, lora_scale: float,
-                      rng: Optional[jax.Array] = None) -> jax.Array:
-    """(B, C) float32 class logits; rng None: deterministic (no dropout)."""
+def _backbone_and_features(model: GPT, params, tokens_BT, lora_scale: float, rng: Optional[jax.Array]):
+    """(the backbone's params, LoRA merged in; its final hidden states (B, T, D) in float32)."""
     backbone = params["backbone"]
     if "lora" in params:
         backbone = lora_lib.merge(backbone, params["lora"], lora_scale)
     kwargs = {} if rng is None else {"deterministic": False, "rngs": {"dropout": rng}}
     h_BTD = model.apply({"params": backbone}, tokens_BT, method=GPT.features, **kwargs)
-    pooled_BD = pool(h_BTD.astype(jnp.float32), mask_BT, pooling)
-    return pooled_BD @ params["head"]["kernel"] + params["head"]["bias"]
+    return backbone, h_BTD.astype(jnp.float32)
 
 
-def classification_loss(model: GPT, num_classes: int, pooling: str, lora_scale: float, frozen_mask=None):
+def _head(params, h_BTD, mask_BT, pooling: str) -> jax.Array:
+    return pool(h_BTD, mask_BT, pooling) @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+def classifier_logits(model: GPT, params, tokens_BT, mask_BT, pooling: str, lora_scale: float,
+                      rng: Optional[jax.Array] = None) -> jax.Array:
+    """(B, C) float32 class logits; rng None: deterministic (no dropout)."""
+    _, h_BTD = _backbone_and_features(model, params, tokens_BT, lora_scale, rng)
+    return _head(params, h_BTD, mask_BT, pooling)
+
+
+def next_token_loss(config: GPTConfig, backbone, h_BTD, tokens_BT, mask_BT) -> jax.Array:
+    """Mean next-token cross-entropy of the backbone's own LM head over the real tokens that follow
+    a real token (GPT-1's auxiliary fine-tuning objective). h_BTD: GPT.features' output."""
+    if config.mup:
+        raise ValueError("the auxiliary next-token loss does not support muP backbones")
+    h_BTD = h_BTD[:, :-1]
+    if config.tie_embeddings:
+        logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, backbone["wte"]["embedding"].astype(jnp.float32))
+    else:
+        logits_BTV = h_BTD @ backbone["lm_head"]["kernel"].astype(jnp.float32)
+        if "bias" in backbone["lm_head"]:
+            logits_BTV = logits_BTV + backbone["lm_head"]["bias"]
+    weights_BT = (mask_BT[:, :-1] & mask_BT[:, 1:]).astype(jnp.float32)
+    losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT[:, 1:])
+    return jnp.sum(losses_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
+
+
+def classification_loss(model: GPT, num_classes: int, pooling: str, lora_scale: float, frozen_mask=None,
+                        label_smoothing: float = 0.0, lm_loss_weight: float = 0.0):
     """loss(params, (tokens_BT, targets_BT), rng) -> (mean cross-entropy over real rows, aux).
     aux holds sums (rows, loss, confusion counts) so that means over eval batches give exact
-    ratios: accuracy = trace(C) / sum(C) whatever the batch sizes."""
+    ratios: accuracy = trace(C) / sum(C) whatever the batch sizes.
+
+    Training (rng given) may add to the mean, never to aux's loss_sum (so val loss stays the plain
+    cross-entropy that picks the best checkpoint): label smoothing (the targets put
+    label_smoothing / C on every class) and lm_loss_weight times the next-token loss of the texts."""
 
     def loss(params, batch, rng):
         if frozen_mask is not None:  # frozen leaves: no gradient computed at all
@@ -173,16 +204,24 @@ def classification_loss(model: GPT, num_classes: int, pooling: str, lora_scale: 
         mask_BT = targets_BT >= 0
         real_B = jnp.any(mask_BT, axis=1)
         labels_B = jnp.maximum(jnp.max(targets_BT, axis=1), 0)
-        logits_BC = classifier_logits(model, params, tokens_BT, mask_BT, pooling, lora_scale, rng)
+        backbone, h_BTD = _backbone_and_features(model, params, tokens_BT, lora_scale, rng)
+        logits_BC = _head(params, h_BTD, mask_BT, pooling)
         losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
         weights_B = real_B.astype(jnp.float32)
         n = jnp.sum(weights_B)
         predicted_B = jnp.argmax(logits_BC, axis=-1)
         confusion_CC = jnp.zeros((num_classes, num_classes), jnp.float32).at[labels_B, predicted_B].add(weights_B)
         mean = jnp.sum(losses_B * weights_B) / jnp.maximum(n, 1.0)
+        objective = mean
+        if rng is not None and label_smoothing > 0:
+            smoothed_BC = optax.smooth_labels(jax.nn.one_hot(labels_B, num_classes), label_smoothing)
+            objective = (jnp.sum(optax.softmax_cross_entropy(logits_BC, smoothed_BC) * weights_B)
+                         / jnp.maximum(n, 1.0))
+        if rng is not None and lm_loss_weight > 0:
+            objective = objective + lm_loss_weight * next_token_loss(model.config, backbone, h_BTD, tokens_BT, mask_BT)
         # scalars only: the shared steps average each metric over all its axes
         confusion = {f"confusion_{i}_{j}": confusion_CC[i, j] for i in range(num_classes) for j in range(num_classes)}
-        return mean, {"rows": n, "loss_sum": jnp.sum(losses_B * weights_B), **confusion}
+        return objective, {"rows": n, "loss_sum": jnp.sum(losses_B * weights_B), **confusion}
 
     return loss
 
@@ -292,7 +331,8 @@ def prepare_splits(tokenizer: Tokenizer, splits: Splits, T: int, meta: Dict[str,
 
 def classification_task(model_config: GPTConfig, prepared: ClassifyPrepared, splits: Splits, *, trainable: str,
                         pooling: str, lora_rank: int, lora_alpha: float, seed: int, init_backbone=None,
-                        describe: Optional[str] = None) -> Tuple[Task, Any]:
+                        describe: Optional[str] = None, label_smoothing: float = 0.0,
+                        lm_loss_weight: float = 0.0) -> Tuple[Task, Any]:
     """(Task, initial params or None). init_backbone: pretrained GPT params (host) or None."""
     model = GPT(model_config)
     num_classes = len(splits.labels)
@@ -308,7 +348,8 @@ def classification_task(model_config: GPTConfig, prepared: ClassifyPrepared, spl
     targets = {k: targets_for(e.lengths_N, splits.split(k).label_ids, T) for k, e in prepared.encoded.items()}
     batches = ClassifyBatches(tokens, targets, seed)
     task = Task("classify", model_config, init_params,
-                classification_loss(model, num_classes, pooling, lora_scale, frozen_mask=mask), batches,
+                classification_loss(model, num_classes, pooling, lora_scale, frozen_mask=mask,
+                                    label_smoothing=label_smoothing, lm_loss_weight=lm_loss_weight), batches,
                 eval_splits=("train", "val"), trainable=lambda params: trainable_mask(params, trainable,
                                                                                       model_config.n_layer),
                 eval_summary=eval_summary, finish=_finish(splits.labels), describe=describe)

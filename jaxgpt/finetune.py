@@ -47,6 +47,10 @@ class FinetuneConfig(TrainConfig):
     pooling: str = _field("last", "classify: last (last non-padding token) | mean | max (over real tokens)",
                           choices=("last", "mean", "max"))
     trainable: str = _field("all", "all | last_block | head | lora", choices=("all", "last_block", "head", "lora"))
+    label_smoothing: float = _field(0.0, "classify: label smoothing of the training loss, in [0, 1) (val and test "
+                                         "losses stay the plain cross-entropy)")
+    lm_loss_weight: float = _field(0.0, "classify: weight of an auxiliary next-token loss on the train texts "
+                                        "(GPT-1's), added to the training loss; 0 = off")
     lora_rank: int = _field(8, "LoRA rank r")
     lora_alpha: float = _field(16.0, "LoRA alpha (the adapters' output is scaled by alpha / r)")
     pretrain_dataset: str = _field("stdlib", "init_from=pretrain: stdlib | task (the texts outside val and "
@@ -67,6 +71,12 @@ class FinetuneConfig(TrainConfig):
         super()._validate()
         if self.model != "gpt":
             raise ConfigError("--model=bigram is pretraining's baseline; fine-tuning needs a GPT backbone")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lm_loss_weight < 0:  # nan and inf are refused by the parser for every float option
+            raise ConfigError(f"--lm_loss_weight must be >= 0, got {self.lm_loss_weight}")
+        if self.lm_loss_weight > 0 and self.mup:
+            raise ConfigError("--lm_loss_weight does not support muP backbones")
         if self.lora_rank < 1:
             raise ConfigError(f"--lora_rank must be >= 1, got {self.lora_rank}")
         if not 0.0 < self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
@@ -146,6 +156,8 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
         cfg = cfg.replace(**{k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
                                                                      "tie_embeddings", "pos_emb", "norm", "mlp")},
                           tokenizer=tokenizer.name)
+    if cfg.lm_loss_weight > 0 and model_config.mup:  # a muP backbone from --init_from
+        raise ConfigError("--lm_loss_weight does not support muP backbones")
     meta = {"source": data.source, "source_sha256": data.sha256, "dataset": data.name, "description": data.description}
     prepared = prepare_splits(tokenizer, splits, cfg.block_size, meta)
     if extra is not None:
@@ -165,7 +177,8 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
                 f"trainable {cfg.trainable}, pooling {cfg.pooling}")
     task, initial = classification_task(model_config, prepared, splits, trainable=cfg.trainable, pooling=cfg.pooling,
                                         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, seed=cfg.seed,
-                                        init_backbone=params, describe=describe)
+                                        init_backbone=params, describe=describe,
+                                        label_smoothing=cfg.label_smoothing, lm_loss_weight=cfg.lm_loss_weight)
     return TaskSetup(cfg, data, prepared, model_config, task, initial)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from jaxgpt import lora
 from jaxgpt.classify import (classification_loss, classification_metrics, classifier_init, classifier_logits,
-                             encode_texts, pool, targets_for, trainable_mask)
+                             encode_texts, next_token_loss, pool, targets_for, trainable_mask)
 from jaxgpt.classify_data import LabeledTexts, make_splits
 from jaxgpt.config import GPTConfig
 from jaxgpt.data import DataError
@@ -142,6 +142,48 @@ def test_loss_counts_real_rows_only_and_matches_a_hand_computation():
     hand = -(jax.nn.log_softmax(logits[0])[1] + jax.nn.log_softmax(logits[1])[0]) / 2
     np.testing.assert_allclose(value, hand, rtol=1e-6)
     assert float(aux["rows"]) == 2
+
+
+def _loss_inputs():
+    params = classifier_init(CFG, 2, "all", 4, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (3, CFG.block_size), 0, CFG.vocab_size)
+    targets = np.array(targets_for(np.array([5, 12, 3]), np.array([1, 0, 1]), CFG.block_size))
+    targets[2] = -1  # a filler row
+    return params, tokens, jnp.asarray(targets)
+
+
+def test_label_smoothing_and_the_lm_loss_change_the_training_objective_only():
+    """Training (an rng; dropout 0, so the same forward) adds them; eval (rng None) and every
+    loss_sum (what val loss and checkpoint choice read) stay the plain cross-entropy."""
+    params, tokens, targets = _loss_inputs()
+    model = GPT(CFG)
+    plain, plain_aux = classification_loss(model, 2, "max", 2.0)(params, (tokens, targets), None)
+    logp = jax.nn.log_softmax(classifier_logits(model, params, tokens, targets >= 0, "max", 2.0))
+    eps = 0.2  # targets (1 - eps + eps/2) on the true class, eps/2 on the other
+    hand = -((1 - eps / 2) * (logp[0, 1] + logp[1, 0]) + eps / 2 * (logp[0, 0] + logp[1, 1])) / 2
+    h = model.apply({"params": params["backbone"]}, tokens, method=GPT.features)
+    lm = next_token_loss(CFG, params["backbone"], h, tokens, targets >= 0)
+    for kwargs, expected in (({"label_smoothing": eps}, hand), ({"lm_loss_weight": 0.5}, plain + 0.5 * lm),
+                             ({"label_smoothing": eps, "lm_loss_weight": 0.5}, hand + 0.5 * lm)):
+        loss = classification_loss(model, 2, "max", 2.0, **kwargs)
+        trained, aux = loss(params, (tokens, targets), jax.random.key(3))
+        np.testing.assert_allclose(trained, expected, rtol=1e-5)
+        evaluated, eval_aux = loss(params, (tokens, targets), None)
+        assert float(evaluated) == float(plain)
+        for a in (aux, eval_aux):
+            np.testing.assert_allclose(a["loss_sum"], plain_aux["loss_sum"], rtol=1e-6)
+
+
+def test_next_token_loss_is_the_lm_loss_of_the_real_tokens():
+    params, tokens, targets = _loss_inputs()
+    model = GPT(CFG)
+    h = model.apply({"params": params["backbone"]}, tokens, method=GPT.features)
+    got = next_token_loss(CFG, params["backbone"], h, tokens, targets >= 0)
+    logits = model.apply({"params": params["backbone"]}, tokens)  # GPT's own (tied) LM head
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    # row 0: 5 real tokens -> 4 predictions; row 1: 12 -> 11; row 2 (filler): none
+    terms = [-logp[b, t, tokens[b, t + 1]] for b, n in ((0, 5), (1, 12)) for t in range(n - 1)]
+    np.testing.assert_allclose(got, np.mean(terms), rtol=1e-5)
 
 
 def test_char_backbone_maps_unknown_characters_and_counts_them():

@@ -169,6 +169,17 @@ def test_backbone_directory_without_a_checkpoint(capsys, tmp_path, target, csv_p
     refused(capsys, target, "a run directory without a checkpoint", f"--dataset={csv_path}", f"--init_from={half}")
 
 
+def test_bad_label_smoothing_or_lm_loss_weight(capsys, target, csv_path):
+    refused(capsys, target, "--label_smoothing must be in [0, 1), got 1.0", f"--dataset={csv_path}",
+            "--label_smoothing=1")
+    refused(capsys, target, "--lm_loss_weight must be >= 0, got -0.5", f"--dataset={csv_path}",
+            "--lm_loss_weight=-0.5")
+    refused(capsys, target, "--lm_loss_weight must be a finite number, got nan", f"--dataset={csv_path}",
+            "--lm_loss_weight=nan")
+    refused(capsys, target, "--lm_loss_weight does not support muP backbones", f"--dataset={csv_path}",
+            "--init_from=scratch", "--mup=True", "--mup_base_width=16", "--lm_loss_weight=0.5")
+
+
 def test_tokenizer_that_does_not_fit_the_backbone(capsys, target, csv_path, char_backbone):
     refused(capsys, target, "--tokenizer=gpt2 does not fit the backbone", f"--dataset={csv_path}",
             f"--init_from={char_backbone}", "--tokenizer=gpt2")
