@@ -170,18 +170,11 @@ def classifier_logits(model: GPT, params, tokens_BT, mask_BT, pooling: str, lora
     return _head(params, h_BTD, mask_BT, pooling)
 
 
-def next_token_loss(config: GPTConfig, backbone, h_BTD, tokens_BT, mask_BT) -> jax.Array:
-    """Mean next-token cross-entropy of the backbone's own LM head over the real tokens that follow
-    a real token (GPT-1's auxiliary fine-tuning objective). h_BTD: GPT.features' output."""
-    if config.mup:
-        raise ValueError("the auxiliary next-token loss does not support muP backbones")
-    h_BTD = h_BTD[:, :-1]
-    if config.tie_embeddings:
-        logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, backbone["wte"]["embedding"].astype(jnp.float32))
-    else:
-        logits_BTV = h_BTD @ backbone["lm_head"]["kernel"].astype(jnp.float32)
-        if "bias" in backbone["lm_head"]:
-            logits_BTV = logits_BTV + backbone["lm_head"]["bias"]
+def next_token_loss(model: GPT, backbone, h_BTD, tokens_BT, mask_BT) -> jax.Array:
+    """Mean next-token cross-entropy of the backbone's own LM head (GPT.readout) over the real
+    tokens that follow a real token (GPT-1's auxiliary fine-tuning objective). h_BTD: GPT.features'
+    output for tokens_BT."""
+    logits_BTV = model.apply({"params": backbone}, h_BTD[:, :-1], method=GPT.readout)
     weights_BT = (mask_BT[:, :-1] & mask_BT[:, 1:]).astype(jnp.float32)
     losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT[:, 1:])
     return jnp.sum(losses_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
@@ -218,7 +211,7 @@ def classification_loss(model: GPT, num_classes: int, pooling: str, lora_scale: 
             objective = (jnp.sum(optax.softmax_cross_entropy(logits_BC, smoothed_BC) * weights_B)
                          / jnp.maximum(n, 1.0))
         if rng is not None and lm_loss_weight > 0:
-            objective = objective + lm_loss_weight * next_token_loss(model.config, backbone, h_BTD, tokens_BT, mask_BT)
+            objective = objective + lm_loss_weight * next_token_loss(model, backbone, h_BTD, tokens_BT, mask_BT)
         # scalars only: the shared steps average each metric over all its axes
         confusion = {f"confusion_{i}_{j}": confusion_CC[i, j] for i in range(num_classes) for j in range(num_classes)}
         return objective, {"rows": n, "loss_sum": jnp.sum(losses_B * weights_B), **confusion}

@@ -75,8 +75,6 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lm_loss_weight < 0:  # nan and inf are refused by the parser for every float option
             raise ConfigError(f"--lm_loss_weight must be >= 0, got {self.lm_loss_weight}")
-        if self.lm_loss_weight > 0 and self.mup:
-            raise ConfigError("--lm_loss_weight does not support muP backbones")
         if self.lora_rank < 1:
             raise ConfigError(f"--lora_rank must be >= 1, got {self.lora_rank}")
         if not 0.0 < self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
@@ -156,8 +154,6 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
         cfg = cfg.replace(**{k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
                                                                      "tie_embeddings", "pos_emb", "norm", "mlp")},
                           tokenizer=tokenizer.name)
-    if cfg.lm_loss_weight > 0 and model_config.mup:  # a muP backbone from --init_from
-        raise ConfigError("--lm_loss_weight does not support muP backbones")
     meta = {"source": data.source, "source_sha256": data.sha256, "dataset": data.name, "description": data.description}
     prepared = prepare_splits(tokenizer, splits, cfg.block_size, meta)
     if extra is not None:

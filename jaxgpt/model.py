@@ -424,16 +424,19 @@ class GPT(nn.Module):
         x_BTD = self.ln_f(x_BTD)
         if features_only:  # fine-tuning heads read the final hidden states (see GPT.features)
             return x_BTD, tuple(new_caches)
+        return self.readout(x_BTD), tuple(new_caches)
+
+    def readout(self, x_BTD: jax.Array) -> jax.Array:
+        """The LM head: float32 logits (B, T, V) from final hidden states (GPT.features' output).
+        `apply(..., h_BTD, method=GPT.readout)` gives a fine-tuning loss the model's own head."""
+        cfg = self.config
         if cfg.mup:  # muP readout multiplier 1/m on the head's input (MuReadout / MuSharedReadout)
             x_BTD = x_BTD * jnp.asarray(1.0 / cfg.mup_width_mult, x_BTD.dtype)
         if cfg.tie_embeddings:
             # Head in the compute dtype with float32 accumulation and float32 logits.
             emb_VD = self.wte.embedding.astype(cfg.dtype)
-            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(cfg.dtype), emb_VD,
-                                    preferred_element_type=jnp.float32)
-        else:
-            logits_BTV = self.lm_head(x_BTD).astype(jnp.float32)
-        return logits_BTV, tuple(new_caches)
+            return jnp.einsum("btd,vd->btv", x_BTD.astype(cfg.dtype), emb_VD, preferred_element_type=jnp.float32)
+        return self.lm_head(x_BTD).astype(jnp.float32)
 
     def __call__(self, idx_BT: jax.Array, deterministic: bool = True) -> jax.Array:
         self._check_tokens(idx_BT)

@@ -162,7 +162,7 @@ def test_label_smoothing_and_the_lm_loss_change_the_training_objective_only():
     eps = 0.2  # targets (1 - eps + eps/2) on the true class, eps/2 on the other
     hand = -((1 - eps / 2) * (logp[0, 1] + logp[1, 0]) + eps / 2 * (logp[0, 0] + logp[1, 1])) / 2
     h = model.apply({"params": params["backbone"]}, tokens, method=GPT.features)
-    lm = next_token_loss(CFG, params["backbone"], h, tokens, targets >= 0)
+    lm = next_token_loss(model, params["backbone"], h, tokens, targets >= 0)
     for kwargs, expected in (({"label_smoothing": eps}, hand), ({"lm_loss_weight": 0.5}, plain + 0.5 * lm),
                              ({"label_smoothing": eps, "lm_loss_weight": 0.5}, hand + 0.5 * lm)):
         loss = classification_loss(model, 2, "max", 2.0, **kwargs)
@@ -174,12 +174,15 @@ def test_label_smoothing_and_the_lm_loss_change_the_training_objective_only():
             np.testing.assert_allclose(a["loss_sum"], plain_aux["loss_sum"], rtol=1e-6)
 
 
-def test_next_token_loss_is_the_lm_loss_of_the_real_tokens():
-    params, tokens, targets = _loss_inputs()
-    model = GPT(CFG)
+@pytest.mark.parametrize("config", [CFG, CFG.replace(tie_embeddings=False, bias=True),
+                                    CFG.replace(mup=True, mup_base_width=8)], ids=["tied", "untied", "mup"])
+def test_next_token_loss_is_the_lm_loss_of_the_real_tokens(config):
+    params = classifier_init(config, 2, "all", 4, jax.random.key(0))
+    _, tokens, targets = _loss_inputs()
+    model = GPT(config)
     h = model.apply({"params": params["backbone"]}, tokens, method=GPT.features)
-    got = next_token_loss(CFG, params["backbone"], h, tokens, targets >= 0)
-    logits = model.apply({"params": params["backbone"]}, tokens)  # GPT's own (tied) LM head
+    got = next_token_loss(model, params["backbone"], h, tokens, targets >= 0)
+    logits = model.apply({"params": params["backbone"]}, tokens)  # GPT's own LM head
     logp = jax.nn.log_softmax(logits, axis=-1)
     # row 0: 5 real tokens -> 4 predictions; row 1: 12 -> 11; row 2 (filler): none
     terms = [-logp[b, t, tokens[b, t + 1]] for b, n in ((0, 5), (1, 12)) for t in range(n - 1)]

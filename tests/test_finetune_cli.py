@@ -176,23 +176,6 @@ def test_bad_label_smoothing_or_lm_loss_weight(capsys, target, csv_path):
             "--lm_loss_weight=-0.5")
     refused(capsys, target, "--lm_loss_weight must be a finite number, got nan", f"--dataset={csv_path}",
             "--lm_loss_weight=nan")
-    refused(capsys, target, "--lm_loss_weight does not support muP backbones", f"--dataset={csv_path}",
-            "--init_from=scratch", "--mup=True", "--mup_base_width=16", "--lm_loss_weight=0.5")
-
-
-def test_lm_loss_refused_for_a_mup_backbone(capsys, tmp_path, target, csv_path, corpus_text):
-    """A muP backbone from --init_from (not --mup) is refused as well, before anything is written."""
-    from jaxgpt.trainer import config_from_argv, train
-    from test_train import TINY as TRAIN_TINY
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(corpus_text, encoding="utf-8")
-    backbone = tmp_path / "mup"
-    train(config_from_argv([f"--out_dir={backbone}", f"--dataset={corpus}", *TRAIN_TINY, "--num_samples=0",
-                            "--max_iters=2", "--eval_interval=2", "--lr_decay_iters=2", "--warmup_iters=1",
-                            "--mup=True", "--mup_base_width=16"]))
-    refused(capsys, target, "--lm_loss_weight does not support muP backbones", f"--dataset={csv_path}",
-            f"--init_from={backbone}", "--lm_loss_weight=0.5")
 
 
 def test_tokenizer_that_does_not_fit_the_backbone(capsys, target, csv_path, char_backbone):
