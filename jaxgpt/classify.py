@@ -31,7 +31,7 @@ import optax
 from jaxgpt import lora as lora_lib
 from jaxgpt.classify_data import Splits
 from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT
+from jaxgpt.model import GPT, cross_entropy_loss
 from jaxgpt.tasks import Task
 from jaxgpt.tokenizers import CharTokenizer, Tokenizer
 
@@ -175,9 +175,8 @@ def next_token_loss(model: GPT, backbone, h_BTD, tokens_BT, mask_BT) -> jax.Arra
     tokens that follow a real token (GPT-1's auxiliary fine-tuning objective). h_BTD: GPT.features'
     output for tokens_BT."""
     logits_BTV = model.apply({"params": backbone}, h_BTD[:, :-1], method=GPT.readout)
-    weights_BT = (mask_BT[:, :-1] & mask_BT[:, 1:]).astype(jnp.float32)
-    losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT[:, 1:])
-    return jnp.sum(losses_BT * weights_BT) / jnp.maximum(jnp.sum(weights_BT), 1.0)
+    next_BT = jnp.where(mask_BT[:, :-1] & mask_BT[:, 1:], tokens_BT[:, 1:], -1)  # -1: not counted
+    return cross_entropy_loss(logits_BTV, next_BT, ignore_index=-1)
 
 
 def classification_loss(model: GPT, num_classes: int, pooling: str, lora_scale: float, frozen_mask=None,
@@ -204,12 +203,14 @@ def classification_loss(model: GPT, num_classes: int, pooling: str, lora_scale: 
         n = jnp.sum(weights_B)
         predicted_B = jnp.argmax(logits_BC, axis=-1)
         confusion_CC = jnp.zeros((num_classes, num_classes), jnp.float32).at[labels_B, predicted_B].add(weights_B)
-        mean = jnp.sum(losses_B * weights_B) / jnp.maximum(n, 1.0)
-        objective = mean
+
+        def row_mean(values_B):
+            return jnp.sum(values_B * weights_B) / jnp.maximum(n, 1.0)
+
+        objective = row_mean(losses_B)
         if rng is not None and label_smoothing > 0:
             smoothed_BC = optax.smooth_labels(jax.nn.one_hot(labels_B, num_classes), label_smoothing)
-            objective = (jnp.sum(optax.softmax_cross_entropy(logits_BC, smoothed_BC) * weights_B)
-                         / jnp.maximum(n, 1.0))
+            objective = row_mean(optax.softmax_cross_entropy(logits_BC, smoothed_BC))
         if rng is not None and lm_loss_weight > 0:
             objective = objective + lm_loss_weight * next_token_loss(model, backbone, h_BTD, tokens_BT, mask_BT)
         # scalars only: the shared steps average each metric over all its axes
