@@ -14,7 +14,7 @@ task=step: train.py's compiled train step (forward, backward, clip, AdamW: the t
 resolve_run and compile_steps) against the twin's eager step on the same batch, timed alternately in
 one process; ms/step and tokens/s, the twin also alone under the default malloc settings.
 
-task=sample: decoding speed of jaxgpt.generate against the PyTorch twin (jaxgpt.torch_twin) on
+task=sample: decoding speed of jaxgpt.generate against the PyTorch twin (reference.torch_twin) on
 random weights: nanoGPT's Shakespeare-char model by default (6 layers, 6 heads, 384 wide, vocab
 65, block 256), a 16-token prompt, batch 1 and 8. Prints a markdown table:
   jax generate   compile time of the first call (reported apart), then the median of timed calls
@@ -137,9 +137,9 @@ def run_sample(opts: Dict[str, Any]) -> None:
     import jax
     import numpy as np
 
-    from jaxgpt.config import GPTConfig
-    from jaxgpt.model import GPT
-    from jaxgpt.sampling import generate
+    from jaxgpt.model.config import GPTConfig
+    from jaxgpt.model.gpt import GPT
+    from jaxgpt.sample.decode import generate
 
     batch_sizes = _int_list("batch_sizes", opts["batch_sizes"])
     new_tokens = _int_list("new_tokens", opts["new_tokens"])
@@ -164,7 +164,7 @@ def run_sample(opts: Dict[str, Any]) -> None:
     if opts["torch"]:
         import torch
 
-        from jaxgpt.torch_twin import TorchGPT, flax_to_torch
+        from reference.torch_twin import TorchGPT, flax_to_torch
 
         if opts["threads"]:
             torch.set_num_threads(opts["threads"])
@@ -291,7 +291,7 @@ def _hf_model(cfg, params, threads: int):
     import torch
     import transformers
 
-    from jaxgpt.pretrained import params_to_gpt2_state
+    from jaxgpt.model.pretrained import params_to_gpt2_state
 
     if threads:
         torch.set_num_threads(threads)
@@ -338,8 +338,8 @@ def run_train(opts: Dict[str, Any]) -> None:
     the twin is the control for the quality bar (does PyTorch reach the same loss on this data?)."""
     import tempfile
 
-    from jaxgpt.metrics import read_metrics
-    from jaxgpt.trainer import config_from_argv, train
+    from jaxgpt.train.metrics import read_metrics
+    from jaxgpt.train.loop import config_from_argv, train
 
     overrides = [opts["config"], "--progress=False", "--num_samples=0"]
     if opts["dataset"]:
@@ -396,10 +396,10 @@ def _train_torch(o, batches: str = "jaxgpt"):
     import numpy as np
     import torch
 
-    from jaxgpt.optim import lr_schedule
-    from jaxgpt.tasks import LMBatches
-    from jaxgpt.torch_twin import TorchGPT, configure_optimizer
-    from jaxgpt.trainer import model_config_from_options, prepare_data
+    from jaxgpt.train.optim import lr_schedule
+    from jaxgpt.train.tasks import LMBatches
+    from reference.torch_twin import TorchGPT, configure_optimizer
+    from jaxgpt.train.loop import model_config_from_options, prepare_data
 
     torch.manual_seed(o.seed)
     _, prepared = prepare_data(o)  # the trainer's own data preparation
@@ -484,14 +484,14 @@ def run_step(opts: Dict[str, Any]) -> None:
 
     The twin is timed twice: first alone, with the process's default malloc settings (how a user
     runs PyTorch), then alternating with jaxgpt after the trainer's CPU allocator setting
-    (jaxgpt.host_memory) is applied, as train.py applies it; both ratios are reported."""
+    (jaxgpt.train.host_memory) is applied, as train.py applies it; both ratios are reported."""
     import tempfile
 
     import jax
     import numpy as np
 
-    from jaxgpt.host_memory import retain_freed_memory
-    from jaxgpt.trainer import _global, compile_steps, config_from_argv, initial_loop_state, resolve_run
+    from jaxgpt.train.host_memory import retain_freed_memory
+    from jaxgpt.train.loop import _global, compile_steps, config_from_argv, initial_loop_state, resolve_run
 
     argv = [opts["config"], f"--out_dir={tempfile.mkdtemp(prefix='bench_step_')}/run"]
     if opts["dataset"]:
@@ -517,7 +517,7 @@ def run_step(opts: Dict[str, Any]) -> None:
     if opts["torch_run"]:
         import torch
 
-        from jaxgpt.torch_twin import TorchGPT, configure_optimizer
+        from reference.torch_twin import TorchGPT, configure_optimizer
 
         if opts["threads"]:
             torch.set_num_threads(opts["threads"])

@@ -9,14 +9,14 @@
 import sys
 
 from jaxgpt.cli import main_guard
-from jaxgpt.finetune import SUMMARY, FinetuneConfig, setup_for
-from jaxgpt.trainer import TrainingDiverged, config_from_argv, train
+from jaxgpt.finetune.config import SUMMARY, FinetuneConfig, setup_for
+from jaxgpt.train.loop import TrainingDiverged, config_from_argv, train
 
 
 def main(argv):
     cfg = config_from_argv(argv, FinetuneConfig, "finetune.py", SUMMARY)
     if cfg.classify:
-        from jaxgpt.classify import classify_texts
+        from jaxgpt.finetune.classify import classify_texts
 
         probs = classify_texts(cfg.out_dir, [cfg.classify])[0]
         for label, p in sorted(probs.items(), key=lambda kv: -kv[1]):

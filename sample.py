@@ -12,9 +12,9 @@ to <|endoftext|> for tokenizers that have it.
 
 --instruction (and optional --input) asks an instruction fine-tuned run (finetune.py's SFT task):
 the prompt template saved in <out_dir>/sft.json is applied, and each response stops at the run's
-end-of-response token (jaxgpt.instruct).
+end-of-response token (jaxgpt.finetune.instruct).
 
-All samples are generated as one batch by one compiled loop (jaxgpt.sampling). The first sample
+All samples are generated as one batch by one compiled loop (jaxgpt.sample.decode). The first sample
 is printed as its tokens arrive (turn off with --stream=False); the others are printed when the
 batch is done. Timing goes to stderr: time to the first token (compilation and prefill included)
 and the decode speed in tokens/s over all samples. --temperature=0 is greedy decoding.
@@ -28,7 +28,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from jaxgpt.cli import CLIError, Option, main_guard, parse_args
-from jaxgpt.pretrained import HUB_NAMES as PRETRAINED_NAMES
+from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES
 
 SEPARATOR = "-" * 40
 
@@ -100,11 +100,11 @@ def _read_start(start: Optional[str]) -> Optional[str]:
 
 def _load(opts: Dict[str, Any]):
     """(GPTConfig, params, tokenizer) for --init_from."""
-    from jaxgpt.tokenizers import build_tokenizer, load_tokenizer
+    from jaxgpt.data.tokenizers import build_tokenizer, load_tokenizer
 
     source = opts["init_from"]
     if source == "resume":
-        from jaxgpt.checkpoint import load_inference_params
+        from jaxgpt.train.checkpoint import load_inference_params
 
         out_dir = opts["out_dir"]
         if not os.path.isdir(out_dir):
@@ -117,7 +117,7 @@ def _load(opts: Dict[str, Any]):
             config = config.replace(compute_dtype=opts["compute_dtype"], dropout=0.0)
         tokenizer = load_tokenizer(tokenizer_path)
     else:
-        from jaxgpt.pretrained import load_pretrained
+        from jaxgpt.model.pretrained import load_pretrained
 
         if source not in PRETRAINED_NAMES and not os.path.isdir(source):
             raise CLIError(f"--init_from must be resume, one of {list(PRETRAINED_NAMES)} or a Hugging Face "
@@ -168,10 +168,10 @@ def main(argv: Sequence[str]) -> None:
     import jax
     import numpy as np
 
-    from jaxgpt.sampling import generate_stream
+    from jaxgpt.sample.decode import generate_stream
 
     if opts["instruction"] is not None:
-        from jaxgpt.instruct import read_sft_config
+        from jaxgpt.finetune.instruct import read_sft_config
 
         template, eos_id = read_sft_config(opts["out_dir"])[:2]  # before loading: a plain run fails fast
         config, params, tokenizer = _load(opts)
@@ -223,7 +223,7 @@ def _ask(opts: Dict[str, Any], config, params, tokenizer, template, eos_id: int)
     """Print num_samples responses to --instruction/--input, each ended at eos."""
     import jax
 
-    from jaxgpt.instruct import respond
+    from jaxgpt.finetune.instruct import respond
 
     B = opts["num_samples"]
     responses = respond(config, params, tokenizer, template, eos_id, [(opts["instruction"], opts["input"] or "")] * B,

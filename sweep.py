@@ -54,14 +54,14 @@ def _mup_check(opts, configs) -> None:
     """The muP checks: activation scales across widths, and the best lr across widths."""
     import json
 
-    from jaxgpt import mup
+    from jaxgpt.scale import mup
 
     out_dir, widths = opts["out_dir"], _numbers("widths", opts["widths"], int)
     tokens = None
     if configs:  # train on the sweep's data (its train split), as the members do
-        from jaxgpt import sweep
-        from jaxgpt.run_config import config_from_sources
-        from jaxgpt.trainer import prepare_data
+        from jaxgpt.scale import sweep
+        from jaxgpt.train.config import config_from_sources
+        from jaxgpt.train.loop import prepare_data
 
         _, prepared = prepare_data(config_from_sources(sweep.SweepSpec.from_file(configs[0]).base))
         tokens = prepared.train
@@ -108,7 +108,7 @@ def main(argv: Sequence[str]) -> None:
         return
     if len(configs) != 1:
         raise ConfigError("give one sweep config file, e.g. python sweep.py configs/sweep_cpu.py --out_dir=DIR")
-    from jaxgpt import sweep
+    from jaxgpt.scale import sweep
 
     spec = sweep.SweepSpec.from_file(configs[0])
     vocab = sweep.vocab_size_for(spec.base)

@@ -7,7 +7,7 @@ standard-library source), a few minutes on 2 CPU cores, then a few samples.
 import sys
 
 from jaxgpt.cli import main_guard
-from jaxgpt.trainer import TrainingDiverged, config_from_argv, train
+from jaxgpt.train.loop import TrainingDiverged, config_from_argv, train
 
 
 def main(argv):

@@ -3,10 +3,10 @@
     from jaxgpt import GPT, GPTConfig, generate, load_pretrained
 """
 
-from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT, cross_entropy_loss, init_kv_cache
-from jaxgpt.pretrained import load_pretrained
-from jaxgpt.sampling import generate, generate_stream
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.gpt import GPT, cross_entropy_loss, init_kv_cache
+from jaxgpt.model.pretrained import load_pretrained
+from jaxgpt.sample.decode import generate, generate_stream
 
 __all__ = ["GPT", "GPTConfig", "cross_entropy_loss", "generate", "generate_stream", "init_kv_cache",
            "load_pretrained"]

@@ -197,11 +197,11 @@ nb01 = preamble(NB01, "01", "O que é um LLM",
                 "\"The magic is statistics\": a language model predicts the next token. The simplest one "
                 "counts which token follows which (a bigram). Here it is counted, then learned by "
                 "gradient descent, on the same corpus and tokenizer as the GPT of later chapters "
-                "(`jaxgpt.bigram`).",
+                "(`jaxgpt.course.bigram`).",
                 "TRAIN_ITERS = 30 if SMALL else 1000") + [
     code("""
-from jaxgpt.run_config import TrainConfig
-from jaxgpt.trainer import prepare_data
+from jaxgpt.train.config import TrainConfig
+from jaxgpt.train.loop import prepare_data
 
 # The embedded corpus (Python's own standard-library source, offline) and the char tokenizer.
 corpus, data = prepare_data(TrainConfig(dataset="stdlib", tokenizer="char"))
@@ -217,7 +217,7 @@ A bigram model estimates P(next = b | current = a) from how often b followed a. 
 every adjacent pair of the train split (sparse, so it scales to any vocabulary).
 """),
     code("""
-from jaxgpt.bigram import count_bigram
+from jaxgpt.course.bigram import count_bigram
 
 counts = count_bigram(data.train, V)
 dense = np.zeros((V, V), np.int64)
@@ -260,7 +260,7 @@ bigram sampler takes it as parameters (`{"table": {"embedding": ...}}`, the lear
 layout) with the same temperature / top-k / top-p options as the GPT's sampler, and an explicit key.
 """),
     code("""
-from jaxgpt.bigram import BigramConfig, generate
+from jaxgpt.course.bigram import BigramConfig, generate
 
 bigram_cfg = BigramConfig(vocab_size=V, block_size=64)
 counted_params = {"table": {"embedding": jnp.asarray(log_probs)}}
@@ -277,9 +277,9 @@ compiles the step, and the optimizer state is data like the parameters.
 """),
     code("""
 import optax
-from jaxgpt.bigram import Bigram
-from jaxgpt.data import BatchSampler
-from jaxgpt.model import cross_entropy_loss
+from jaxgpt.course.bigram import Bigram
+from jaxgpt.data.corpus import BatchSampler
+from jaxgpt.model.gpt import cross_entropy_loss
 
 model = Bigram(bigram_cfg)
 params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
@@ -312,14 +312,14 @@ trains this module with the *same* train step and loop as the GPT: checkpoints, 
 metrics and resume included. It prints the count-based bigram's val loss beside its own.
 """),
     code("""
-from jaxgpt.trainer import train
+from jaxgpt.train.loop import train
 
 run = train(TrainConfig(model="bigram", out_dir=os.path.join(WORK, "bigram"), learning_rate=0.1, min_lr=0.01,
                         weight_decay=0.0, max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS,
                         warmup_iters=min(100, TRAIN_ITERS // 10), eval_interval=max(TRAIN_ITERS // 2, 1),
                         eval_iters=4 if SMALL else 20, progress=False, num_samples=0, overwrite=True))
-from jaxgpt.bigram import table_nll
-from jaxgpt.checkpoint import load_inference_params
+from jaxgpt.course.bigram import table_nll
+from jaxgpt.train.checkpoint import load_inference_params
 
 _, learned = load_inference_params(os.path.join(WORK, "bigram"))
 exact = table_nll(learned["table"]["embedding"], data.val)    # every val pair, like the count-based number
@@ -343,7 +343,7 @@ nb02 = preamble(NB02, "02", "Texto vira número",
                 "position embeddings; and the sliding-window (x, y) pairs a language model trains on.",
                 "TEXT_CHARS = 20_000 if SMALL else 400_000\nBPE_VOCAB = 300 if SMALL else 1024") + [
     code("""
-from jaxgpt.data import resolve_corpus
+from jaxgpt.data.corpus import resolve_corpus
 
 text = resolve_corpus("stdlib").text[:TEXT_CHARS]
 sample = text[1000:1200]
@@ -359,7 +359,7 @@ print(sample)
   (`tokenizer="gpt2"`, works offline).
 """),
     code("""
-from jaxgpt.tokenizers import build_tokenizer
+from jaxgpt.data.tokenizers import build_tokenizer
 
 words = sorted(set(text.split()))
 print(f"words: {len(words):,} distinct in {len(text):,} characters")
@@ -403,7 +403,7 @@ shifted by one, `y`: at every position the target is the next token. By hand wit
 window starts, then with jaxgpt's sampler (random starts from an explicit seed):
 """),
     code("""
-from jaxgpt.data import BatchSampler
+from jaxgpt.data.corpus import BatchSampler
 
 tokens = jnp.asarray(char_tok.encode(text), jnp.int32)
 T = 16
@@ -480,14 +480,14 @@ jaxgpt's attention layer computes q, k, v with one fused projection `c_attn` (ke
 attends, and projects back with `c_proj` (H x K x D). Below: the first block's attention computed
 by hand from the GPT's parameters, against
 
-- `jaxgpt.viz.attention_weights`, which returns the probabilities the model's own attention
+- `jaxgpt.viz.figures.attention_weights`, which returns the probabilities the model's own attention
   computed (sown into Flax's `intermediates` while it runs), and
 - the library's attention module applied to the same input.
 """),
     code("""
 from jaxgpt import GPT, GPTConfig
-from jaxgpt.model import CausalSelfAttention
-from jaxgpt import viz
+from jaxgpt.model.gpt import CausalSelfAttention
+from jaxgpt.viz import figures as viz
 
 cfg = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 params = jax.jit(GPT(cfg).init)(jax.random.key(1), jnp.zeros((1, 16), jnp.int32))["params"]
@@ -522,10 +522,10 @@ A small GPT trained for a few hundred steps on the embedded corpus (the library'
 from the command line: `python -m jaxgpt.viz --out_dir=RUN --what=attention --prompt="def "`.
 """),
     code("""
-from jaxgpt.checkpoint import load_inference_params
-from jaxgpt.run_config import TrainConfig
-from jaxgpt.tokenizers import load_tokenizer
-from jaxgpt.trainer import train
+from jaxgpt.train.checkpoint import load_inference_params
+from jaxgpt.train.config import TrainConfig
+from jaxgpt.data.tokenizers import load_tokenizer
+from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "attention-run")
 train(TrainConfig(out_dir=run_dir, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
@@ -557,7 +557,7 @@ nb04 = preamble(NB04, "04", "GPT do zero",
 jax.config.update("jax_default_matmul_precision", "highest")   # exact float32 for the checks
 
 from jaxgpt import GPT, GPTConfig
-from jaxgpt.model import Block
+from jaxgpt.model.gpt import Block
 
 cfg = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_embd=48)
 params = jax.jit(GPT(cfg).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]   # compiled init
@@ -635,7 +635,7 @@ np.testing.assert_allclose(ours, theirs, atol=1e-5)
 gradient pytree agrees.
 """),
     code("""
-from jaxgpt.model import cross_entropy_loss
+from jaxgpt.model.gpt import cross_entropy_loss
 
 targets_BT = jnp.roll(ids_BT, -1, axis=1)
 ours_g = jax.jit(jax.grad(lambda p: cross_entropy_loss(gpt_batch(p, ids_BT), targets_BT)))(params)
@@ -652,7 +652,7 @@ Plus the embeddings V·D and block_size·D, and the final LayerNorm 2D. nanoGPT 
 `GPTConfig.num_params()`) leave the position table out of the headline count.
 """),
     code("""
-from jaxgpt.config import param_count
+from jaxgpt.model.config import param_count
 
 D, L, V, T = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.block_size
 per_block = (4 * D * D + 4 * D) + (8 * D * D + 5 * D) + 4 * D
@@ -674,12 +674,12 @@ nb05 = preamble(NB05, "05", "Pré-treinamento",
                 "the library's loop with checkpoints, resume and sampling.",
                 "HAND_ITERS = 20 if SMALL else 300\nRUN_ITERS = 20 if SMALL else 1000") + [
     code("""
-from jaxgpt.config import GPTConfig
-from jaxgpt.optim import lr_schedule, make_optimizer
-from jaxgpt.run_config import TrainConfig
-from jaxgpt.tasks import language_modeling
-from jaxgpt.train_step import create_train_state, make_eval_step, make_train_step
-from jaxgpt.trainer import prepare_data
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.train.optim import lr_schedule, make_optimizer
+from jaxgpt.train.config import TrainConfig
+from jaxgpt.train.tasks import language_modeling
+from jaxgpt.train.step import create_train_state, make_eval_step, make_train_step
+from jaxgpt.train.loop import prepare_data
 
 corpus, data = prepare_data(TrainConfig(dataset="stdlib", tokenizer="char"))
 tok = data.tokenizer
@@ -742,15 +742,15 @@ print(tok.decode([int(t) for t in out[0]]))
     md("""
 ## The library's loop: checkpoints, metrics, resume
 
-`jaxgpt.trainer.train` is the same step in a loop that also evaluates, checkpoints (Orbax), writes
+`jaxgpt.train.loop.train` is the same step in a loop that also evaluates, checkpoints (Orbax), writes
 `metrics.jsonl` and `loss.png`, and resumes exactly. From the command line this is `python train.py`;
 `python sample.py --out_dir=RUN` samples from the checkpoint.
 """),
     code("""
-from jaxgpt import viz
-from jaxgpt.checkpoint import load_inference_params
-from jaxgpt.metrics import read_metrics
-from jaxgpt.trainer import train
+from jaxgpt.viz import figures as viz
+from jaxgpt.train.checkpoint import load_inference_params
+from jaxgpt.train.metrics import read_metrics
+from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "pretrain")
 half = RUN_ITERS // 2
@@ -779,7 +779,7 @@ nb06 = preamble(NB06, "06", "Fine-tuning",
                 "Fine-tuning for classification, the course's spam classifier: a pretrained GPT's last "
                 "hidden state, a small head on top, and the choice of what trains (everything, the last "
                 "block, only the head, or LoRA adapters), through the same train step and loop "
-                "(`finetune.py`, `jaxgpt.classify`).",
+                "(`finetune.py`, `jaxgpt.finetune.classify`).",
                 "# sms_spam (the course's data) is downloaded once; the small settings use the embedded,\n"
                 "# offline task: is a line of the standard library code or prose?\n"
                 "DATASET = \"stdlib_lines\" if SMALL else \"sms_spam\"\n"
@@ -788,7 +788,7 @@ nb06 = preamble(NB06, "06", "Fine-tuning",
                 "PRETRAIN_ITERS = 300\n"
                 "FT_ITERS = 10 if SMALL else 300") + [
     code("""
-from jaxgpt import classify_data
+from jaxgpt.finetune import classify_data
 
 data = classify_data.load_labeled(DATASET)
 print(data.description)
@@ -806,8 +806,8 @@ multiply by the head.
 """),
     code("""
 from jaxgpt import GPTConfig
-from jaxgpt.classify import classifier_init, classifier_logits, pool, trainable_mask
-from jaxgpt.model import GPT
+from jaxgpt.finetune.classify import classifier_init, classifier_logits, pool, trainable_mask
+from jaxgpt.model.gpt import GPT
 
 cfg = GPTConfig(vocab_size=100, block_size=32, n_layer=2, n_head=4, n_embd=64)
 params = jax.jit(lambda key: classifier_init(cfg, 2, "all", 8, key))(jax.random.key(0))
@@ -826,7 +826,7 @@ print("class logits", logits.shape)
 ## What trains is a mask over the same pytree
 
 `trainable_mask` marks each leaf True (trains) or False (frozen: no update, no AdamW moments; the
-loop wraps the optimizer with `jaxgpt.optim.freeze`). The course compares training everything with
+loop wraps the optimizer with `jaxgpt.train.optim.freeze`). The course compares training everything with
 training the last block only; LoRA adds small low-rank adapters and trains only those.
 """),
     code("""
@@ -851,8 +851,8 @@ confusion matrix. Command line: `python finetune.py configs/finetune_classify.py
 (`--dataset=sms_spam` for the course's spam data).
 """),
     code("""
-from jaxgpt.finetune import FinetuneConfig, setup_for
-from jaxgpt.trainer import train
+from jaxgpt.finetune.config import FinetuneConfig, setup_for
+from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "classify")
 ft = FinetuneConfig(task="classify", dataset=DATASET, init_from=INIT_FROM, pretrain_dataset="stdlib",
@@ -866,14 +866,14 @@ summary = train(ft, setup_for(ft))
     md("""
 ## The confusion matrix and new texts
 
-Rows are the true classes, columns the predictions (`jaxgpt.viz.plot_confusion_matrix`; from the
+Rows are the true classes, columns the predictions (`jaxgpt.viz.figures.plot_confusion_matrix`; from the
 command line `python -m jaxgpt.viz --out_dir=RUN --what=confusion`).
 """),
     show_png(),
     code("""
-from jaxgpt import viz
-from jaxgpt.classify import classify_texts
-from jaxgpt.metrics import read_metrics
+from jaxgpt.viz import figures as viz
+from jaxgpt.finetune.classify import classify_texts
+from jaxgpt.train.metrics import read_metrics
 
 test = [e for e in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "confusion_matrix" in e][-1]
 print(f"test accuracy {test['test_accuracy']:.3f}, labels {test['labels']}")
@@ -891,12 +891,13 @@ NB07 = "07_instruction_tuning"
 nb07 = preamble(NB07, "07", "Instruction tuning",
                 "Instruction tuning (SFT): examples become prompt + response sequences in a fixed "
                 "template, and the loss counts only the response tokens. The mask by hand, checked "
-                "against jaxgpt.instruct's batches and loss, then a fine-tuning run through the "
+                "against jaxgpt.finetune.instruct's batches and loss, then a fine-tuning run through the "
                 "shared loop (`finetune.py --task=sft`).",
                 "N_PER_KIND = 50 if SMALL else 1000      # embedded examples per instruction kind\n"
                 "SFT_ITERS = 10 if SMALL else 1500") + [
     code("""
-from jaxgpt import instruct, instruct_data
+from jaxgpt.finetune import instruct
+from jaxgpt.finetune import instruct_data
 
 # Rule-made instructions with one checkable answer each (offline); the course's
 # instruction-data.json works the same way (dataset="instruction-data").
@@ -912,7 +913,7 @@ print(len(records), "records from", source)
 An example is `prompt + response + EOS`. As in pretraining, `x` is the sequence and `y` the same
 shifted by one. The difference is the **loss mask**: targets inside the prompt are set to -1, which
 `cross_entropy_loss` ignores, so the model is trained to write responses, not to repeat prompts.
-By hand, then against `jaxgpt.instruct.make_batch` (what the training loop uses):
+By hand, then against `jaxgpt.finetune.instruct.make_batch` (what the training loop uses):
 """),
     code("""
 tok = instruct.char_tokenizer_for(records, template)
@@ -935,11 +936,11 @@ np.testing.assert_array_equal(yb[0], y_masked_T)
 ## The masked loss, by hand
 
 The loss is the mean of -log p(target) over the counted positions only. Computed by hand with
-`log_softmax` and a gather, against `jaxgpt.model.cross_entropy_loss` on a small random GPT:
+`log_softmax` and a gather, against `jaxgpt.model.gpt.cross_entropy_loss` on a small random GPT:
 """),
     code("""
 from jaxgpt import GPT, GPTConfig
-from jaxgpt.model import cross_entropy_loss
+from jaxgpt.model.gpt import cross_entropy_loss
 
 cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=32)
 params = jax.jit(GPT(cfg).init)(jax.random.key(0), jnp.zeros((1, 96), jnp.int32))["params"]
@@ -956,14 +957,14 @@ np.testing.assert_allclose(by_hand, library, rtol=1e-5)   # float32 mean of ~20 
     md("""
 ## Fine-tuning through the shared loop
 
-`finetune.py --task=sft` builds this task (`jaxgpt.instruct.build_sft_task`: the LM loss on masked
+`finetune.py --task=sft` builds this task (`jaxgpt.finetune.instruct.build_sft_task`: the LM loss on masked
 batches) and runs the same train step and loop as pretraining; at the end it answers the test
 instructions greedily, writes them to `responses.jsonl` and scores exact matches. Command line:
 `python finetune.py configs/finetune_sft.py`.
 """),
     code("""
-from jaxgpt.finetune import FinetuneConfig, setup_for
-from jaxgpt.trainer import train
+from jaxgpt.finetune.config import FinetuneConfig, setup_for
+from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "sft")
 ft = FinetuneConfig(task="sft", dataset="embedded", init_from="scratch", n_per_kind=N_PER_KIND, template="short",
@@ -984,12 +985,12 @@ for row in responses[:5]:
     md("""
 ## Asking the fine-tuned model
 
-`jaxgpt.instruct.respond` applies the template and generates until EOS (greedy by default), with the
+`jaxgpt.finetune.instruct.respond` applies the template and generates until EOS (greedy by default), with the
 run's own tokenizer and checkpoint (`python sample.py --out_dir=RUN --instruction=...` does the same).
 """),
     code("""
-from jaxgpt.checkpoint import load_inference_params
-from jaxgpt.tokenizers import load_tokenizer
+from jaxgpt.train.checkpoint import load_inference_params
+from jaxgpt.data.tokenizers import load_tokenizer
 
 run_cfg, run_params = load_inference_params(run_dir)
 run_tok = load_tokenizer(os.path.join(run_dir, "tokenizer.json"))
@@ -1008,11 +1009,11 @@ nb08 = preamble(NB08, "08", "Extras",
                 "and the same prompt under each of them.",
                 "TRAIN_ITERS = 20 if SMALL else 1000\nN_DRAWS = 200 if SMALL else 10_000") + [
     code("""
-from jaxgpt import viz
-from jaxgpt.checkpoint import load_inference_params
-from jaxgpt.run_config import TrainConfig
-from jaxgpt.tokenizers import load_tokenizer
-from jaxgpt.trainer import train
+from jaxgpt.viz import figures as viz
+from jaxgpt.train.checkpoint import load_inference_params
+from jaxgpt.train.config import TrainConfig
+from jaxgpt.data.tokenizers import load_tokenizer
+from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "decoding-run")
 train(TrainConfig(out_dir=run_dir, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
@@ -1076,11 +1077,11 @@ for i in top_ids[:5]:
 - **top-k** keeps the k most likely tokens and renormalizes.
 - **top-p** keeps the smallest set of most likely tokens whose probability reaches p.
 
-jaxgpt's filters (`jaxgpt.sampling.top_k_filter`, `top_p_filter`) set the others' logits to -inf;
+jaxgpt's filters (`jaxgpt.sample.decode.top_k_filter`, `top_p_filter`) set the others' logits to -inf;
 checked here against the definitions computed by sorting:
 """),
     code("""
-from jaxgpt.sampling import top_k_filter, top_p_filter
+from jaxgpt.sample.decode import top_k_filter, top_p_filter
 
 kept_k = np.isfinite(np.asarray(top_k_filter(logits_V, 5)))
 assert set(np.flatnonzero(kept_k)) == set(np.asarray(jnp.argsort(-logits_V)[:5]))

@@ -59,7 +59,7 @@ def cudnn_check(smoke: bool):
     import jax
     import jax.numpy as jnp
 
-    from jaxgpt.config import check_attn_impl
+    from jaxgpt.model.config import check_attn_impl
     from jaxgpt.cli import ConfigError
 
     record = {"task": "cudnn_check", "impl": "attn_impl=cudnn", "device": _device(), "tokens_per_sec": None,
@@ -124,12 +124,12 @@ def gpt2_throughput(smoke: bool, batch_size: int, steps: int):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxgpt.config import GPTConfig
-    from jaxgpt.flops import device_peak_flops, mfu
-    from jaxgpt.model import GPT
-    from jaxgpt.optim import make_optimizer
-    from jaxgpt.tasks import lm_loss, model_init
-    from jaxgpt.train_step import create_train_state, make_train_step
+    from jaxgpt.model.config import GPTConfig
+    from jaxgpt.train.flops import device_peak_flops, mfu
+    from jaxgpt.model.gpt import GPT
+    from jaxgpt.train.optim import make_optimizer
+    from jaxgpt.train.tasks import lm_loss, model_init
+    from jaxgpt.train.step import create_train_state, make_train_step
 
     on_gpu = jax.default_backend() == "gpu"
     cfg = GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,

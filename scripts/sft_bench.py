@@ -3,8 +3,8 @@
     python scripts/sft_bench.py --dataset=embedded --out_dir=/tmp/sft-bench
     python scripts/sft_bench.py --dataset=/path/to/instruction-data.json --template=alpaca ...
 
-Builds the SFT task (jaxgpt.instruct), trains it from scratch with jaxgpt.train_step's step and
-AdamW (jaxgpt.optim), prints the val loss every --eval_interval steps, then runs instruct.finish
+Builds the SFT task (jaxgpt.finetune.instruct), trains it from scratch with jaxgpt.train.step's step and
+AdamW (jaxgpt.train.optim), prints the val loss every --eval_interval steps, then runs instruct.finish
 (responses.jsonl, test metrics) and prints the metrics and the wall time (everything included).
 """
 
@@ -38,10 +38,10 @@ def main(argv):
     t0 = time.time()
     import jax
 
-    from jaxgpt import instruct
-    from jaxgpt.config import GPTConfig
-    from jaxgpt.optim import lr_schedule, make_optimizer
-    from jaxgpt.train_step import create_train_state, make_eval_step, make_train_step
+    from jaxgpt.finetune import instruct
+    from jaxgpt.model.config import GPTConfig
+    from jaxgpt.train.optim import lr_schedule, make_optimizer
+    from jaxgpt.train.step import create_train_state, make_eval_step, make_train_step
 
     data = instruct.load_sft_data(o["dataset"], None, template=o["template"], max_length=o["max_length"],
                                   mask_prompt=o["mask_prompt"], split_seed=o["data_seed"], n_per_kind=o["n_per_kind"])

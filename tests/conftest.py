@@ -36,7 +36,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def corpus_text() -> str:
     """300k characters of the embedded stdlib corpus: real, learnable text every install has."""
-    from jaxgpt.data import resolve_corpus
+    from jaxgpt.data.corpus import resolve_corpus
 
     return resolve_corpus("stdlib").text[:CORPUS_CHARS]
 
@@ -78,7 +78,7 @@ def tiny_run(tmp_path_factory, corpus_text) -> pathlib.Path:
     and 20, no samples."""
 
     def build(path):
-        from jaxgpt.trainer import config_from_argv, train
+        from jaxgpt.train.loop import config_from_argv, train
         from test_train import TINY
 
         corpus = path / "corpus.txt"

@@ -33,12 +33,12 @@ import json  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxgpt import sharding as sh  # noqa: E402
-from jaxgpt.config import GPTConfig  # noqa: E402
-from jaxgpt.model import GPT  # noqa: E402
-from jaxgpt.optim import make_optimizer  # noqa: E402
-from jaxgpt.tasks import lm_loss, model_init  # noqa: E402
-from jaxgpt.train_step import abstract_train_state, init_train_state, make_eval_step, make_train_step  # noqa: E402
+from jaxgpt.train import sharding as sh  # noqa: E402
+from jaxgpt.model.config import GPTConfig  # noqa: E402
+from jaxgpt.model.gpt import GPT  # noqa: E402
+from jaxgpt.train.optim import make_optimizer  # noqa: E402
+from jaxgpt.train.tasks import lm_loss, model_init  # noqa: E402
+from jaxgpt.train.step import abstract_train_state, init_train_state, make_eval_step, make_train_step  # noqa: E402
 
 # Tiny but with every kind of parameter; every sharded dim divisible by 8 (vocab, D, 4D, heads).
 # Dropout on (its random bits must not depend on the sharding) and A=2 gradient accumulation.
@@ -130,7 +130,7 @@ def trees_equal(a, b) -> bool:
 
 
 def run_meshes(out_dir: str) -> None:
-    from jaxgpt.checkpoint import Checkpointer
+    from jaxgpt.train.checkpoint import Checkpointer
 
     assert jax.device_count() == 8, jax.devices()
     one = sh.make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -195,7 +195,7 @@ def run_meshes(out_dir: str) -> None:
 
 
 def run_multiprocess(out_dir: str, port: int, process_id: int, num_processes: int) -> None:
-    from jaxgpt.checkpoint import Checkpointer
+    from jaxgpt.train.checkpoint import Checkpointer
 
     assert sh.initialize_distributed(f"127.0.0.1:{port}", num_processes, process_id)
     assert jax.process_count() == num_processes and jax.device_count() == 2 * num_processes

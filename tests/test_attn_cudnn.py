@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import model as model_module
+from jaxgpt.model import gpt as model_module
 from jaxgpt.cli import ConfigError
-from jaxgpt.config import check_attn_impl
-from jaxgpt.model import GPT
+from jaxgpt.model.config import check_attn_impl
+from jaxgpt.model.gpt import GPT
 from torch_helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Chapter 01's baseline (jaxgpt.bigram): the count-based bigram's arithmetic, the learned bigram
+"""Chapter 01's baseline (jaxgpt.course.bigram): the count-based bigram's arithmetic, the learned bigram
 trained by the shared loop (train.py --model=bigram), its checkpoints, resume, sampling, and the
 perplexity the loop reports."""
 
@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import bigram
-from jaxgpt.bigram import BigramConfig, count_bigram
+from jaxgpt.course import bigram
+from jaxgpt.course.bigram import BigramConfig, count_bigram
 from jaxgpt.cli import ConfigError
-from jaxgpt.metrics import read_metrics
-from jaxgpt.sampling import generate, generate_stream
-from jaxgpt.trainer import config_from_argv, train
+from jaxgpt.train.metrics import read_metrics
+from jaxgpt.sample.decode import generate, generate_stream
+from jaxgpt.train.loop import config_from_argv, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LETTERS = "abcdefgh"
@@ -68,7 +68,7 @@ def test_learned_table_is_refused_past_its_limit():
     assert bigram.config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError):
         BigramConfig.from_dict({"vocab_size": 7})  # a GPT-looking dict is not a bigram's
-    from jaxgpt.finetune import FinetuneConfig
+    from jaxgpt.finetune.config import FinetuneConfig
 
     with pytest.raises(ConfigError, match="fine-tuning needs a GPT"):
         FinetuneConfig(model="bigram")
@@ -139,8 +139,8 @@ def test_train_bigram_reaches_the_count_based_bigram(bigram_run):
 
 
 def test_bigram_run_resumes_samples_and_draws(bigram_run, tmp_path):
-    from jaxgpt import viz
-    from jaxgpt.trainer import resolve_run
+    from jaxgpt.viz import figures as viz
+    from jaxgpt.train.loop import resolve_run
 
     out, _ = bigram_run
     r = run_cli("sample.py", f"--out_dir={out}", "--start=ab", "--num_samples=2", "--max_new_tokens=40")

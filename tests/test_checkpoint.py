@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from etils import epath
 
-from jaxgpt.checkpoint import CheckpointError, Checkpointer, load_inference_params
-from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT
-from jaxgpt.optim import make_optimizer
-from jaxgpt.train_step import TrainState, create_train_state
+from jaxgpt.train.checkpoint import CheckpointError, Checkpointer, load_inference_params
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.gpt import GPT
+from jaxgpt.train.optim import make_optimizer
+from jaxgpt.train.step import TrainState, create_train_state
 
 # A failed tensorstore read/write can leave a callback that fires on orbax's already-closed
 # asyncio loop ("RuntimeError: Event loop is closed", reported as unraisable). Harmless: the

@@ -13,8 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-import jaxgpt.data
-from jaxgpt.data import (
+import jaxgpt.data.corpus
+from jaxgpt.data.corpus import (
     SHAKESPEARE_FILENAME,
     STDLIB_HEADER,
     STDLIB_MODULES,
@@ -38,7 +38,7 @@ def stand_in(tmp_path, monkeypatch):
     path.parent.mkdir()
     path.write_text(STAND_IN, encoding="utf-8")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    monkeypatch.setattr(jaxgpt.data, "SHAKESPEARE_SHA256", digest)
+    monkeypatch.setattr(jaxgpt.data.corpus, "SHAKESPEARE_SHA256", digest)
     return path, digest
 
 

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from jaxgpt import sampling
-from jaxgpt.model import GPT
-from jaxgpt.sampling import PAD_ID, generate
-from jaxgpt.torch_twin import torch_to_flax
+from jaxgpt.sample import decode as sampling
+from jaxgpt.model.gpt import GPT
+from jaxgpt.sample.decode import PAD_ID, generate
+from reference.torch_twin import torch_to_flax
 from torch_helpers import random_torch_model, tiny_config
 
 ATOL = RTOL = 1e-5

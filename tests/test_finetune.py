@@ -5,16 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import lora
-from jaxgpt.classify import (classification_loss, classification_metrics, classifier_init, classifier_logits,
+from jaxgpt.model import lora
+from jaxgpt.finetune.classify import (classification_loss, classification_metrics, classifier_init, classifier_logits,
                              encode_texts, next_token_loss, pool, targets_for, trainable_mask)
-from jaxgpt.classify_data import LabeledTexts, make_splits
-from jaxgpt.config import GPTConfig
-from jaxgpt.data import DataError
-from jaxgpt.model import GPT
-from jaxgpt.optim import freeze, make_optimizer
-from jaxgpt.tokenizers import CharTokenizer
-from jaxgpt.train_step import create_train_state, make_train_step
+from jaxgpt.finetune.classify_data import LabeledTexts, make_splits
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.data.corpus import DataError
+from jaxgpt.model.gpt import GPT
+from jaxgpt.train.optim import freeze, make_optimizer
+from jaxgpt.data.tokenizers import CharTokenizer
+from jaxgpt.train.step import create_train_state, make_train_step
 
 CFG = GPTConfig(vocab_size=17, block_size=12, n_layer=2, n_head=2, n_embd=16)
 

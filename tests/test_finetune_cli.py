@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from jaxgpt.classify_data import make_splits, load_labeled
-from jaxgpt.data import DataError
-from jaxgpt.metrics import read_metrics
+from jaxgpt.finetune.classify_data import make_splits, load_labeled
+from jaxgpt.data.corpus import DataError
+from jaxgpt.train.metrics import read_metrics
 from test_run_safety import digest, one_line_exit_2
 from test_train import REPO
 from cli_helpers import load_script, run_main

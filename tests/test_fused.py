@@ -1,4 +1,4 @@
-"""jaxgpt.fused: each hand-written backward equals jax.grad of the plain formula.
+"""jaxgpt.model.cpu_backward: each hand-written backward equals jax.grad of the plain formula.
 
 Tolerances from float32 arithmetic: unit roundoff u = 2^-24 ~ 6e-8. Both sides compute the same
 quantities in a different order; a sum of n terms reordered differs by at most ~ n u times the
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import fused
+from jaxgpt.model import cpu_backward as fused
 
 U = 2.0 ** -24
 

@@ -1,4 +1,4 @@
-"""jaxgpt.host_memory: after retain_freed_memory(), a large block freed and allocated again is
+"""jaxgpt.train.host_memory: after retain_freed_memory(), a large block freed and allocated again is
 served from memory the process already holds, instead of a fresh mmap that page-faults again.
 
 Runs in a subprocess: the allocator setting is process-wide and this test must see the default
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
         touch_and_free()  # the same size again, every page touched
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    from jaxgpt.host_memory import retain_freed_memory
+    from jaxgpt.train.host_memory import retain_freed_memory
     default = faults_of_reallocating()
     applied = retain_freed_memory()
     retained = faults_of_reallocating()
@@ -50,7 +50,7 @@ def test_a_freed_large_block_is_reused_without_page_faults():
 
 
 def test_the_setting_is_idempotent():
-    from jaxgpt.host_memory import retain_freed_memory
+    from jaxgpt.train.host_memory import retain_freed_memory
 
     first = retain_freed_memory()
     assert retain_freed_memory() == first

@@ -1,4 +1,4 @@
-"""Instruction fine-tuning (jaxgpt.instruct, jaxgpt.instruct_data): the loss mask against a hand
+"""Instruction fine-tuning (jaxgpt.finetune.instruct, jaxgpt.finetune.instruct_data): the loss mask against a hand
 computation, padding, bucketing, truncation, content-disjoint splits, scoring, data validation,
 exact resume of the batches, sample.py --instruction, and a tiny SFT run through the shared step.
 """
@@ -15,13 +15,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgpt import instruct, instruct_data
-from jaxgpt.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
-from jaxgpt.config import GPTConfig
-from jaxgpt.data import DataError
-from jaxgpt.instruct_data import Record
-from jaxgpt.model import GPT
-from jaxgpt.train_step import create_train_state, make_eval_step, make_train_step
+from jaxgpt.finetune import instruct
+from jaxgpt.finetune import instruct_data
+from jaxgpt.train.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.data.corpus import DataError
+from jaxgpt.finetune.instruct_data import Record
+from jaxgpt.model.gpt import GPT
+from jaxgpt.train.step import create_train_state, make_eval_step, make_train_step
 from cli_helpers import run_script
 
 REPO = Path(__file__).resolve().parents[1]

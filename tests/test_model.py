@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT, cross_entropy_loss, init_kv_cache
-from jaxgpt.optim import weight_decay_mask
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.gpt import GPT, cross_entropy_loss, init_kv_cache
+from jaxgpt.train.optim import weight_decay_mask
 
 assert not jax.config.jax_enable_x64
 

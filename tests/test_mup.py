@@ -1,7 +1,7 @@
 """muP (GPTConfig.mup): the forward against the PyTorch twin (logits, loss, every gradient), the
 init, the decode path, muP == SP at the base width, the per-layer learning rates of
-jaxgpt.optim (bit-exact 1/m steps, the weight-decay convention, torch AdamW param groups), and the
-coordinate check of jaxgpt.mup: activation scales grow with width under SP and stay flat under
+jaxgpt.train.optim (bit-exact 1/m steps, the weight-decay convention, torch AdamW param groups), and the
+coordinate check of jaxgpt.scale.mup: activation scales grow with width under SP and stay flat under
 muP. float32 on CPU (x64 stays off).
 
 Parity tolerances are those of test_parity_switches.py and derived the same way, from float32
@@ -27,12 +27,12 @@ import optax
 import pytest
 import torch
 
-from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT, cross_entropy_loss, init_kv_cache
-from jaxgpt.mup import (coord_check, coord_slope, lr_transfer, mup_config, plot_coord_check, plot_lr_transfer,
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.gpt import GPT, cross_entropy_loss, init_kv_cache
+from jaxgpt.scale.mup import (coord_check, coord_slope, lr_transfer, mup_config, plot_coord_check, plot_lr_transfer,
                         synthetic_tokens)
-from jaxgpt.optim import make_optimizer, mup_lr_scales, weight_decay_mask
-from jaxgpt.torch_twin import TorchGPT, flax_to_torch, torch_to_flax
+from jaxgpt.train.optim import make_optimizer, mup_lr_scales, weight_decay_mask
+from reference.torch_twin import TorchGPT, flax_to_torch, torch_to_flax
 from torch_helpers import (assert_trees_close, max_abs_diff, random_tokens, random_torch_model, tiny_config,
                            torch_grads, trees_exactly_equal)
 

@@ -15,11 +15,11 @@ import optax
 import pytest
 import torch
 
-from jaxgpt.model import GPT, cross_entropy_loss
-from jaxgpt.optim import make_optimizer
-from jaxgpt.torch_twin import configure_optimizer, flax_to_torch, torch_to_flax
-from jaxgpt.tasks import lm_loss
-from jaxgpt.train_step import create_train_state, make_train_step
+from jaxgpt.model.gpt import GPT, cross_entropy_loss
+from jaxgpt.train.optim import make_optimizer
+from reference.torch_twin import configure_optimizer, flax_to_torch, torch_to_flax
+from jaxgpt.train.tasks import lm_loss
+from jaxgpt.train.step import create_train_state, make_train_step
 from torch_helpers import (assert_trees_close, torch_grads, max_abs_diff, random_tokens, random_torch_model,
                            tiny_config, trees_exactly_equal)
 
@@ -55,7 +55,7 @@ class Case:
     T: int
     accum: int = 1  # micro-batches per optimizer step
     B: int = 3
-    # Run the trajectory through jaxgpt.train_step.make_train_step (a second compile of the whole
+    # Run the trajectory through jaxgpt.train.step.make_train_step (a second compile of the whole
     # backward pass, ~2-5 s here), else through the already-compiled grad function + optax update.
     shared_step: bool = False
 

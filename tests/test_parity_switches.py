@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from jaxgpt import sharding as sh
-from jaxgpt.config import GPTConfig, param_count
-from jaxgpt.model import GPT, apply_rope, cross_entropy_loss, rope_tables
-from jaxgpt.optim import weight_decay_mask
-from jaxgpt.pretrained import CONV1D_WEIGHTS, gpt2_state_to_params
-from jaxgpt.torch_twin import flax_to_torch, torch_to_flax
+from jaxgpt.train import sharding as sh
+from jaxgpt.model.config import GPTConfig, param_count
+from jaxgpt.model.gpt import GPT, apply_rope, cross_entropy_loss, rope_tables
+from jaxgpt.train.optim import weight_decay_mask
+from jaxgpt.model.pretrained import CONV1D_WEIGHTS, gpt2_state_to_params
+from reference.torch_twin import flax_to_torch, torch_to_flax
 from torch_helpers import (assert_trees_close, torch_grads, max_abs_diff, random_tokens, random_torch_model,
                            tiny_config, trees_exactly_equal)
 

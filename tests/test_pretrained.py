@@ -15,11 +15,11 @@ import pytest
 import safetensors.numpy
 import torch
 
-from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT
-from jaxgpt.pretrained import (PretrainedDownloadError, PretrainedError, PretrainedNotFoundError,
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.gpt import GPT
+from jaxgpt.model.pretrained import (PretrainedDownloadError, PretrainedError, PretrainedNotFoundError,
                                load_pretrained)
-from jaxgpt.torch_twin import TorchGPT
+from reference.torch_twin import TorchGPT
 from torch_helpers import random_tokens, random_torch_model
 
 HF_CONFIG = {  # the keys a real GPT-2 config.json has, at toy sizes

@@ -17,13 +17,13 @@ import optax
 import pytest
 import safetensors.numpy
 
-from jaxgpt.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
-from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT
-from jaxgpt.pretrained import load_pretrained
-from jaxgpt.sampling import generate
-from jaxgpt.tokenizers import CharTokenizer, build_tokenizer
-from jaxgpt.train_step import create_train_state
+from jaxgpt.train.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.gpt import GPT
+from jaxgpt.model.pretrained import load_pretrained
+from jaxgpt.sample.decode import generate
+from jaxgpt.data.tokenizers import CharTokenizer, build_tokenizer
+from jaxgpt.train.step import create_train_state
 from cli_helpers import run_script
 
 REPO = Path(__file__).resolve().parents[1]

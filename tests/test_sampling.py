@@ -1,4 +1,4 @@
-"""jaxgpt.sampling: compiled KV-cache generation against the PyTorch twin and full-recompute
+"""jaxgpt.sample.decode: compiled KV-cache generation against the PyTorch twin and full-recompute
 references, the top-k/top-p filters against numpy, rng handling, ragged batches, eos, the sliding
 window past block_size, compile caching and argument checks.
 
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from jaxgpt import sampling
-from jaxgpt.model import GPT
-from jaxgpt.sampling import (PAD_ID, generate, generate_stream, top_k_filter, top_k_top_p_filter,
+from jaxgpt.sample import decode as sampling
+from jaxgpt.model.gpt import GPT
+from jaxgpt.sample.decode import (PAD_ID, generate, generate_stream, top_k_filter, top_k_top_p_filter,
                              top_p_filter)
-from jaxgpt.torch_twin import torch_to_flax
+from reference.torch_twin import torch_to_flax
 from torch_helpers import random_torch_model, tiny_config
 
 # Cached decode vs a full forward pass over the same context, float32: the sums run in a

@@ -31,8 +31,8 @@ if "scipy.optimize" not in sys.modules:
     else:
         os.environ["OPENBLAS_NUM_THREADS"] = _saved_threads
 
-from jaxgpt import scaling
-from jaxgpt.scaling import (
+from jaxgpt.scale import fits as scaling
+from jaxgpt.scale.fits import (
     InitGrid,
     ParametricFit,
     bootstrap_frontier,

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 
-from jaxgpt import sharding as sh
-from jaxgpt.checkpoint import load_inference_params
-from jaxgpt.config import GPTConfig
-from jaxgpt.model import GPT
-from jaxgpt.optim import make_optimizer
-from jaxgpt.tasks import model_init
-from jaxgpt.train_step import abstract_train_state
+from jaxgpt.train import sharding as sh
+from jaxgpt.train.checkpoint import load_inference_params
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.gpt import GPT
+from jaxgpt.train.optim import make_optimizer
+from jaxgpt.train.tasks import model_init
+from jaxgpt.train.step import abstract_train_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -1,4 +1,4 @@
-"""jaxgpt.shards: sharded token stores (prepare_sharded, ShardedTokens, ShardedBatchSampler).
+"""jaxgpt.data.store: sharded token stores (prepare_sharded, ShardedTokens, ShardedBatchSampler).
 
 Everything runs on generated text under tmp_path; the `datasets` checks use local datasets and
 run with the Hugging Face hub switched off (HF_HUB_OFFLINE), so nothing touches the network.
@@ -17,9 +17,9 @@ import time
 import numpy as np
 import pytest
 
-import jaxgpt.shards as shards
-from jaxgpt.data import BatchSampler, DataError
-from jaxgpt.shards import (
+import jaxgpt.data.store as shards
+from jaxgpt.data.corpus import BatchSampler, DataError
+from jaxgpt.data.store import (
     ShardedBatchSampler,
     ShardedSplit,
     ShardedTokens,
@@ -29,7 +29,7 @@ from jaxgpt.shards import (
     open_source,
     prepare_sharded,
 )
-from jaxgpt.tokenizers import build_tokenizer, load_tokenizer
+from jaxgpt.data.tokenizers import build_tokenizer, load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARD = 600  # tokens per shard: ~20 train shards of the generated corpus
@@ -233,14 +233,14 @@ def test_resume_after_kill_9(corpus, gpt2, reference, tmp_path):
     script = tmp_path / "slow_prepare.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
-        import jaxgpt.shards as shards
+        import jaxgpt.data.store as shards
         assert "datasets" not in sys.modules  # imported lazily, only for dataset sources
         real = shards._Encoder.__call__
         def slow(self, labels, texts):
             time.sleep(0.03)
             return real(self, labels, texts)
         shards._Encoder.__call__ = slow
-        from jaxgpt.tokenizers import build_tokenizer
+        from jaxgpt.data.tokenizers import build_tokenizer
         shards.prepare_sharded({corpus[0]!r}, {str(out)!r}, build_tokenizer("gpt2"), shard_tokens={SHARD},
                                val_fraction={FRAC}, num_workers=1, progress=False, batch_chars=300)
         print("finished")
@@ -333,7 +333,7 @@ def test_source_errors(gpt2, tmp_path):
         prepare_sharded(_small(tmp_path / "three", 3), tmp_path / "o3", gpt2, val_fraction=0.1, progress=False)
     one = tmp_path / "one.txt"
     one.write_text("hello")
-    with pytest.raises(DataError, match=r"jaxgpt\.data\.prepare"):
+    with pytest.raises(DataError, match=r"jaxgpt\.data\.corpus\.prepare"):
         open_source(one)
     bad = _small(tmp_path / "bad", 12)
     (bad / "x.txt").write_bytes(b"ok \xff")
@@ -493,8 +493,8 @@ def test_cli(corpus, tmp_path, capsys, monkeypatch):
 
 
 def test_cli_module_with_worker_processes(corpus, reference, tmp_path):
-    """`python -m jaxgpt.shards` with spawned workers (they must import the module, not __main__)."""
-    proc = subprocess.run([sys.executable, "-m", "jaxgpt.shards", f"--source={corpus[0]}", f"--out_dir={tmp_path / 'm'}",
+    """`python -m jaxgpt.data.store` with spawned workers (they must import the module, not __main__)."""
+    proc = subprocess.run([sys.executable, "-m", "jaxgpt.data.store", f"--source={corpus[0]}", f"--out_dir={tmp_path / 'm'}",
                            f"--shard_tokens={SHARD}", f"--val_fraction={FRAC}", "--num_workers=2", "--progress=False"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -505,8 +505,8 @@ def test_cli_module_with_worker_processes(corpus, reference, tmp_path):
 
 def test_train_py_trains_and_resumes_on_a_sharded_store(corpus, tmp_path):
     """The shared loop reads a store as --dataset (windows from its shards), and resumes on it."""
-    from jaxgpt.metrics import read_metrics
-    from jaxgpt.trainer import config_from_argv, train
+    from jaxgpt.train.metrics import read_metrics
+    from jaxgpt.train.loop import config_from_argv, train
 
     store = tmp_path / "store"
     _prepare(corpus[0], store, build_tokenizer("char", "".join(corpus[1])), shard_tokens=5_000)

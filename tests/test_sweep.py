@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from jaxgpt import sweep
+from jaxgpt.scale import sweep
 from jaxgpt.cli import ConfigError
-from jaxgpt.metrics import read_metrics
+from jaxgpt.train.metrics import read_metrics
 from test_train import REPO
 from cli_helpers import run_script
 
@@ -57,7 +57,7 @@ def test_grid_expansion_budgets_and_names(tmp_path, corpus_path):
 
 
 def test_sweep_runs_resumes_and_fits(tmp_path, corpus_path, monkeypatch):
-    import jaxgpt.trainer
+    import jaxgpt.train.loop
 
     config = _write_config(tmp_path, corpus_path)
     out = tmp_path / "sweep"
@@ -66,14 +66,14 @@ def test_sweep_runs_resumes_and_fits(tmp_path, corpus_path, monkeypatch):
     victim = members[3]  # L2-D32-T4e3: 16 iterations, checkpoints at 10 and 16
 
     # Interrupt one member after its checkpoint at 10 (as a kill would), then rerun the sweep.
-    real_save = jaxgpt.trainer.save_checkpoint
+    real_save = jaxgpt.train.loop.save_checkpoint
 
     def save_then_die(run, checkpointer, loop, val_loss):
         real_save(run, checkpointer, loop, val_loss)
         if run.out_dir.endswith(victim.name) and loop.iter_num == 10:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(jaxgpt.trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(jaxgpt.train.loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         for member in members:
             sweep.run_member(member, str(out), 100)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from jaxgpt.tokenizers import (
+from jaxgpt.data.tokenizers import (
     BPE_SPLIT_PATTERN,
     DEFAULT_BPE_VOCAB_SIZE,
     BPETokenizer,

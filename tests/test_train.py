@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from jaxgpt import GPT, GPTConfig
-from jaxgpt.checkpoint import Checkpointer
-from jaxgpt.metrics import read_metrics
-from jaxgpt.optim import lr_schedule, make_optimizer
-from jaxgpt.tasks import lm_loss
-from jaxgpt.train_step import create_train_state, make_eval_step, make_train_step
-from jaxgpt.trainer import OPTIONS, TrainingDiverged, config_from_argv, train
+from jaxgpt.train.checkpoint import Checkpointer
+from jaxgpt.train.metrics import read_metrics
+from jaxgpt.train.optim import lr_schedule, make_optimizer
+from jaxgpt.train.tasks import lm_loss
+from jaxgpt.train.step import create_train_state, make_eval_step, make_train_step
+from jaxgpt.train.loop import OPTIONS, TrainingDiverged, config_from_argv, train
 from cli_helpers import run_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +135,7 @@ def test_kill_and_resume_continues_exactly(tmp_path, corpus_path, capsys):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus_path, monkeypatch):
-    import jaxgpt.train_step as train_step_lib
+    import jaxgpt.train.step as train_step_lib
 
     real = train_step_lib.make_train_step
 
@@ -220,8 +220,8 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, tiny_run, capsys):
 def test_full_disk_on_save_keeps_previous_checkpoint(tmp_path, corpus_path, monkeypatch):
     import errno
 
-    from jaxgpt import checkpoint as ckpt_lib
-    from jaxgpt.checkpoint import CheckpointError
+    from jaxgpt.train import checkpoint as ckpt_lib
+    from jaxgpt.train.checkpoint import CheckpointError
 
     real_save = ckpt_lib.Checkpointer.save
 

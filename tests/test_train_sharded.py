@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 
-from jaxgpt.trainer import config_from_argv, train
+from jaxgpt.train.loop import config_from_argv, train
 from test_train import REPO, TINY, loss_events
 
 RUN = [*TINY, "--n_head=4", "--batch_size=8", "--max_iters=20", "--num_samples=0", "--dropout=0.1"]

@@ -1,4 +1,4 @@
-"""jaxgpt.viz on a tiny run trained here: attention probabilities (the model's own, sown by its
+"""jaxgpt.viz.figures on a tiny run trained here: attention probabilities (the model's own, sown by its
 explicit attention), every figure as a readable non-uniform PNG, and the command line."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import viz
-from jaxgpt.checkpoint import load_inference_params
-from jaxgpt.model import GPT
-from jaxgpt.tokenizers import load_tokenizer
+from jaxgpt.viz import figures as viz
+from jaxgpt.train.checkpoint import load_inference_params
+from jaxgpt.model.gpt import GPT
+from jaxgpt.data.tokenizers import load_tokenizer
 from cli_helpers import run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ WORDS = ("the cat sat on a mat and dog ran to big red house with small tree in p
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from jaxgpt.trainer import config_from_argv, train
+    from jaxgpt.train.loop import config_from_argv, train
 
     root = tmp_path_factory.mktemp("viz")
     rng = random.Random(0)
@@ -189,7 +189,7 @@ def test_cli_confusion_from_a_finetune_runs_metrics(run_dir, tmp_path):
 
 
 def test_a_blank_continuation_is_drawn_visibly():
-    from jaxgpt.viz import visible_whitespace
+    from jaxgpt.viz.figures import visible_whitespace
 
     assert visible_whitespace(" \n\t ") == "\u00b7\u21b5\u2192\u00b7"   # a greedy run of whitespace
     assert visible_whitespace(" to be\n") == " to be\n"                 # real text is left as it is

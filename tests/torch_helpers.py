@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import torch
 
-from jaxgpt.config import GPTConfig
-from jaxgpt.torch_twin import TorchGPT
+from jaxgpt.model.config import GPTConfig
+from reference.torch_twin import TorchGPT
 
 
 def tiny_config(**overrides) -> GPTConfig:

@@ -1,0 +1,1 @@
+"""What only the course needs: the chapter-01 bigram baseline. The core never imports this package."""

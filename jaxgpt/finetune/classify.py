@@ -1,0 +1,441 @@
+"""Text classification as a task of the shared training loop (the course's chapter 6).
+
+A GPT backbone reads the text; a linear head reads one pooled hidden state:
+  - pooling="last": the hidden state of the last NON-padding token (the only position that has
+    seen the whole text under causal attention), found from the mask whatever side pads;
+  - pooling="mean": the mean over the real tokens;
+  - pooling="max": the per-feature maximum over the real tokens (a cue anywhere in the text, such
+    as a phone number in a spam message, is not averaged away).
+
+Batches are two (A, B, T) int32 arrays like pretraining's: tokens, and targets that hold the
+row's label at every real token and -1 at padding. So the mask is `targets >= 0`, the label is the
+row's max, and a row of -1 (eval filler) counts nowhere.
+
+Params: {"backbone": GPT params, "head": {"kernel": (D, C), "bias": (C,)}, "lora": adapters
+(trainable="lora" only)}. What trains (`trainable`) is a static mask: jaxgpt.train.optim.freeze keeps
+frozen leaves out of AdamW, and the loss stops their gradients so XLA skips that backward work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxgpt.model import lora as lora_lib
+from jaxgpt.finetune.classify_data import Splits
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.gpt import GPT, cross_entropy_loss
+from jaxgpt.train.tasks import Task
+from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
+
+__all__ = ["TRAINABLE", "POOLINGS", "Encoded", "encode_texts", "pool", "classifier_init", "classifier_logits",
+           "classification_loss", "next_token_loss", "trainable_mask", "ClassifyBatches", "classification_metrics",
+           "classification_task", "classify_texts"]
+
+TRAINABLE = ("all", "last_block", "head", "lora")
+POOLINGS = ("last", "mean", "max")
+PAD_ID = 0  # any id: padding is masked out of pooling and never attended to by real tokens (causal)
+
+
+# ------------------------------------------------------------------------------ tokenization
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    tokens_NT: np.ndarray  # int32, right-padded with PAD_ID
+    lengths_N: np.ndarray  # real tokens per row (>= 1)
+    unknown_chars: int  # characters a char tokenizer lacked, mapped to unknown_id
+    truncated: int  # texts longer than T tokens, cut to their first T
+
+
+def unknown_id(tokenizer: Tokenizer) -> Optional[int]:
+    """Where a char backbone's unseen characters go: '?' if it knows it, else its first char."""
+    if not isinstance(tokenizer, CharTokenizer):
+        return None  # byte-level BPEs encode anything
+    return tokenizer.chars.index("?") if "?" in tokenizer.chars else 0
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], T: int) -> Encoded:
+    """Token ids of each text, cut to T, right-padded; an empty text becomes one unknown/space token."""
+    unk = unknown_id(tokenizer)
+    unknown = 0
+    if isinstance(tokenizer, CharTokenizer):
+        stoi = {c: i for i, c in enumerate(tokenizer.chars)}
+        rows = []
+        for text in texts:
+            ids = [stoi.get(c, -1) for c in text]
+            unknown += sum(1 for i in ids if i < 0)
+            rows.append([unk if i < 0 else i for i in ids])
+    else:
+        rows = [list(r) for r in tokenizer.encode_batch(list(texts))]
+    tokens = np.full((len(rows), T), PAD_ID, np.int32)
+    lengths = np.zeros(len(rows), np.int32)
+    truncated = 0
+    for n, ids in enumerate(rows):
+        if not ids:
+            ids = [unk if unk is not None else tokenizer.encode(" ")[0]]
+        truncated += len(ids) > T
+        ids = ids[:T]
+        tokens[n, :len(ids)] = ids
+        lengths[n] = len(ids)
+    return Encoded(tokens, lengths, unknown, truncated)
+
+
+def targets_for(lengths_N: np.ndarray, label_ids_N: np.ndarray, T: int) -> np.ndarray:
+    """(N, T): the label at every real token, -1 at padding."""
+    real_NT = np.arange(T)[None, :] < lengths_N[:, None]
+    return np.where(real_NT, label_ids_N[:, None], -1).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------- the model
+
+def pool(h_BTD: jax.Array, mask_BT: jax.Array, pooling: str = "last") -> jax.Array:
+    """(B, D): the hidden state of the last real token (mask True), or the mean or the per-feature
+    max over real tokens. Works for left and right padding alike: the position comes from the
+    mask, not from a length. A row with no real token pools to zeros under mean and max."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling == "max":
+        any_B1 = jnp.any(mask_BT, axis=1, keepdims=True)
+        masked_BTD = jnp.where(mask_BT[:, :, None], h_BTD, jnp.finfo(h_BTD.dtype).min)
+        return jnp.where(any_B1, jnp.max(masked_BTD, axis=1), 0.0)
+    if pooling == "mean":
+        weights_BT = mask_BT.astype(h_BTD.dtype)
+        return jnp.einsum("btd,bt->bd", h_BTD, weights_BT) / jnp.maximum(weights_BT.sum(1, keepdims=True), 1)
+    T = mask_BT.shape[1]
+    last_B = jnp.max(jnp.where(mask_BT, jnp.arange(T)[None, :], 0), axis=1)
+    return jnp.take_along_axis(h_BTD, last_B[:, None, None], axis=1)[:, 0]
+
+
+def classifier_init(model_config: GPTConfig, num_classes: int, trainable: str, lora_rank: int, rng: jax.Array,
+                    backbone=None) -> Dict[str, Any]:
+    """Fresh params; `backbone` (pretrained) replaces the random GPT. The head starts at N(0, 0.02)."""
+    k_gpt, k_head, k_lora = jax.random.split(rng, 3)
+    if backbone is None:
+        backbone = GPT(model_config).init(k_gpt, jnp.zeros((1, model_config.block_size), jnp.int32))["params"]
+    params = {"backbone": backbone,
+              "head": {"kernel": 0.02 * jax.random.normal(k_head, (model_config.n_embd, num_classes), jnp.float32),
+                       "bias": jnp.zeros((num_classes,), jnp.float32)}}
+    if trainable == "lora":
+        params["lora"] = lora_lib.init_adapters(backbone, lora_rank, k_lora)
+    return params
+
+
+def trainable_mask(params, trainable: str, n_layer: int):
+    """A bool per leaf: what `trainable` trains. The LM head (unused here) never trains."""
+    last_block = f"h_{n_layer - 1}"
+
+    def trains(path, _leaf) -> bool:
+        names = [str(getattr(k, "key", k)) for k in path]
+        top = names[0]
+        if top == "head":
+            return True
+        if top == "lora":
+            return trainable == "lora"
+        if "lm_head" in names:
+            return False
+        if trainable == "all":
+            return True
+        if trainable == "last_block":
+            return names[1] in (last_block, "ln_f")
+        return False
+
+    return jax.tree_util.tree_map_with_path(trains, params)
+
+
+def _backbone_and_features(model: GPT, params, tokens_BT, lora_scale: float, rng: Optional[jax.Array]):
+    """(the backbone's params, LoRA merged in; its final hidden states (B, T, D) in float32)."""
+    backbone = params["backbone"]
+    if "lora" in params:
+        backbone = lora_lib.merge(backbone, params["lora"], lora_scale)
+    kwargs = {} if rng is None else {"deterministic": False, "rngs": {"dropout": rng}}
+    h_BTD = model.apply({"params": backbone}, tokens_BT, method=GPT.features, **kwargs)
+    return backbone, h_BTD.astype(jnp.float32)
+
+
+def _head(params, h_BTD, mask_BT, pooling: str) -> jax.Array:
+    return pool(h_BTD, mask_BT, pooling) @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+def classifier_logits(model: GPT, params, tokens_BT, mask_BT, pooling: str, lora_scale: float,
+                      rng: Optional[jax.Array] = None) -> jax.Array:
+    """(B, C) float32 class logits; rng None: deterministic (no dropout)."""
+    _, h_BTD = _backbone_and_features(model, params, tokens_BT, lora_scale, rng)
+    return _head(params, h_BTD, mask_BT, pooling)
+
+
+def next_token_loss(model: GPT, backbone, h_BTD, tokens_BT, mask_BT) -> jax.Array:
+    """Mean next-token cross-entropy of the backbone's own LM head (GPT.readout) over the real
+    tokens that follow a real token (GPT-1's auxiliary fine-tuning objective). h_BTD: GPT.features'
+    output for tokens_BT."""
+    logits_BTV = model.apply({"params": backbone}, h_BTD[:, :-1], method=GPT.readout)
+    next_BT = jnp.where(mask_BT[:, :-1] & mask_BT[:, 1:], tokens_BT[:, 1:], -1)  # -1: not counted
+    return cross_entropy_loss(logits_BTV, next_BT, ignore_index=-1)
+
+
+def classification_loss(model: GPT, num_classes: int, pooling: str, lora_scale: float, frozen_mask=None,
+                        label_smoothing: float = 0.0, lm_loss_weight: float = 0.0):
+    """loss(params, (tokens_BT, targets_BT), rng) -> (mean cross-entropy over real rows, aux).
+    aux holds sums (rows, loss, confusion counts) so that means over eval batches give exact
+    ratios: accuracy = trace(C) / sum(C) whatever the batch sizes.
+
+    Training (rng given) may add to the mean, never to aux's loss_sum (so val loss stays the plain
+    cross-entropy that picks the best checkpoint): label smoothing (the targets put
+    label_smoothing / C on every class) and lm_loss_weight times the next-token loss of the texts."""
+
+    def loss(params, batch, rng):
+        if frozen_mask is not None:  # frozen leaves: no gradient computed at all
+            params = jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, frozen_mask)
+        tokens_BT, targets_BT = batch
+        mask_BT = targets_BT >= 0
+        real_B = jnp.any(mask_BT, axis=1)
+        labels_B = jnp.maximum(jnp.max(targets_BT, axis=1), 0)
+        backbone, h_BTD = _backbone_and_features(model, params, tokens_BT, lora_scale, rng)
+        logits_BC = _head(params, h_BTD, mask_BT, pooling)
+        losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
+        weights_B = real_B.astype(jnp.float32)
+        n = jnp.sum(weights_B)
+        predicted_B = jnp.argmax(logits_BC, axis=-1)
+        confusion_CC = jnp.zeros((num_classes, num_classes), jnp.float32).at[labels_B, predicted_B].add(weights_B)
+
+        def row_mean(values_B):
+            return jnp.sum(values_B * weights_B) / jnp.maximum(n, 1.0)
+
+        objective = row_mean(losses_B)
+        if rng is not None and label_smoothing > 0:
+            smoothed_BC = optax.smooth_labels(jax.nn.one_hot(labels_B, num_classes), label_smoothing)
+            objective = row_mean(optax.softmax_cross_entropy(logits_BC, smoothed_BC))
+        if rng is not None and lm_loss_weight > 0:
+            objective = objective + lm_loss_weight * next_token_loss(model, backbone, h_BTD, tokens_BT, mask_BT)
+        # scalars only: the shared steps average each metric over all its axes
+        confusion = {f"confusion_{i}_{j}": confusion_CC[i, j] for i in range(num_classes) for j in range(num_classes)}
+        return objective, {"rows": n, "loss_sum": jnp.sum(losses_B * weights_B), **confusion}
+
+    return loss
+
+
+def classification_metrics(confusion) -> Dict[str, float]:
+    """accuracy, and precision/recall/F1 of class 1 when binary (the positive one: "spam"),
+    else their macro averages over classes."""
+    c = np.asarray(confusion, np.float64)
+    total = c.sum()
+    tp = np.diag(c)
+    precision_c = np.divide(tp, c.sum(0), out=np.zeros_like(tp), where=c.sum(0) > 0)
+    recall_c = np.divide(tp, c.sum(1), out=np.zeros_like(tp), where=c.sum(1) > 0)
+    f1_c = np.divide(2 * precision_c * recall_c, precision_c + recall_c, out=np.zeros_like(tp),
+                     where=precision_c + recall_c > 0)
+    pick = (lambda v: float(v[1])) if len(c) == 2 else (lambda v: float(np.mean(v)))
+    return {"accuracy": float(tp.sum() / total) if total else 0.0, "precision": pick(precision_c),
+            "recall": pick(recall_c), "f1": pick(f1_c)}
+
+
+def confusion_of(result) -> np.ndarray:
+    """(C, C) from the step's confusion_i_j scalars (means: a common factor, ratios unchanged)."""
+    c = int(round(math.sqrt(sum(1 for k in result if k.startswith("confusion_")))))
+    return np.array([[float(result[f"confusion_{i}_{j}"]) for j in range(c)] for i in range(c)])
+
+
+def eval_summary(result) -> Dict[str, float]:
+    """The eval step's means of the sums -> loss, accuracy, precision, recall, f1."""
+    rows = float(result["rows"])
+    return {"loss": float(result["loss_sum"]) / max(rows, 1e-9), **classification_metrics(confusion_of(result))}
+
+
+# ------------------------------------------------------------------------------------ batches
+
+class ClassifyBatches:
+    """Train batches: seeded epochs of the train split, reshuffled each epoch (no example twice
+    before all were seen). Eval batches: the whole split, in order, padded with filler rows
+    (targets -1) to whole batches; the train split's is its first eval_iters * batch_size rows."""
+
+    def __init__(self, tokens: Dict[str, np.ndarray], targets: Dict[str, np.ndarray], seed: int):
+        self.tokens, self.targets = tokens, targets
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(tokens["train"]))
+        self._pos = 0
+
+    def _next_rows(self, count: int) -> np.ndarray:
+        out = []
+        while count > 0:
+            if self._pos >= len(self._order):
+                self._order, self._pos = self._rng.permutation(len(self._order)), 0
+            take = self._order[self._pos:self._pos + count]
+            self._pos += len(take)
+            count -= len(take)
+            out.append(take)
+        return np.concatenate(out)
+
+    def train_batch(self, accum_steps: int, batch_size: int, rows: slice):
+        index = self._next_rows(accum_steps * batch_size).reshape(accum_steps, batch_size)
+        return self.tokens["train"][index][:, rows], self.targets["train"][index][:, rows]
+
+    def eval_batch(self, split: str, n_batches: int, batch_size: int, rows: slice):
+        tokens, targets = self.tokens[split], self.targets[split]
+        if split == "train":
+            tokens, targets = tokens[:n_batches * batch_size], targets[:n_batches * batch_size]
+        n = math.ceil(len(tokens) / batch_size)
+        fill = n * batch_size - len(tokens)
+        tokens = np.concatenate([tokens, np.full((fill, tokens.shape[1]), 0, np.int32)])
+        targets = np.concatenate([targets, np.full((fill, targets.shape[1]), -1, np.int32)])
+        shape = (n, batch_size, tokens.shape[1])
+        return tokens.reshape(shape)[:, rows], targets.reshape(shape)[:, rows]
+
+    def state_dict(self) -> Dict[str, Any]:
+        st = self._rng.bit_generator.state
+        return {"classify_sampler": {"state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
+                                     "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"]),
+                                     "order": [int(i) for i in self._order], "pos": int(self._pos)}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        d = state["classify_sampler"]
+        self._rng.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": int(d["state"]),
+                                         "inc": int(d["inc"])}, "has_uint32": int(d["has_uint32"]),
+                                         "uinteger": int(d["uinteger"])}
+        order = np.asarray(d["order"], np.int64)
+        if sorted(order.tolist()) != list(range(len(self.tokens["train"]))):
+            raise ValueError("the sampler's order does not match this train split")
+        self._order, self._pos = order, int(d["pos"])
+
+
+# ------------------------------------------------------------------------------------ the task
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyPrepared:
+    """What the loop's `prepared` slot needs: the tokenizer and the data's meta (data_meta.json)."""
+    tokenizer: Tokenizer
+    meta: Dict[str, Any]
+    encoded: Dict[str, Encoded]
+
+
+def prepare_splits(tokenizer: Tokenizer, splits: Splits, T: int, meta: Dict[str, Any]) -> ClassifyPrepared:
+    encoded = {name: encode_texts(tokenizer, splits.split(name).texts, T) for name in ("train", "val", "test")}
+    meta = {**meta, "labels": list(splits.labels), "balanced": splits.balanced, "counts": splits.counts(),
+            "unknown_chars": {k: e.unknown_chars for k, e in encoded.items()},
+            "truncated": {k: e.truncated for k, e in encoded.items()}, "max_tokens": T,
+            "unknown_char": (tokenizer.chars[unknown_id(tokenizer)] if unknown_id(tokenizer) is not None else None)}
+    return ClassifyPrepared(tokenizer, meta, encoded)
+
+
+def classification_task(model_config: GPTConfig, prepared: ClassifyPrepared, splits: Splits, *, trainable: str,
+                        pooling: str, lora_rank: int, lora_alpha: float, seed: int, init_backbone=None,
+                        describe: Optional[str] = None, label_smoothing: float = 0.0,
+                        lm_loss_weight: float = 0.0) -> Tuple[Task, Any]:
+    """(Task, initial params or None). init_backbone: pretrained GPT params (host) or None."""
+    model = GPT(model_config)
+    num_classes = len(splits.labels)
+    lora_scale = lora_alpha / lora_rank
+
+    def init_params(rng):
+        return classifier_init(model_config, num_classes, trainable, lora_rank, rng)
+
+    abstract = jax.eval_shape(init_params, jax.random.key(0))
+    mask = trainable_mask(abstract, trainable, model_config.n_layer)
+    T = model_config.block_size
+    tokens = {k: e.tokens_NT for k, e in prepared.encoded.items()}
+    targets = {k: targets_for(e.lengths_N, splits.split(k).label_ids, T) for k, e in prepared.encoded.items()}
+    batches = ClassifyBatches(tokens, targets, seed)
+    task = Task("classify", model_config, init_params,
+                classification_loss(model, num_classes, pooling, lora_scale, frozen_mask=mask,
+                                    label_smoothing=label_smoothing, lm_loss_weight=lm_loss_weight), batches,
+                eval_splits=("train", "val"), trainable=lambda params: trainable_mask(params, trainable,
+                                                                                      model_config.n_layer),
+                eval_summary=eval_summary, finish=_finish(splits.labels), describe=describe)
+    initial = None
+    if init_backbone is not None:
+        initial = jax.device_get(classifier_init(model_config, num_classes, trainable, lora_rank,
+                                                 jax.random.fold_in(jax.random.key(seed), 1), backbone=init_backbone))
+    return task, initial
+
+
+def _finish(labels: Sequence[str]):
+    """End of run: the best-val checkpoint's test metrics (one metrics.jsonl event) and
+    confusion_matrix.png."""
+
+    def finish(run, steps, loop, log_event) -> Dict[str, Any]:
+        from jaxgpt.train.checkpoint import Checkpointer
+        from jaxgpt.train.metrics import read_metrics
+        from jaxgpt.train.sharding import with_shardings
+
+        params = loop.train_state.params
+        best = None
+        # keep_best=True: only then does the manager rank steps by val_loss (else best = latest)
+        with Checkpointer(run.checkpoint_dir, keep_best=True, read_only=True) as ckpt:
+            best = ckpt.best_step()
+            if best is not None and best != loop.iter_num:
+                abstract = with_shardings(jax.eval_shape(run.task.init_params, jax.random.key(0)),
+                                          jax.tree_util.tree_map(lambda x: x.sharding, params))
+                params = ckpt.restore_params(abstract, best)
+        batch = run.task.batches.eval_batch("test", 0, run.cfg.batch_size, run.rows)
+        result = steps.eval(params, _global(run, batch))
+        test = eval_summary(result)
+        # the step returns means over its batches: times their count, the counts themselves
+        confusion = np.rint(confusion_of(result) * batch[0].shape[0]).astype(int)
+        event = {"iter": loop.iter_num, "checkpoint": best if best is not None else loop.iter_num,
+                 **{f"test_{k}": v for k, v in test.items()}, "labels": list(labels),
+                 "confusion_matrix": confusion.tolist()}
+        log_event(event)
+        if jax.process_index() != 0:
+            return {}
+        events = read_metrics(os.path.join(run.out_dir, "metrics.jsonl"))
+        before = next((e.get("val_accuracy") for e in events if e.get("iter") == 0 and "val_accuracy" in e), None)
+        best_val = next((e.get("val_accuracy") for e in events if e.get("iter") == event["checkpoint"]
+                         and "val_accuracy" in e), None)
+        from jaxgpt.viz.figures import plot_confusion_matrix
+
+        png = plot_confusion_matrix(confusion, list(labels), os.path.join(run.out_dir, "confusion_matrix.png"),
+                                    title=f"test split, checkpoint {event['checkpoint']} "
+                                          f"(accuracy {test['accuracy']:.4f})")
+        print(f"val accuracy: {before if before is None else f'{before:.4f}'} before fine-tuning, "
+              f"{best_val if best_val is None else f'{best_val:.4f}'} at checkpoint {event['checkpoint']} (best val loss)")
+        print(f"test (checkpoint {event['checkpoint']}): accuracy {test['accuracy']:.4f}, precision "
+              f"{test['precision']:.4f}, recall {test['recall']:.4f}, f1 {test['f1']:.4f} | confusion "
+              f"{confusion.tolist()} (rows true {list(labels)}) -> {png}")
+        return {f"test_{k}": v for k, v in test.items()} | {"val_accuracy_before": before}
+
+    return finish
+
+
+def _global(run, batch):
+    from jaxgpt.train import sharding
+
+    return tuple(sharding.global_batch(run.mesh, x) for x in batch)
+
+
+# ------------------------------------------------------------------------- classifying texts
+
+def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> List[Dict[str, float]]:
+    """Label probabilities for each text, from a finetune.py classification run directory
+    (its tokenizer, labels, pooling and the best-val checkpoint)."""
+    from jaxgpt.train.checkpoint import Checkpointer, CHECKPOINT_SUBDIR
+    from jaxgpt.train.config import load_json_object
+    from jaxgpt.data.tokenizers import load_tokenizer
+
+    options = load_json_object(os.path.join(out_dir, "run_config.json"))
+    meta = load_json_object(os.path.join(out_dir, "data_meta.json"))
+    if options.get("task") != "classify" or "labels" not in meta:
+        raise ValueError(f"{out_dir} does not hold a finetune.py classification run")
+    tokenizer = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
+    labels = meta["labels"]
+    with Checkpointer(os.path.join(out_dir, CHECKPOINT_SUBDIR), keep_best=True, read_only=True) as ckpt:
+        step = ckpt._resolve_step(ckpt.best_step() if which == "best" else None)
+        extra = ckpt.restore_extra(step)
+        model_config = GPTConfig.from_dict(extra["model_config"])
+        trainable, rank = options["trainable"], options["lora_rank"]
+        abstract = jax.eval_shape(lambda k: classifier_init(model_config, len(labels), trainable, rank, k),
+                                  jax.random.key(0))
+        params = ckpt.restore_params(abstract, step)
+    T = model_config.block_size
+    encoded = encode_texts(tokenizer, texts, T)
+    mask = np.arange(T)[None, :] < encoded.lengths_N[:, None]
+    scale = options["lora_alpha"] / rank
+    logits = jax.jit(lambda p, x, m: classifier_logits(GPT(model_config), p, x, m, options["pooling"], scale))(
+        params, encoded.tokens_NT, mask)
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    return [{label: float(p) for label, p in zip(labels, row)} for row in probs]

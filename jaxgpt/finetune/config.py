@@ -1,0 +1,270 @@
+"""Fine-tuning as tasks of the shared loop: `python finetune.py configs/finetune_classify.py`.
+
+FinetuneConfig is TrainConfig plus the fine-tuning keys (one frozen, typed config, validated
+once). `setup_for(cfg)` returns the task's setup for jaxgpt.train.loop.train, which then runs
+exactly the loop pretraining runs: resolve -> lock -> start dir -> run_loop -> finish.
+  task="classify": jaxgpt.finetune.classify (labels from the data, a head on a pooled hidden state)
+  task="sft":      instruction fine-tuning (jaxgpt.finetune.instruct: its Task, prompts, finish)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional
+
+from jaxgpt.cli import ConfigError
+from jaxgpt.train.config import INVOCATION, TrainConfig, _field
+
+__all__ = ["FinetuneConfig", "SETUPS", "setup_for", "classify_setup"]
+
+SUMMARY = ("Fine-tune a GPT (the course's chapters 6-7) through the shared training loop. Config files are "
+           "plain Python assigning these keys; --key=value overrides them. --classify=TEXT (with --out_dir of a "
+           "classification run) prints label probabilities instead of training.")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    # ---- overridden defaults: the embedded classification demo
+    dataset: str = _field("embedded", "embedded (the task's own: classify stdlib_lines, sft rule-made "
+                                      "instructions) | classify: stdlib_lines | sms_spam | a .csv/.tsv/.jsonl path (or "
+                                      "the UCI SMSSpamCollection file) | sft: instruction-data | a JSON/JSONL path")
+    tokenizer: str = _field("auto", "auto (the backbone's) | char | gpt2 | bpe", choices=("auto", "char", "gpt2", "bpe"))
+    init_from: str = _field("pretrain", "pretrain (a small backbone pretrained on --pretrain_dataset, cached) | "
+                                        "scratch | resume | a train.py out_dir | a HF GPT-2 dir or name",
+                            scope=INVOCATION)
+    out_dir: str = _field("out-finetune", "run directory", scope=INVOCATION)
+    num_samples: int = _field(0, "samples printed at the end of the run", scope=INVOCATION)
+    block_size: int = _field(128, "classify: tokens per text (longer texts are cut, the count reported)")
+    # ---- fine-tuning
+    task: str = _field("classify", "classify | sft", choices=("classify", "sft"))
+    text_column: str = _field("text", "classify: the text column (CSV/TSV header, JSONL field)")
+    label_column: str = _field("label", "classify: the label column")
+    test_fraction: float = _field(0.2, "fraction held out as the test split (reported once, at the end)")
+    data_seed: int = _field(123, "seed of the balancing and the train/val/test split")
+    balance: bool = _field(None, "undersample every class to the rarest's count (None: yes for sms_spam)",
+                           type_=bool, optional=True)
+    pooling: str = _field("last", "classify: last (last non-padding token) | mean | max (over real tokens)",
+                          choices=("last", "mean", "max"))
+    trainable: str = _field("all", "all | last_block | head | lora", choices=("all", "last_block", "head", "lora"))
+    label_smoothing: float = _field(0.0, "classify: label smoothing of the training loss, in [0, 1) (val and test "
+                                         "losses stay the plain cross-entropy)")
+    lm_loss_weight: float = _field(0.0, "classify: weight of an auxiliary next-token loss on the train texts "
+                                        "(GPT-1's), added to the training loss; 0 = off")
+    lora_rank: int = _field(8, "LoRA rank r")
+    lora_alpha: float = _field(16.0, "LoRA alpha (the adapters' output is scaled by alpha / r)")
+    pretrain_dataset: str = _field("stdlib", "init_from=pretrain: stdlib | task (the texts outside val and "
+                                             "test, labels unused) | a text file", scope=INVOCATION)
+    pretrain_iters: int = _field(300, "init_from=pretrain: pretraining iterations", scope=INVOCATION)
+    pretrain_batch_size: int = _field(32, "init_from=pretrain: pretraining batch size", scope=INVOCATION)
+    pretrain_dropout: float = _field(0.0, "init_from=pretrain: pretraining dropout", scope=INVOCATION)
+    template: str = _field("short", "sft: the prompt template: alpaca | short | compact | a format string")
+    mask_prompt: bool = _field(True, "sft: the loss counts response tokens only (False: the prompt too)")
+    n_per_kind: int = _field(1000, "sft: embedded examples per instruction kind")
+    classify: str = _field("", "classify this text with the run in out_dir and print label probabilities; "
+                               "no training", scope=INVOCATION)
+
+    EXTRA_FIXED_ON_RESUME = ("task", "text_column", "label_column", "test_fraction", "data_seed", "balance",
+                             "pooling", "trainable", "lora_rank", "template", "mask_prompt", "n_per_kind")
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.model != "gpt":
+            raise ConfigError("--model=bigram is pretraining's baseline; fine-tuning needs a GPT backbone")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lm_loss_weight < 0:  # nan and inf are refused by the parser for every float option
+            raise ConfigError(f"--lm_loss_weight must be >= 0, got {self.lm_loss_weight}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"--lora_rank must be >= 1, got {self.lora_rank}")
+        if not 0.0 < self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(f"--test_fraction={self.test_fraction} must be in (0, 1) and leave a train split with "
+                              f"--val_fraction={self.val_fraction}")
+        if self.pretrain_iters < 1 or self.pretrain_batch_size < 1:
+            raise ConfigError("--pretrain_iters and --pretrain_batch_size must be >= 1")
+        if not 0.0 <= self.pretrain_dropout < 1.0:
+            raise ConfigError(f"--pretrain_dropout must be in [0, 1), got {self.pretrain_dropout}")
+
+
+# ------------------------------------------------------------------------------ classification
+
+
+def _resumed_tokenizer(cfg):
+    """The tokenizer a resumed run was trained with (its out_dir's tokenizer.json)."""
+    from jaxgpt.data.tokenizers import TokenizerError, load_tokenizer
+
+    try:
+        return load_tokenizer(os.path.join(cfg.out_dir, "tokenizer.json"))
+    except (TokenizerError, OSError) as exc:
+        raise ConfigError(f"cannot resume {cfg.out_dir}: {exc}") from None
+
+def _check_fits(cfg: FinetuneConfig, backbone) -> None:
+    """The tokenizer and length must fit the backbone: the ids index its embedding table."""
+    tok, model = backbone.tokenizer, backbone.model_config
+    if cfg.tokenizer != "auto" and cfg.tokenizer != tok.name:
+        raise ConfigError(f"--tokenizer={cfg.tokenizer} does not fit the backbone ({backbone.description}), which "
+                          f"reads {tok.name} tokens: drop --tokenizer or pass --tokenizer={tok.name}")
+    if tok.vocab_size > model.vocab_size:
+        raise ConfigError(f"the backbone's tokenizer has {tok.vocab_size} tokens but its embedding only "
+                          f"{model.vocab_size} rows: the tokenizer does not fit that backbone")
+    if cfg.block_size > model.block_size:
+        raise ConfigError(f"--block_size={cfg.block_size} exceeds the backbone's {model.block_size} positions")
+
+
+def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, Any]]):
+    """Data (validated first: a bad file fails before any pretraining), backbone, task."""
+    import numpy as np
+
+    from jaxgpt.finetune import backbone as backbone_lib
+    from jaxgpt.finetune import classify_data
+    from jaxgpt.finetune.classify import classification_task, prepare_splits
+    from jaxgpt.model.config import GPTConfig
+    from jaxgpt.data.tokenizers import build_tokenizer
+    from jaxgpt.train.loop import TaskSetup, _check_resume_compatible, model_config_from_options
+
+    dataset = classify_data.EMBEDDED if cfg.dataset == "embedded" else cfg.dataset
+    data = classify_data.load_labeled(dataset, cfg.text_column, cfg.label_column, cfg.data_dir or None)
+    splits = classify_data.make_splits(data, cfg.data_seed, cfg.val_fraction, cfg.test_fraction, cfg.balance)
+    # what --pretrain_dataset=task reads: every text outside val and test (never their texts)
+    train_texts = splits.train.texts + splits.unused
+    params = None
+    if extra is not None:  # resume: the run's own tokenizer and model; its state comes from the checkpoint
+        tokenizer = _resumed_tokenizer(cfg)
+        model_config = GPTConfig.from_dict(extra.get("model_config") or {}).replace(dropout=cfg.dropout)
+        description = f"resumed from {cfg.out_dir}"
+    elif cfg.init_from == "scratch":
+        kind = "char" if cfg.tokenizer == "auto" else cfg.tokenizer
+        tokenizer = build_tokenizer(kind, "\n".join(train_texts), cfg.bpe_vocab_size if kind == "bpe" else None)
+        model_config = model_config_from_options(cfg, tokenizer.vocab_size)
+        description = f"scratch ({cfg.n_layer}L/{cfg.n_embd}, {kind} tokens from the train texts)"
+    else:
+        if cfg.init_from == "pretrain":
+            backbone = backbone_lib.pretrained_backbone(cfg, train_texts, notes)
+        else:
+            backbone = backbone_lib.load_backbone(cfg.init_from)
+        _check_fits(cfg, backbone)
+        tokenizer, params, description = backbone.tokenizer, backbone.params, backbone.description
+        model_config = backbone.model_config.replace(dropout=cfg.dropout, compute_dtype=cfg.compute_dtype,
+                                                     attn_impl=cfg.attn_impl, remat=cfg.remat)
+        if cfg.block_size < model_config.block_size:  # crop learned positions, as the pretrained path does
+            params = dict(params)
+            if "wpe" in params:
+                params["wpe"] = {"embedding": np.asarray(params["wpe"]["embedding"])[: cfg.block_size]}
+            model_config = model_config.replace(block_size=cfg.block_size)
+        cfg = cfg.replace(**{k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
+                                                                     "tie_embeddings", "pos_emb", "norm", "mlp")},
+                          tokenizer=tokenizer.name)
+    meta = {"source": data.source, "source_sha256": data.sha256, "dataset": data.name, "description": data.description}
+    prepared = prepare_splits(tokenizer, splits, cfg.block_size, meta)
+    if extra is not None:
+        _check_resume_compatible(cfg, extra, data, prepared, notes)
+    unknown = sum(prepared.meta["unknown_chars"].values())
+    if unknown:
+        per_split = ", ".join(f"{k} {v:,}" for k, v in prepared.meta["unknown_chars"].items())
+        notes.append(f"note: {unknown:,} characters are not in the backbone's char vocabulary ({per_split}): read "
+                     f"as {prepared.meta['unknown_char']!r}")
+    truncated = sum(prepared.meta["truncated"].values())
+    if truncated:
+        notes.append(f"note: {truncated:,} texts are longer than {cfg.block_size} tokens and were cut "
+                     f"({prepared.meta['truncated']})")
+    counts = splits.counts()
+    describe = (f"{data.name}: {', '.join(f'{k} {sum(v.values()):,}' for k, v in counts.items())} texts, labels "
+                f"{list(splits.labels)}{' (balanced)' if splits.balanced else ''} | backbone {description} | "
+                f"trainable {cfg.trainable}, pooling {cfg.pooling}")
+    task, initial = classification_task(model_config, prepared, splits, trainable=cfg.trainable, pooling=cfg.pooling,
+                                        lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, seed=cfg.seed,
+                                        init_backbone=params, describe=describe,
+                                        label_smoothing=cfg.label_smoothing, lm_loss_weight=cfg.lm_loss_weight)
+    return TaskSetup(cfg, data, prepared, model_config, task, initial)
+
+
+# ------------------------------------------------------------------------ instruction following
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """The loop's `prepared` slot for tasks without a token stream: the tokenizer and the meta."""
+    tokenizer: Any
+    meta: Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    name: str
+    sha256: str
+    source: str
+
+
+def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, Any]]):
+    """Records (validated first), backbone, the SFT task of jaxgpt.finetune.instruct; its finish writes
+    responses.jsonl and the test metrics (test_exact_match for the embedded task)."""
+    import hashlib
+    import json
+
+    from jaxgpt.finetune import backbone as backbone_lib
+    from jaxgpt.finetune import instruct
+    from jaxgpt.model.config import GPTConfig
+    from jaxgpt.train.loop import TaskSetup, _check_resume_compatible, model_config_from_options
+
+    dataset = "embedded" if cfg.dataset in ("embedded", "stdlib_lines") else cfg.dataset
+    options = dict(template=cfg.template, max_length=cfg.block_size, mask_prompt=cfg.mask_prompt,
+                   split_seed=cfg.data_seed, n_per_kind=cfg.n_per_kind, cache_dir=cfg.data_dir or None)
+    params = None
+    if extra is not None:  # resume: the run's own tokenizer and model; its state comes from the checkpoint
+        tokenizer = _resumed_tokenizer(cfg)
+        data = instruct.load_sft_data(dataset, tokenizer, **options)
+        model_config = GPTConfig.from_dict(extra.get("model_config") or {}).replace(dropout=cfg.dropout)
+    elif cfg.init_from in ("scratch", "pretrain"):
+        if cfg.init_from == "pretrain":
+            notes.append("note: sft trains its default backbone from scratch (--init_from=pretrain is classify's)")
+        data = instruct.load_sft_data(dataset, None, **options)  # a char vocabulary for these records
+        tokenizer = data.tokenizer
+        model_config = model_config_from_options(cfg, tokenizer.vocab_size)
+    else:
+        instruct.load_sft_data(dataset, None, **options)  # the data is checked before the backbone loads
+        backbone = backbone_lib.load_backbone(cfg.init_from)
+        _check_fits(cfg, backbone)
+        tokenizer, params = backbone.tokenizer, backbone.params
+        data = instruct.load_sft_data(dataset, tokenizer, **options)
+        model_config = backbone.model_config.replace(dropout=cfg.dropout, compute_dtype=cfg.compute_dtype,
+                                                     attn_impl=cfg.attn_impl, remat=cfg.remat)
+        if cfg.block_size < model_config.block_size:
+            params = dict(params)
+            if "wpe" in params:
+                params["wpe"] = {"embedding": params["wpe"]["embedding"][: cfg.block_size]}
+            model_config = model_config.replace(block_size=cfg.block_size)
+        cfg = cfg.replace(**{k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
+                                                                     "tie_embeddings", "pos_emb", "norm", "mlp")},
+                          tokenizer=tokenizer.name)
+    source = data.source
+    records = [dataclasses.astuple(r) for split in ("train", "val", "test") for r in data.records[split]]
+    digest = hashlib.sha256(json.dumps(records).encode()).hexdigest()
+    corpus = _Source("sft", digest, source)
+    prepared = _Prepared(tokenizer, {"source": source, "source_sha256": digest, **data.summary()})
+    if extra is not None:
+        _check_resume_compatible(cfg, extra, corpus, prepared, notes)
+
+    def finish(run, steps, loop, log_event):
+        import jax
+
+        metrics = instruct.finish(run.model_config, loop.train_state.params, data, run.out_dir)
+        log_event({"iter": loop.iter_num, **metrics})
+        if jax.process_index() == 0:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+            print(f"test: {shown} -> {os.path.join(run.out_dir, instruct.RESPONSES_FILE)}")
+        return metrics
+
+    task = dataclasses.replace(instruct.build_sft_task(model_config, data, cfg.seed), finish=finish,
+                               describe=instruct.describe(data))
+    return TaskSetup(cfg, corpus, prepared, model_config, task, params)
+
+
+SETUPS = {"classify": classify_setup, "sft": sft_setup}
+
+
+def setup_for(cfg: FinetuneConfig):
+    if cfg.task == "sft":
+        try:
+            import jaxgpt.finetune.instruct  # noqa: F401  (the SFT library; see its module docstring)
+        except ImportError:
+            raise ConfigError("--task=sft needs jaxgpt.finetune.instruct, which this build lacks") from None
+    return SETUPS[cfg.task]

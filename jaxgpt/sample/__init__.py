@@ -1,0 +1,1 @@
+"""Compiled autoregressive sampling with a KV cache (`jaxgpt.sample.decode`)."""

@@ -1,0 +1,274 @@
+"""Orbax checkpoints of a TrainState: atomic, sharding-agnostic, keep-last-N plus best.
+
+Layout of `<directory>/<step>/` (one orbax CheckpointManager step, items saved separately so that
+inference restores the parameters alone):
+    params/   StandardSave of TrainState.params
+    train/    StandardSave of {"step": TrainState.step, "opt_state": TrainState.opt_state}
+    extra/    JsonSave of the caller's `extra` dict (train.py puts model_config, iter_num, ...)
+    metrics/  {"val_loss": ...} when a validation loss was given (ranks the "best" checkpoint)
+
+Orbax writes each step into a temporary directory and renames it when complete, so a crash or
+a full disk never leaves a half-written step that looks valid. Arrays are stored unsharded
+(tensorstore/OCDBT) and re-sharded on restore onto whatever shardings the abstract target names:
+save on fsdp=8, restore on dp=2 x tp=4 or on one device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+from typing import Any, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.train.step import TrainState
+
+__all__ = ["CheckpointError", "Checkpointer", "load_inference_params", "CHECKPOINT_SUBDIR"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUBDIR = "checkpoints"  # train.py's out_dir/checkpoints
+_ITEMS = ("params", "train", "extra")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or could not be written. The message is one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """The root cause as one short line (an OSError's strerror, e.g. 'No space left on device')."""
+    seen = set()
+    cur: Optional[BaseException] = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno is not None:
+            return os.strerror(cur.errno)
+        cur = cur.__cause__ or cur.__context__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _val_loss(metrics) -> float:
+    return float(metrics["val_loss"])
+
+
+def _abstract(tree):
+    """ShapeDtypeStruct leaves (arrays are described, not copied); missing shardings are filled
+    with the first local device so a plain eval_shape tree restores onto one device."""
+    device = jax.local_devices()[0]
+
+    def describe(x):
+        sharding = getattr(x, "sharding", None)
+        if sharding is None:
+            sharding = jax.sharding.SingleDeviceSharding(device)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree_util.tree_map(describe, tree)
+
+
+class Checkpointer:
+    """Save/restore TrainStates under `directory` (created if missing, unless read_only).
+
+    keep_last: the most recent N steps are kept; keep_best: additionally the step with the lowest
+    val_loss given to `save` is kept (steps saved without a val_loss never count as best).
+    Every process of a multi-process run must call save/restore (orbax coordinates the writes).
+    """
+
+    def __init__(self, directory, keep_last: int = 2, keep_best: bool = True, *,
+                 read_only: bool = False):
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"keep_last must be a positive integer, got {keep_last!r}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.keep_last, self.keep_best, self.read_only = keep_last, bool(keep_best), read_only
+        if read_only and not os.path.isdir(self.directory):
+            raise CheckpointError(f"no checkpoint directory at {self.directory}")
+        policies = [ocp_managers.LatestN(n=keep_last)]
+        if keep_best:
+            policies.append(ocp_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
+                                               keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=None if read_only else ocp_managers.AnyPreservationPolicy(policies),
+            # Without keep_best nothing ranks steps by val_loss, so orbax reads no step's metrics
+            # when it opens: a resume can still read an intact step beside a corrupt one.
+            best_fn=_val_loss if keep_best else None, best_mode="min",
+            # Synchronous: save returns once the step is committed (renamed into place), and a
+            # failure surfaces here instead of in a background thread.
+            enable_async_checkpointing=False,
+            # read_only is enforced here (save refuses); orbax's own read_only flag only adds
+            # log warnings on every open, which sample.py would print.
+            create=not read_only, cleanup_tmp_directories=not read_only,
+        )
+        self._options = options
+        self._manager = None
+        if not read_only:
+            self._open_manager()
+
+    def _open_manager(self):
+        """orbax's CheckpointManager reads every step's metadata when it opens, so one corrupt
+        step would make every other unreadable; read-only use opens it only to rank by val_loss."""
+        if self._manager is None:
+            try:
+                self._manager = ocp.CheckpointManager(self.directory, options=self._options, item_names=_ITEMS)
+            except Exception as exc:  # unreadable directory, bad metadata, ...
+                raise CheckpointError(f"cannot open checkpoints at {self.directory}: {_one_line(exc)}") from exc
+        return self._manager
+
+    # ------------------------------------------------------------------------------- queries
+    def all_steps(self) -> list:
+        if self.read_only:  # committed steps are folders named by their number (orbax renames on commit)
+            return sorted(int(name) for name in os.listdir(self.directory)
+                          if name.isdigit() and os.path.isdir(os.path.join(self.directory, name)))
+        return sorted(int(s) for s in self._manager.all_steps())
+
+    def latest_step(self) -> Optional[int]:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> Optional[int]:
+        """Step with the lowest recorded val_loss (None if no save had one)."""
+        step = self._open_manager().best_step()
+        return None if step is None else int(step)
+
+    def val_loss(self, step: int) -> Optional[float]:
+        metrics = self._open_manager().metrics(step)
+        return None if not metrics else _val_loss(metrics)
+
+    # ---------------------------------------------------------------------------------- save
+    def save(self, step: int, state: TrainState, extra: dict,
+             val_loss: Optional[float] = None) -> None:
+        """Write `state` and the JSON-serializable `extra` as checkpoint `step`; returns when it is
+        committed. Old steps beyond keep-last/best are deleted only after that. If the step exists
+        already (e.g. the first save after a resume), nothing is written. A failed write raises
+        CheckpointError and leaves the earlier checkpoints as they were."""
+        if self.read_only:
+            raise CheckpointError(f"checkpoints at {self.directory} were opened read-only")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"checkpoint step must be a non-negative integer, got {step!r}")
+        if not isinstance(extra, dict):
+            raise ValueError(f"extra must be a dict, got {type(extra).__name__}")
+        if step in self.all_steps():
+            log.warning("checkpoint step %d already exists in %s; not overwritten", step, self.directory)
+            return
+        metrics = None
+        if val_loss is not None and math.isfinite(float(val_loss)):
+            metrics = {"val_loss": float(val_loss)}  # a NaN/inf loss never ranks as best
+        previous = self.latest_step()
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+            extra=ocp.args.JsonSave(extra),
+        )
+        try:
+            self._manager.save(step, args=args, metrics=metrics, force=True)
+            self._manager.wait_until_finished()
+        except Exception as exc:
+            self._recover_after_failed_save(step)
+            kept = (f"the previous checkpoint (step {previous}) is intact" if previous is not None
+                    else "there is no earlier checkpoint")
+            raise CheckpointError(
+                f"could not write checkpoint at step {step}: {_one_line(exc)}; {kept}") from exc
+
+    def _recover_after_failed_save(self, step: int) -> None:
+        """Drop the half-written temporary step directory and re-read what is on disk."""
+        if jax.process_index() == 0 and os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                if re.fullmatch(rf"{step}\.orbax-checkpoint-tmp.*", name):
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        try:
+            self._manager.reload()
+        except Exception:  # pragma: no cover - best effort; the on-disk state is what matters
+            pass
+
+    # ------------------------------------------------------------------------------- restore
+    def _resolve_step(self, step: Optional[int]) -> int:
+        steps = self.all_steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoint found in {self.directory}")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint at step {step} in {self.directory} (have {steps})")
+        return step
+
+    def _restore(self, step: int, **items):
+        try:
+            if self.read_only:  # this step alone, whatever state the others are in
+                with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
+                    return reader.restore(os.path.join(self.directory, str(step)), args=ocp.args.Composite(**items))
+            return self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint at step {step} in {self.directory} is unreadable "
+                                  f"or does not match: {_one_line(exc)}") from exc
+
+    def restore(self, abstract_state: TrainState, step: Optional[int] = None
+                ) -> Tuple[TrainState, dict]:
+        """Restore step (default: latest) onto the shardings named by `abstract_state` (a
+        TrainState of jax.ShapeDtypeStruct with .sharding, e.g. from
+        `jax.eval_shape` + `sharding.state_shardings`). Returns (state, extra)."""
+        step = self._resolve_step(step)
+        target = _abstract(abstract_state)
+        out = self._restore(
+            step,
+            params=ocp.args.StandardRestore(target.params),
+            train=ocp.args.StandardRestore({"step": target.step, "opt_state": target.opt_state}),
+            extra=ocp.args.JsonRestore(),
+        )
+        train = out["train"]
+        state = TrainState(step=train["step"], params=out["params"], opt_state=train["opt_state"])
+        return state, dict(out["extra"] or {})
+
+    def restore_params(self, abstract_params, step: Optional[int] = None):
+        """Only the parameters (no optimizer state is read)."""
+        step = self._resolve_step(step)
+        return self._restore(step, params=ocp.args.StandardRestore(_abstract(abstract_params)))["params"]
+
+    def restore_extra(self, step: Optional[int] = None) -> dict:
+        step = self._resolve_step(step)
+        return dict(self._restore(step, extra=ocp.args.JsonRestore())["extra"] or {})
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_inference_params(out_dir, which: str = "latest") -> Tuple[GPTConfig, Any]:
+    """(GPTConfig, params) from `<out_dir>/checkpoints`, params on one device, no optimizer state
+    (a BigramConfig for a --model=bigram run).
+
+    which: "latest" (default: the most trained weights, what a resumed run continues from) or
+    "best" (lowest val_loss; falls back to latest when no save recorded one). The config comes from
+    extra["model_config"] (GPTConfig.to_dict(), written by train.py).
+    """
+    if which not in ("latest", "best"):
+        raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+    directory = os.path.join(os.fspath(out_dir), CHECKPOINT_SUBDIR)
+    with Checkpointer(directory, read_only=True) as ckpt:
+        step = ckpt.best_step() if which == "best" else None
+        step = ckpt._resolve_step(step)
+        extra = ckpt.restore_extra(step)
+        if "model_config" not in extra:
+            raise CheckpointError(f"checkpoint at step {step} in {directory} has no model_config")
+        from jaxgpt.course.bigram import config_from_dict, module_for
+
+        try:  # a GPTConfig, or a BigramConfig for a --model=bigram run
+            config = config_from_dict(extra["model_config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint at step {step} in {directory} has a bad model_config: "
+                                  f"{_one_line(exc)}") from exc
+        abstract = jax.eval_shape(
+            lambda: module_for(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
+        params = ckpt.restore_params(abstract, step)
+    return config, params

@@ -1,0 +1,747 @@
+"""The training loop every task shares, as named steps with explicit state.
+
+    train(cfg) =
+      1. resolve_run(cfg)      validate and resolve everything: config, corpus, tokenizer, model,
+                               mesh, and a resume target with its compatibility (architecture,
+                               tokenizer, corpus sha256). Reads only; writes nothing to out_dir.
+      2. RunDirLock(out_dir)   one writer per run directory.
+      3. start_run_dir(run)    only now: --overwrite's deletions, tokenizer/data/config files.
+      4. run_loop(...)         step, eval, checkpoint, log, on a LoopState passed as a value.
+      5. finish                close the checkpointer on every path, then the end-of-run samples.
+
+So a command that fails (bad input, a mismatched resume, a busy directory) fails in step 1 or 2
+and leaves the run directory as it was. The library raises ValueError subclasses (ConfigError,
+DataError, CheckpointError) and TrainingDiverged; train.py turns them into one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from jaxgpt.cli import ConfigError, parse_given
+from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES
+from jaxgpt.train.config import (OPTIONS, TrainConfig, changed_run_options, config_from_sources, fixed_on_resume,
+                               load_json_object, options_of, read_run_options, write_json_atomic)
+from jaxgpt.train.run_dir import RunDirLock, check_out_dir, clear_run_files
+
+__all__ = ["TrainingDiverged", "ResolvedRun", "LoopState", "config_from_argv", "resolve_run", "train",
+           "model_config_from_options", "prepare_data", "OPTIONS", "TrainConfig"]
+
+SUMMARY = ("Train a GPT (nanoGPT conventions). Config files are plain Python assigning these keys; "
+           "--key=value overrides them. batch_size is the global batch of one micro-step on any mesh, "
+           "so a config gives the same losses on 1 device or 256.")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------- configuration
+
+def _checkpoint_dir(out_dir: str) -> str:
+    from jaxgpt.train.checkpoint import CHECKPOINT_SUBDIR
+
+    return os.path.join(out_dir, CHECKPOINT_SUBDIR)
+
+
+def checkpoint_steps(out_dir: str) -> List[int]:
+    """Steps of the committed checkpoints in out_dir (orbax's temporary folders excluded)."""
+    directory = _checkpoint_dir(out_dir)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def _resume_step(cfg: TrainConfig) -> int:
+    steps = checkpoint_steps(cfg.out_dir)
+    if not os.path.isdir(cfg.out_dir):
+        raise ConfigError(f"--init_from=resume but --out_dir={cfg.out_dir} does not exist")
+    if not steps:
+        raise ConfigError(f"--init_from=resume but {cfg.out_dir} holds no checkpoint (the run stopped before its "
+                          "first save): run again without --init_from=resume to start it over")
+    if cfg.resume_step is None:
+        return steps[-1]
+    if cfg.resume_step not in steps:
+        raise ConfigError(f"--resume_step={cfg.resume_step}: {cfg.out_dir} has checkpoints {steps}")
+    return cfg.resume_step
+
+
+def _unreadable(out_dir: str, step: int, exc: Exception) -> ConfigError:
+    """A corrupt checkpoint's error, offering the intact-looking earlier steps."""
+    earlier = [s for s in checkpoint_steps(out_dir) if s < step]
+    hint = (f"; earlier checkpoint(s) {earlier}: pass --resume_step={earlier[-1]} to continue from one"
+            if earlier else "")
+    return ConfigError(f"{exc}{hint}")
+
+
+def _read_checkpoint_extra(out_dir: str, step: int) -> Dict[str, Any]:
+    from jaxgpt.train.checkpoint import CheckpointError, Checkpointer
+
+    try:
+        with Checkpointer(_checkpoint_dir(out_dir), keep_best=False, read_only=True) as ckpt:
+            return ckpt.restore_extra(step)
+    except CheckpointError as exc:
+        raise _unreadable(out_dir, step, exc) from None
+
+
+def _join_processes(cfg: TrainConfig) -> None:
+    """Multi-host: must come before anything touches the devices (checkpoint reads included)."""
+    from jaxgpt.train import sharding
+
+    sharding.initialize_distributed(cfg.coordinator_address or None,
+                                    cfg.num_processes if cfg.coordinator_address else None,
+                                    cfg.process_id if cfg.coordinator_address else None)
+
+
+def config_from_argv(argv, cls=TrainConfig, prog: str = "train.py", summary: str = SUMMARY) -> TrainConfig:
+    """The run's TrainConfig (or `cls`, a subclass) from a command line. With --init_from=resume
+    the base is the run options saved with the checkpoint being continued, so only what is given
+    again changes."""
+    given = parse_given(options_of(cls), argv, prog, summary)
+    cfg = config_from_sources(given, cls=cls)
+    if cfg.init_from != "resume":
+        return cfg
+    _join_processes(cfg)
+    step = _resume_step(cfg)
+    extra = _read_checkpoint_extra(cfg.out_dir, step)
+    source = f"checkpoint {step} in {cfg.out_dir}"
+    saved = extra.get("run_config", extra.get("options"))  # "options": checkpoints before run_config existed
+    if saved is None:
+        raise ConfigError(f"{source} records no run options")
+    return config_from_sources(given, read_run_options(saved, source, cls), cls)
+
+
+def model_config_from_options(cfg: TrainConfig, vocab_size: int):
+    from jaxgpt.model.config import GPTConfig
+
+    if cfg.model == "bigram":  # chapter 01's baseline: only the vocabulary and the window length matter
+        from jaxgpt.course.bigram import BigramConfig
+
+        return BigramConfig(vocab_size=vocab_size, block_size=cfg.block_size)
+    return GPTConfig(
+        vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu, tie_embeddings=cfg.tie_embeddings,
+        compute_dtype=cfg.compute_dtype, attn_impl=cfg.attn_impl, remat=cfg.remat, pos_emb=cfg.pos_emb,
+        rope_theta=cfg.rope_theta, norm=cfg.norm, mlp=cfg.mlp, qk_norm=cfg.qk_norm, z_loss=cfg.z_loss,
+        mup=cfg.mup, mup_base_width=cfg.mup_base_width,
+    )
+
+
+def prepare_data(cfg: TrainConfig):
+    """(corpus, prepared data) for cfg: tokenized once into the cache, reused while unchanged.
+    Shared by the trainer and bench.py."""
+    from jaxgpt.data import corpus as data_lib
+    from jaxgpt.data import store as shards
+
+    if shards.is_sharded_store(cfg.dataset):  # prepared by `python -m jaxgpt.data.store`: its tokenizer is fixed
+        store = shards.ShardedTokens(cfg.dataset)
+        if store.tokenizer.name != cfg.tokenizer:
+            raise ConfigError(f"--dataset={cfg.dataset} is a sharded store tokenized with {store.tokenizer.name!r}: "
+                              f"pass --tokenizer={store.tokenizer.name}")
+        return store.corpus, store
+    cache_dir = cfg.data_dir or data_lib.default_cache_dir()
+    corpus = data_lib.resolve_corpus(cfg.dataset, cache_dir)
+    prep_dir = os.path.join(cache_dir, "prepared", f"{corpus.name}-{cfg.tokenizer}-{corpus.sha256[:12]}")
+    try:
+        prepared = data_lib.prepare(corpus, cfg.tokenizer, prep_dir,
+                                    vocab_size=cfg.bpe_vocab_size if cfg.tokenizer == "bpe" else None,
+                                    val_fraction=cfg.val_fraction)
+    except OSError as exc:
+        raise data_lib.DataError(f"cannot write prepared data under {cache_dir} (--data_dir): "
+                                 f"{exc.strerror or exc}") from None
+    return corpus, prepared
+
+
+# ---------------------------------------------------------------------- step 1: resolve the run
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    step: int
+    state: Any  # TrainState on the run's mesh
+    extra: Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedRun:
+    """Everything a run needs, validated; nothing has been written to out_dir yet."""
+    cfg: TrainConfig
+    corpus: Any
+    prepared: Any
+    model_config: Any
+    task: Any
+    mesh: Any
+    rows: slice
+    optimizer: Any
+    schedule: Callable
+    pretrained_params: Any
+    restored: Optional[Restored]
+    notes: List[str]
+
+    @property
+    def out_dir(self) -> str:
+        return self.cfg.out_dir
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return _checkpoint_dir(self.cfg.out_dir)
+
+
+def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
+    """A new run may not silently replace one that has checkpoints."""
+    steps = checkpoint_steps(cfg.out_dir)
+    if cfg.overwrite or cfg.eval_only:
+        return
+    if not steps:
+        if os.path.exists(os.path.join(cfg.out_dir, "run_config.json")):
+            notes.append(f"note: {cfg.out_dir} held no checkpoint; starting that run over")
+        return
+    saved_path = os.path.join(cfg.out_dir, "run_config.json")
+    previous = (read_run_options(load_json_object(saved_path), saved_path, type(cfg))
+                if os.path.exists(saved_path) else {})
+    now = cfg.run_options()
+    differs = [f"{k}: {previous[k]!r} -> {now[k]!r}" for k in fixed_on_resume(cfg)
+               if k in previous and previous[k] != now[k]]
+    if differs:
+        raise ConfigError(f"out_dir {cfg.out_dir} holds a run of another config ({'; '.join(differs)}); "
+                          "pass --overwrite=True to replace it or choose another --out_dir")
+    raise ConfigError(f"out_dir {cfg.out_dir} already holds this run (checkpoints {steps}): pass --init_from=resume "
+                      "to continue it or --overwrite=True to start over")
+
+
+def _check_resume_compatible(cfg: TrainConfig, extra: Dict[str, Any], corpus, prepared, notes: List[str]) -> None:
+    """The data and architecture of a resumed run must be the checkpoint's: another corpus or
+    tokenizer would remap every token id, silently."""
+    saved = read_run_options(extra.get("run_config", extra.get("options", {})), f"checkpoint in {cfg.out_dir}",
+                             type(cfg))
+    now = cfg.run_options()
+    fixed = [f"--{k}={now[k]!r} (the run has {saved[k]!r})" for k in fixed_on_resume(cfg)
+             if k in saved and saved[k] != now[k]]
+    if fixed:
+        raise ConfigError(f"cannot resume {cfg.out_dir} with another data or architecture setting: {'; '.join(fixed)}; "
+                          "start a new --out_dir")
+    meta_path = os.path.join(cfg.out_dir, "data_meta.json")
+    meta = extra.get("data_meta") or (load_json_object(meta_path) if os.path.exists(meta_path) else {})
+    if meta.get("source_sha256") not in (None, corpus.sha256):
+        raise ConfigError(f"the corpus {corpus.source} changed since this run started (sha256 {corpus.sha256[:12]}..., "
+                          f"the run's was {meta['source_sha256'][:12]}...): resuming would remap its token ids; "
+                          "restore the original text or start a new --out_dir")
+    tok_path = os.path.join(cfg.out_dir, "tokenizer.json")
+    if os.path.exists(tok_path):
+        from jaxgpt.data.tokenizers import TokenizerError, load_tokenizer
+
+        try:
+            saved_tokenizer = load_tokenizer(tok_path)
+        except TokenizerError as exc:
+            raise ConfigError(f"cannot resume: {exc}") from None
+        if saved_tokenizer != prepared.tokenizer:
+            raise ConfigError(f"cannot resume: {tok_path} differs from the tokenizer of --dataset={cfg.dataset} "
+                              f"--tokenizer={cfg.tokenizer}; start a new --out_dir")
+    notes.extend(f"resume: {change}" for change in changed_run_options(saved, cfg))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSetup:
+    """What a task's setup resolves for the loop: the config (with e.g. a pretrained model's
+    architecture filled in), the data (`corpus`: name, source, sha256; `prepared`: tokenizer,
+    meta), the model config, the Task, and initial params (host arrays) or None to initialize."""
+    cfg: TrainConfig
+    corpus: Any
+    prepared: Any
+    model_config: Any
+    task: Any
+    pretrained_params: Any = None
+
+
+# setup(cfg, notes, resume_extra) -> TaskSetup: validates and resolves one task's data and model
+# (resume_extra: the checkpoint's extra dict when resuming, else None). Writes nothing to out_dir.
+TaskSetupFn = Callable[[TrainConfig, List[str], Optional[Dict[str, Any]]], TaskSetup]
+
+
+def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[Dict[str, Any]]) -> TaskSetup:
+    """Pretraining's setup: the corpus (checked against a resumed run's), the model (fresh, or a
+    pretrained GPT-2 with its architecture), next-token prediction."""
+    from jaxgpt.data import store as shards
+    from jaxgpt.train.tasks import language_modeling
+
+    resuming = extra is not None
+    pretrained = cfg.init_from in PRETRAINED_NAMES or (not resuming and os.path.isdir(cfg.init_from))
+    corpus, prepared = prepare_data(cfg)
+    if resuming:
+        _check_resume_compatible(cfg, extra, corpus, prepared, notes)
+    tokenizer = prepared.tokenizer
+
+    pretrained_params = None
+    if pretrained:
+        from jaxgpt.model.pretrained import load_pretrained
+
+        base_cfg, pretrained_params = load_pretrained(cfg.init_from)
+        if cfg.block_size > base_cfg.block_size:
+            raise ConfigError(f"--block_size={cfg.block_size} exceeds the pretrained model's {base_cfg.block_size}")
+        if tokenizer.vocab_size > base_cfg.vocab_size:
+            raise ConfigError(f"--tokenizer={cfg.tokenizer} has {tokenizer.vocab_size} tokens but the pretrained "
+                              f"model only {base_cfg.vocab_size}: use --tokenizer=gpt2")
+        model_cfg = base_cfg.replace(dropout=cfg.dropout, compute_dtype=cfg.compute_dtype, attn_impl=cfg.attn_impl,
+                                     remat=cfg.remat, z_loss=cfg.z_loss)
+        cfg = cfg.replace(**{k: getattr(model_cfg, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
+                                                                  "tie_embeddings")})
+        if cfg.block_size < model_cfg.block_size:  # crop learned positions, as nanoGPT does
+            pretrained_params = dict(pretrained_params)
+            pretrained_params["wpe"] = {"embedding": pretrained_params["wpe"]["embedding"][: cfg.block_size]}
+            model_cfg = model_cfg.replace(block_size=cfg.block_size)
+    else:
+        model_cfg = model_config_from_options(cfg, tokenizer.vocab_size)
+
+    for split, tokens in (("train", prepared.train), ("val", prepared.val)):
+        longest = shards.longest_piece(tokens)
+        if longest < cfg.block_size + 1:
+            raise ConfigError(f"the {split} split has {longest} tokens (in one piece), fewer than block_size+1 = "
+                              f"{cfg.block_size + 1}: use a larger corpus or a smaller --block_size")
+
+    if cfg.model == "bigram":  # the same loop and step train the table; the count-based bigram is printed beside it
+        from jaxgpt.course import bigram
+
+        if pretrained:
+            raise ConfigError(f"--model=bigram trains a table from scratch; --init_from={cfg.init_from} is a GPT")
+        task = bigram.language_modeling(model_cfg, prepared, cfg.seed)
+        notes.append(bigram.count_baseline_line(prepared, cfg.bigram_smoothing)[1])
+    else:
+        task = language_modeling(model_cfg, prepared, cfg.seed)
+    return TaskSetup(cfg, corpus, prepared, model_cfg, task, pretrained_params)
+
+
+def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> ResolvedRun:
+    """Step 1: validate and resolve everything; nothing is written to out_dir. `setup` builds the
+    task (default: pretraining, language_modeling_setup)."""
+    from jaxgpt.train import sharding
+
+    notes: List[str] = []
+    check_out_dir(cfg.out_dir)
+    resuming = cfg.init_from == "resume"
+    if setup is None:
+        pretrained = cfg.init_from in PRETRAINED_NAMES or (not resuming and os.path.isdir(cfg.init_from))
+        if not (resuming or pretrained or cfg.init_from == "scratch"):
+            raise ConfigError(f"--init_from must be scratch, resume, one of {list(PRETRAINED_NAMES)} or a directory; "
+                              f"got {cfg.init_from!r}")
+    if not resuming:
+        _check_fresh_start(cfg, notes)
+    step = _resume_step(cfg) if resuming else None
+    _join_processes(cfg)
+    from jaxgpt.model.config import check_attn_impl
+
+    check_attn_impl(cfg.attn_impl)  # --attn_impl=cudnn without a GPU: refused before anything is written
+    extra = _read_checkpoint_extra(cfg.out_dir, step) if resuming else None
+
+    import jax
+
+    from jaxgpt.train.optim import freeze, lr_schedule, make_optimizer, mup_lr_scales
+
+    resolved = (setup or language_modeling_setup)(cfg, notes, extra)
+    cfg, corpus, prepared, model_cfg, task = (resolved.cfg, resolved.corpus, resolved.prepared,
+                                              resolved.model_config, resolved.task)
+    pretrained_params = resolved.pretrained_params
+    schedule = lr_schedule(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
+    abstract_params = jax.eval_shape(task.init_params, jax.random.key(0))  # shapes only, no memory
+    # muP: per-layer learning-rate multipliers (None, the plain AdamW chain, when off)
+    lr_scales = mup_lr_scales(abstract_params, model_cfg)
+    optimizer = make_optimizer(schedule, weight_decay=cfg.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2,
+                               grad_clip=cfg.grad_clip, lr_scales=lr_scales)
+    if task.trainable is not None:  # fine-tuning: frozen params get no update and no AdamW moments
+        optimizer = freeze(optimizer, task.trainable)
+    mesh = sharding.make_mesh(cfg.dp, cfg.fsdp, cfg.tp)
+    try:
+        rows = sharding.process_rows(mesh, cfg.batch_size)  # this process's rows of each global batch
+    except ValueError as exc:
+        raise ConfigError(f"--batch_size: {exc}") from None
+    if jax.process_index() == 0:
+        notes.extend(f"note: replicated instead of sharded (size not divisible): {where}"
+                     for where in sharding.unshardable_dims(abstract_params, mesh))
+
+    restored = None
+    if resuming:
+        try:  # from_dict: a checkpoint older than a GPTConfig field has that field's default
+            saved_model = type(model_cfg).from_dict(extra.get("model_config") or {})
+        except (TypeError, ValueError):
+            saved_model = None
+        if saved_model != model_cfg:
+            raise ConfigError(f"the checkpoint in {_checkpoint_dir(cfg.out_dir)} was trained with another model config; "
+                              "start a new --out_dir or use the same options")
+        restored = _restore(cfg, step, task, optimizer, mesh)
+    return ResolvedRun(cfg, corpus, prepared, model_cfg, task, mesh, rows, optimizer, schedule, pretrained_params,
+                       restored, notes)
+
+
+def _restore(cfg: TrainConfig, step: int, task, optimizer, mesh) -> Restored:
+    """The checkpointed state, straight onto this run's mesh (whatever mesh wrote it)."""
+    from jaxgpt.train.checkpoint import CheckpointError, Checkpointer
+    from jaxgpt.train.step import abstract_train_state
+
+    abstract = abstract_train_state(task.init_params, optimizer, mesh)
+    try:
+        with Checkpointer(_checkpoint_dir(cfg.out_dir), keep_best=False, read_only=True) as ckpt:
+            state, extra = ckpt.restore(abstract, step)
+    except CheckpointError as exc:
+        raise _unreadable(cfg.out_dir, step, exc) from None
+    try:
+        task.batches.load_state_dict(extra)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"checkpoint {step} in {cfg.out_dir} has no usable batch-sampler state ({exc})") from None
+    return Restored(step, state, extra)
+
+
+# ------------------------------------------------------------------- step 3: start the run dir
+
+def start_run_dir(run: ResolvedRun) -> None:
+    """Under the lock: --overwrite's deletions, then the files a fresh run starts with."""
+    cfg = run.cfg
+    if run.restored is not None:  # a resumed run's files were checked in resolve_run and stay
+        later = [s for s in checkpoint_steps(cfg.out_dir) if s > run.restored.step]
+        if later:  # --resume_step: the run goes on from there; later steps are kept aside, not deleted
+            aside = os.path.join(cfg.out_dir, "checkpoints-set-aside")
+            os.makedirs(aside, exist_ok=True)
+            for step in later:
+                os.replace(os.path.join(run.checkpoint_dir, str(step)), os.path.join(aside, f"{step}-{int(time.time())}"))
+            print(f"resume: continuing from checkpoint {run.restored.step}; later checkpoint(s) {later} moved to {aside}")
+        return
+    if cfg.overwrite:
+        removed = clear_run_files(cfg.out_dir)
+        if removed:
+            print(f"overwrite: removed {', '.join(removed)} from {cfg.out_dir}")
+    else:
+        clear_run_files(cfg.out_dir)  # a run that never checkpointed (see _check_fresh_start)
+    run.prepared.tokenizer.save(os.path.join(cfg.out_dir, "tokenizer.json"))
+    write_json_atomic(os.path.join(cfg.out_dir, "data_meta.json"), run.prepared.meta)
+    write_json_atomic(os.path.join(cfg.out_dir, "run_config.json"), cfg.run_options())
+
+
+# ------------------------------------------------------------------------- step 4: the loop
+
+@dataclasses.dataclass(frozen=True)
+class LoopState:
+    """What changes as the run goes, passed from step to step as a value. (The task's batch
+    samplers are the one stateful part: numpy generators, checkpointed by state_dict.)"""
+    train_state: Any
+    iter_num: int
+    best_val: float
+    last_val: float = math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    train: Callable
+    eval: Callable
+
+
+def compile_steps(run: ResolvedRun, state_sharding) -> Steps:
+    from jaxgpt.train import sharding
+    from jaxgpt.train.step import make_eval_step, make_train_step
+
+    train_step = sharding.compile_train_step(make_train_step(run.task.loss, run.optimizer, run.schedule),
+                                             run.mesh, state_sharding)
+    eval_step = sharding.compile_eval_step(make_eval_step(run.task.loss), run.mesh, state_sharding.params)
+    return Steps(train_step, eval_step)
+
+
+def initial_loop_state(run: ResolvedRun, rng) -> LoopState:
+    from jaxgpt.train.step import init_train_state
+
+    if run.restored is not None:
+        extra = run.restored.extra
+        return LoopState(run.restored.state, int(extra["iter_num"]), float(extra["best_val_loss"]))
+    state = init_train_state(run.task.init_params, run.optimizer, run.mesh, rng, params=run.pretrained_params)
+    return LoopState(state, 0, math.inf)
+
+
+def _global(run: ResolvedRun, batch):
+    from jaxgpt.train import sharding
+
+    return tuple(sharding.global_batch(run.mesh, x) for x in batch)
+
+
+def evaluate_metrics(run: ResolvedRun, steps: Steps, params, splits=None) -> Dict[str, Dict[str, float]]:
+    """{split: {metric: value}}: "loss", plus what the task's eval_summary derives (accuracy...)."""
+    cfg = run.cfg
+    out = {}
+    for split in splits or run.task.eval_splits:
+        batch = run.task.batches.eval_batch(split, cfg.eval_iters, cfg.batch_size, run.rows)
+        result = steps.eval(params, _global(run, batch))
+        summary = run.task.eval_summary
+        out[split] = {"loss": float(result["loss"])} if summary is None else summary(result)
+    return out
+
+
+def evaluate(run: ResolvedRun, steps: Steps, params) -> Dict[str, float]:
+    return {split: m["loss"] for split, m in evaluate_metrics(run, steps, params).items()}
+
+
+def _eval_event_and_line(it: int, metrics: Dict[str, Dict[str, float]]):
+    """The eval event (train_loss, val_loss, then e.g. val_accuracy) and its printed line."""
+    event = {"iter": it, **{f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if k == "loss"}}
+    line = f"iter {it}: train loss {metrics['train']['loss']:.4f}, val loss {metrics['val']['loss']:.4f}"
+    extra = {f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if k != "loss"}
+    event.update(extra)
+    shown = {k: v for k, v in metrics.get("val", {}).items() if k != "loss" and isinstance(v, float)}
+    if shown:  # the line keeps to val; every split's metrics are in the event
+        line += " | val " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+    else:  # a language model's loss: its perplexity too (chapter 05)
+        from jaxgpt.train.metrics import perplexity
+
+        event["val_ppl"] = perplexity(metrics["val"]["loss"])
+        line += f" (ppl {event['val_ppl']:.2f})"
+    return event, line
+
+
+def save_checkpoint(run: ResolvedRun, checkpointer, loop: LoopState, val_loss: float) -> None:
+    extra = {"iter_num": loop.iter_num, "best_val_loss": loop.best_val, "model_config": run.model_config.to_dict(),
+             "run_config": run.cfg.run_options(), "data_meta": run.prepared.meta, **run.task.batches.state_dict()}
+    checkpointer.save(loop.iter_num, loop.train_state, extra, val_loss=val_loss)
+    if _is_main():  # run_config.json follows the newest checkpoint (what a resume continues)
+        write_json_atomic(os.path.join(run.out_dir, "run_config.json"), run.cfg.run_options())
+
+
+def _is_main() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+class _Reporter:
+    """metrics.jsonl, loss.png, the progress bar and the eval lines (process 0 only)."""
+
+    # loss.png is redrawn at most this often (seconds), and always at the end of the run: a plot
+    # costs ~0.5 s (plus ~2 s to import matplotlib once), which dominated short runs' evals.
+    PLOT_EVERY_S = 30.0
+
+    def __init__(self, run: ResolvedRun, resume_iter: Optional[int], initial: int):
+        from jaxgpt.train.metrics import MetricsLog
+
+        self.run, self.active = run, _is_main()
+        self.last_plot = time.monotonic()  # the run's first plot waits too: one point says little
+        self.metrics_path = os.path.join(run.out_dir, "metrics.jsonl")
+        self.log = MetricsLog(self.metrics_path, resume_iter=resume_iter) if self.active else None
+        self.bar = None
+        if self.active and run.cfg.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=run.cfg.max_iters, initial=initial, unit="it", dynamic_ncols=True)
+
+    def event(self, event: Dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(event)
+
+    def line(self, text: str) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def plot(self, final: bool = False) -> None:
+        if not self.active or (not final and time.monotonic() - self.last_plot < self.PLOT_EVERY_S):
+            return
+        self.last_plot = time.monotonic()
+        from jaxgpt.train.metrics import plot_losses
+
+        run = self.run
+        try:
+            plot_losses(self.metrics_path, os.path.join(run.out_dir, "loss.png"),
+                        f"{run.corpus.name} / {run.cfg.tokenizer} / {run.model_config.num_params() / 1e6:.2f}M params")
+        except OSError as exc:  # a full disk: the plot is a convenience, the run goes on
+            print(f"warning: could not write loss.png: {exc.strerror or exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, report: _Reporter, dropout_rng
+             ) -> LoopState:
+    """Step 4: train to max_iters, evaluating and checkpointing every eval_interval."""
+    from jaxgpt.train.flops import device_peak_flops, mfu
+    import jax
+
+    cfg = run.cfg
+    A, B, T = cfg.gradient_accumulation_steps, cfg.batch_size, cfg.block_size
+    tokens_per_iter = A * B * T
+    flops_per_token = run.model_config.flops_per_token(T)
+    peak_one, _ = device_peak_flops()
+    # Simulated CPU devices share one host's cores: a CPU's peak is per process, not per device.
+    peak_total = peak_one * (jax.process_count() if jax.devices()[0].platform == "cpu" else jax.device_count())
+    skip_eval_at = loop.iter_num if run.restored is not None else None  # logged before the checkpoint
+    watch = _DivergenceWatch()
+    t_last, tokens_since = time.time(), 0
+    while True:
+        it = loop.iter_num
+        if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != skip_eval_at:
+            watch.check(run, checkpointer)  # never evaluate, let alone checkpoint, a diverged state
+            metrics_now = evaluate_metrics(run, steps, loop.train_state.params)
+            losses = {split: m["loss"] for split, m in metrics_now.items()}
+            event, line = _eval_event_and_line(it, metrics_now)
+            report.event(event)
+            report.line(line)
+            improved = losses["val"] < loop.best_val
+            loop = dataclasses.replace(loop, best_val=min(loop.best_val, losses["val"]), last_val=losses["val"])
+            if it > 0 and (improved or cfg.always_save_checkpoint):
+                save_checkpoint(run, checkpointer, loop, losses["val"])
+            report.plot(final=it >= cfg.max_iters)
+            t_last, tokens_since = time.time(), 0  # keep eval time out of tokens/s
+        if it >= cfg.max_iters:
+            watch.check(run, checkpointer)
+            return loop
+        # Dispatch is asynchronous: while the device runs this step, the host goes on to draw and
+        # place the next batch. The host waits for the device only at log and eval points.
+        batch = run.task.batches.train_batch(A, B, run.rows)
+        state, metrics = steps.train(loop.train_state, _global(run, batch), dropout_rng)
+        loop = dataclasses.replace(loop, train_state=state, iter_num=it + 1)
+        watch.update(metrics["loss"], loop.iter_num)
+        tokens_since += tokens_per_iter
+        if loop.iter_num % cfg.log_interval == 0 or loop.iter_num == cfg.max_iters:
+            watch.check(run, checkpointer)
+            loss = float(metrics["loss"])
+            tps = tokens_since / max(time.time() - t_last, 1e-9)
+            event = {"iter": loop.iter_num, "train_loss": loss, "lr": float(metrics["lr"]),
+                     "grad_norm": float(metrics["grad_norm"]), "tokens_per_sec": tps,
+                     "mfu": mfu(flops_per_token, tps, peak_total)}
+            report.event(event)
+            if report.bar is not None:
+                report.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{100 * event['mfu']:.1f}%")
+            t_last, tokens_since = time.time(), 0
+        if report.bar is not None:
+            report.bar.update(1)
+
+
+class _DivergenceWatch:
+    """Catches a NaN/inf loss at its iteration without a host sync per step: the first bad
+    iteration and its loss are kept on the device (two tiny asynchronous ops a step) and read at
+    log and eval points, so a diverged state is never evaluated or checkpointed."""
+
+    def __init__(self):
+        import jax.numpy as jnp
+
+        self.first_bad, self.bad_loss = jnp.int32(-1), jnp.float32(0.0)
+
+    def update(self, loss, iteration: int) -> None:
+        import jax.numpy as jnp
+
+        new = (self.first_bad < 0) & ~jnp.isfinite(loss)
+        self.first_bad = jnp.where(new, jnp.int32(iteration), self.first_bad)
+        self.bad_loss = jnp.where(new, loss.astype(jnp.float32), self.bad_loss)
+
+    def check(self, run: ResolvedRun, checkpointer) -> None:
+        first_bad = int(self.first_bad)
+        if first_bad < 0:
+            return
+        last_good = checkpointer.latest_step()
+        raise TrainingDiverged(
+            f"loss became {float(self.bad_loss)} at iteration {first_bad}; stopping. "
+            + (f"The last good checkpoint (iteration {last_good}) in {run.checkpoint_dir} is intact."
+               if last_good is not None else "No checkpoint was written yet."))
+
+
+# ------------------------------------------------------------------------------ the whole run
+
+def _header(run: ResolvedRun) -> None:
+    import jax
+
+    from jaxgpt.train.flops import device_peak_flops
+
+    cfg, prepared = run.cfg, run.prepared
+    data = run.task.describe or (f"{run.corpus.name} ({cfg.tokenizer}, vocab {prepared.tokenizer.vocab_size}, "
+                                 f"{len(prepared.train):,} train / {len(prepared.val):,} val tokens)")
+    print(f"jaxgpt: {run.model_config.num_params() / 1e6:.2f}M params | {data} | mesh "
+          f"{dict(run.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s) | "
+          f"{cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,} tokens/iter")
+    print(f"MFU peak: {device_peak_flops()[1]}")
+    for note in run.notes:
+        print(note)
+
+
+def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, Any]:
+    """Run one training job (the steps in the module docstring); returns a summary dict. `setup`
+    builds the task (default: pretraining); a task's `finish` hook runs last, under the lock."""
+    import jax
+
+    from jaxgpt.train.checkpoint import Checkpointer
+
+    run = resolve_run(cfg, setup)
+    cfg = run.cfg  # with a pretrained model's architecture filled in
+    if jax.default_backend() == "cpu":  # a step's freed temporaries stay mapped (jaxgpt.train.host_memory)
+        from jaxgpt.train.host_memory import retain_freed_memory
+
+        retain_freed_memory()
+    init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(cfg.seed), 3)
+    is_main = _is_main()
+    if is_main:
+        _header(run)
+    if cfg.eval_only:  # reads only: no lock, nothing written
+        loop = initial_loop_state(run, init_rng)
+        steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
+        losses = evaluate(run, steps, loop.train_state.params)
+        from jaxgpt.train.metrics import perplexity
+
+        if is_main:
+            print(f"eval: train {losses['train']:.4f}, val {losses['val']:.4f} (val ppl {perplexity(losses['val']):.2f})")
+        return {"train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": perplexity(losses["val"]),
+                "iters": loop.iter_num}
+
+    lock = RunDirLock(cfg.out_dir)
+    if is_main:
+        lock.acquire()
+    try:
+        if is_main:
+            start_run_dir(run)
+        loop = initial_loop_state(run, init_rng)
+        steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
+        report = _Reporter(run, resume_iter=loop.iter_num if run.restored is not None else None,
+                           initial=loop.iter_num)
+        t_start = time.time()
+        try:
+            with Checkpointer(run.checkpoint_dir, keep_last=cfg.keep_checkpoints, keep_best=True) as checkpointer:
+                loop = run_loop(run, steps, loop, checkpointer, report, dropout_rng)
+        finally:
+            report.close()
+        elapsed = time.time() - t_start
+        # every process joins the hook's evaluations; only process 0's report writes
+        finished = (run.task.finish(run, steps, loop, report.event) or {}) if run.task.finish else {}
+    except BaseException:
+        if is_main and not checkpoint_steps(cfg.out_dir):
+            lock.remove_created_dir()  # a new run that failed before its first checkpoint leaves nothing
+        raise
+    finally:
+        lock.release()
+
+    summary = {"iters": loop.iter_num, "best_val_loss": loop.best_val, "last_val_loss": loop.last_val,
+               "seconds": elapsed, "out_dir": cfg.out_dir, **finished}
+    if is_main:
+        print(f"done: {loop.iter_num} iterations in {elapsed:.1f}s | best val loss {loop.best_val:.4f} | "
+              f"checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")
+        if cfg.num_samples > 0 and cfg.sample_tokens > 0:
+            summary["samples"] = _print_samples(run, loop.train_state.params, sample_rng)
+    return summary
+
+
+def _print_samples(run: ResolvedRun, params, rng) -> List[str]:
+    import jax
+
+    from jaxgpt.sample.decode import generate
+
+    tokenizer, cfg = run.prepared.tokenizer, run.cfg
+    start = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
+    prompt = np.array([start] * cfg.num_samples, dtype=np.int32)
+    out = generate(run.model_config, jax.device_get(params), prompt, cfg.sample_tokens, rng=rng, temperature=0.8,
+                   top_k=200)
+    texts = []
+    for row in np.asarray(out):
+        texts.append(tokenizer.decode([int(t) for t in row[len(start):]]))
+        print("-" * 40)
+        print(texts[-1])
+    print("-" * 40)
+    return texts

@@ -1,0 +1,7 @@
+"""`python -m jaxgpt.viz`: the figures' command line (jaxgpt.viz.figures.main)."""
+
+from jaxgpt.cli import main_guard
+from jaxgpt.viz.figures import main
+
+if __name__ == "__main__":
+    main_guard(main)
