@@ -1,0 +1,182 @@
+"""Files written whole or not at all, JSON read with one clear error, downloads checked by sha256, and
+exclusive file locks: the one place jaxgpt does each of these.
+
+    with atomic_write("out/meta.json") as f: ...     # a temporary beside the target, renamed into place
+    write_json_atomic(path, value)                   # the same, for JSON
+    save_figure_atomic(fig, "out/loss.png")          # matplotlib infers the format: the temporary keeps the suffix
+    read_json_object(path, error=ConfigError)        # a dict, or one line naming the file
+    fetch(url, path, sha256=..., error=DataError)    # download once, verify, keep
+    with FileLock(path, busy="... is in use"): ...   # one process at a time; the kernel drops it on death
+
+A reader never sees a half-written file: a crash leaves the old file (or nothing) and at most a
+`<name>.tmp<pid>` beside it, which the next write replaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Dict, Iterator, Optional, Type
+
+__all__ = ["atomic_write", "write_bytes_atomic", "write_json_atomic", "save_figure_atomic", "read_json",
+           "read_json_object", "sha256_of_file", "fetch", "FileLock", "temporary_path"]
+
+ErrorType = Type[Exception]
+
+
+def temporary_path(path: str, keep_suffix: bool = False) -> str:
+    """The temporary beside `path` that an atomic write goes through (same directory: the rename is
+    atomic). keep_suffix puts the pid before the extension, for writers that infer a format from it."""
+    path = os.fspath(path)
+    if keep_suffix:
+        root, ext = os.path.splitext(path)
+        return f"{root}.tmp{os.getpid()}{ext}"
+    return f"{path}.tmp{os.getpid()}"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", *, encoding: Optional[str] = "utf-8", fsync: bool = False,
+                 keep_suffix: bool = False) -> Iterator[Any]:
+    """Open a temporary beside `path` for writing; on a clean exit rename it over `path`, on an
+    exception remove it (the old file stays as it was)."""
+    tmp = temporary_path(path, keep_suffix)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes_atomic(path: str, data: bytes, *, fsync: bool = False) -> None:
+    with atomic_write(path, "wb", fsync=fsync) as f:
+        f.write(data)
+
+
+def write_json_atomic(path: str, value: Any, *, indent: int = 2, sort_keys: bool = True, fsync: bool = False,
+                      trailing_newline: bool = False) -> None:
+    """JSON (UTF-8, non-ASCII kept) written through a temporary and renamed into place."""
+    with atomic_write(path, fsync=fsync) as f:
+        json.dump(value, f, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
+        if trailing_newline:
+            f.write("\n")
+
+
+def save_figure_atomic(fig: Any, path: str, **savefig_kwargs: Any) -> str:
+    """fig.savefig through a temporary with the same suffix (matplotlib picks the format from it)."""
+    tmp = temporary_path(path, keep_suffix=True)
+    try:
+        fig.savefig(tmp, **savefig_kwargs)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_json(path: str, *, error: ErrorType = ValueError, what: str = "") -> Any:
+    """The JSON value in `path`, or `error` with one line naming the file (missing, unreadable, not JSON)."""
+    label = f"{what} {path}" if what else str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise error(f"cannot read {label}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{label} is not valid JSON ({exc})") from None
+
+
+def read_json_object(path: str, *, error: ErrorType = ValueError, what: str = "") -> Dict[str, Any]:
+    """Like read_json, and the value must be a JSON object."""
+    value = read_json(path, error=error, what=what)
+    if not isinstance(value, dict):
+        raise error(f"{f'{what} {path}' if what else path} does not hold a JSON object")
+    return value
+
+
+def sha256_of_file(path: str, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(url: str, *, timeout: float, error: ErrorType, offline_hint: str,
+          check: Optional[Callable[[bytes], None]] = None) -> bytes:
+    """The bytes at `url`, or `error` with one line: what failed and what to do offline
+    (`offline_hint`). `check(data)` raises for content that must not be kept (a wrong sha256)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise error(f"could not download {url} ({reason}): {offline_hint}") from None
+    if check is not None:
+        check(data)
+    return data
+
+
+class FileLock:
+    """An exclusive, non-blocking `flock` on `path` (created with its folder). While held the file
+    holds the holder's pid; the kernel drops the lock when the process dies, however it dies, so a
+    stale lock never blocks the next process. A second taker gets `error(busy.format(pid=...))`."""
+
+    def __init__(self, path: str, *, busy: str, error: ErrorType = ValueError, make_dirs: bool = True):
+        self.path = os.path.abspath(path)
+        self.busy, self.error, self.make_dirs = busy, error, make_dirs
+        self._fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "FileLock":
+        import fcntl  # POSIX only; imported here so the module imports anywhere
+
+        try:
+            if self.make_dirs:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self.error(f"cannot write to {os.path.dirname(self.path)}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise self.error(self.busy.format(pid=holder, path=self.path)) from None
+            raise self.error(f"cannot lock {self.path}: {exc.strerror or exc}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)  # a finished holder leaves the file empty
+        except OSError:  # a full or read-only disk: the kernel still drops the lock below
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "FileLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
