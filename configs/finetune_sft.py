@@ -1,7 +1,7 @@
 # Instruction fine-tuning (the course's chapter 7): python finetune.py configs/finetune_sft.py
 # Default data: rule-made instructions with one checkable answer each (jaxgpt.finetune.instruct_data),
 # a small char GPT trained from scratch; the loss counts response tokens only.
-# The recipe measured best so far (test exact match 0.83 in 7 min on 2 cores; README, "Instruction
+# The recipe measured best so far (test exact match 0.83 in 7 min on 2 cores; docs/results/finetuning.md, "Instruction
 # following"): the compact template (a char model spends its compute on the template otherwise),
 # rotary positions (the answers are read from the input at an offset: reversing, copying in
 # capitals), a narrow 3-layer model, 4x the distinct prompts (1,000 per kind memorized), many steps.
