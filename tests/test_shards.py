@@ -18,17 +18,12 @@ import numpy as np
 import pytest
 
 import jaxgpt.data.store as shards
+from jaxgpt.data import store_cli, store_encode, store_write
 from jaxgpt.data.corpus import BatchSampler, DataError
-from jaxgpt.data.store import (
-    ShardedBatchSampler,
-    ShardedSplit,
-    ShardedTokens,
-    batch_sampler,
-    is_val_document,
-    learn_tokenizer,
-    open_source,
-    prepare_sharded,
-)
+from jaxgpt.data.sources import open_source
+from jaxgpt.data.store import ShardedBatchSampler, ShardedSplit, ShardedTokens, batch_sampler
+from jaxgpt.data.store_encode import is_val_document
+from jaxgpt.data.store_prepare import learn_tokenizer, prepare_sharded
 from jaxgpt.data.tokenizers import build_tokenizer, load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,7 +169,7 @@ def test_val_shards_splits_by_shard(corpus, gpt2, tmp_path):
 @pytest.mark.parametrize("crash", ["shard_renamed_record_missing", "mid_shard"])
 def test_resume_after_crash_is_byte_identical_and_skips_done_shards(crash, corpus, gpt2, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real_write, real_call = shards._write_json_atomic, shards._Encoder.__call__
+    real_write, real_call = store_write.write_record, store_encode.DocumentEncoder.__call__
     calls = []
 
     def failing_write(path, obj):
@@ -188,8 +183,8 @@ def test_resume_after_crash_is_byte_identical_and_skips_done_shards(crash, corpu
             raise RuntimeError("simulated crash")
         return real_call(self, labels, texts)
 
-    monkeypatch.setattr(shards, "_write_json_atomic", failing_write)
-    monkeypatch.setattr(shards._Encoder, "__call__", failing_encode)
+    monkeypatch.setattr(store_write, "write_record", failing_write)
+    monkeypatch.setattr(store_encode.DocumentEncoder, "__call__", failing_encode)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _prepare(corpus[0], out, gpt2, batch_chars=500)
     monkeypatch.undo()
@@ -210,14 +205,14 @@ def test_resume_after_crash_is_byte_identical_and_skips_done_shards(crash, corpu
 
 def test_resume_split_by_shards(corpus, gpt2, tmp_path, monkeypatch):
     fresh = _prepare(corpus[0], tmp_path / "fresh", gpt2, val_fraction=None, val_shards=3)
-    real_write = shards._write_json_atomic
+    real_write = store_write.write_record
 
     def failing_write(path, obj):
         if path.endswith(os.path.join("progress", "all_000007.json")):  # the 8th shard of the one stream
             raise RuntimeError("simulated crash")
         real_write(path, obj)
 
-    monkeypatch.setattr(shards, "_write_json_atomic", failing_write)
+    monkeypatch.setattr(store_write, "write_record", failing_write)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _prepare(corpus[0], tmp_path / "out", gpt2, val_fraction=None, val_shards=3)
     monkeypatch.undo()
@@ -233,15 +228,15 @@ def test_resume_after_kill_9(corpus, gpt2, reference, tmp_path):
     script = tmp_path / "slow_prepare.py"
     script.write_text(textwrap.dedent(f"""
         import sys, time
-        import jaxgpt.data.store as shards
+        from jaxgpt.data import store_encode, store_prepare
         assert "datasets" not in sys.modules  # imported lazily, only for dataset sources
-        real = shards._Encoder.__call__
+        real = store_encode.DocumentEncoder.__call__
         def slow(self, labels, texts):
             time.sleep(0.03)
             return real(self, labels, texts)
-        shards._Encoder.__call__ = slow
+        store_encode.DocumentEncoder.__call__ = slow
         from jaxgpt.data.tokenizers import build_tokenizer
-        shards.prepare_sharded({corpus[0]!r}, {str(out)!r}, build_tokenizer("gpt2"), shard_tokens={SHARD},
+        store_prepare.prepare_sharded({corpus[0]!r}, {str(out)!r}, build_tokenizer("gpt2"), shard_tokens={SHARD},
                                val_fraction={FRAC}, num_workers=1, progress=False, batch_chars=300)
         print("finished")
     """))
@@ -477,7 +472,7 @@ def test_hub_name_offline_is_a_clear_error(offline_hf, gpt2, tmp_path):
 # --------------------------------------------------------------------------------------------- CLI
 
 def test_cli(corpus, tmp_path, capsys, monkeypatch):
-    shards.main([f"--source={corpus[0]}", f"--out_dir={tmp_path / 'cli'}", "--tokenizer=char", "--shard_tokens=4000",
+    store_cli.main([f"--source={corpus[0]}", f"--out_dir={tmp_path / 'cli'}", "--tokenizer=char", "--shard_tokens=4000",
                  "--val_fraction=0.05", "--num_workers=1", "--progress=False"])
     line = capsys.readouterr().out
     assert "train shards" in line and f"{N_DOCS:,} documents" in line
@@ -488,7 +483,7 @@ def test_cli(corpus, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(sys, "argv", ["shards", f"--source={tmp_path / 'nowhere'}", f"--out_dir={tmp_path / 'x'}"])
     with pytest.raises(SystemExit) as exit_info:
-        main_guard(shards.main)
+        main_guard(store_cli.main)
     assert exit_info.value.code == 2 and capsys.readouterr().err.strip().endswith("no such file or folder")
 
 

@@ -12,7 +12,7 @@ A sweep config is plain Python (like train.py's) that assigns:
 Every combination is a member with its own out_dir under `<out_dir>/runs/<name>`. A member that
 finished (its result.json exists) is skipped; one that was interrupted resumes exactly from its
 last checkpoint (the loop's own resume). `runs.jsonl` and `runs.csv` get one row per member, then
-`fit.json` and the plots are written from them (jaxgpt.scale.fits).
+`fit.json` and the plots are written from them (jaxgpt.scale.report, jaxgpt.scale.plots).
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
     """fit.json and the PNGs from the results rows (each fit only where the data supports it).
     Approach 3 starts L-BFGS from scaling.SMALL_INIT_GRID (162 starts) unless paper_grid, the
     paper's 4500 (minutes on a CPU)."""
-    from jaxgpt.scale import fits as scaling
+    from jaxgpt.scale import fits as scaling, plots, report
     from jaxgpt.train.metrics import read_metrics
 
     fit_rows = [{"N": r["N"], "D": r["D"], "C": r["C"], "loss": r["best_val_loss"],
@@ -245,9 +245,9 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
                 for r in rows if r["best_val_loss"] is not None and math.isfinite(r["best_val_loss"])]
     isoflop = any("compute" in r for r in rows)
     grid = scaling.PAPER_INIT_GRID if paper_grid else scaling.SMALL_INIT_GRID
-    result = scaling.fit_all(fit_rows, compute_budgets=budgets, group_key="budget" if isoflop else None,
-                             n_bootstrap=n_bootstrap, init_grid=grid)
-    scaling.write_fit_json(os.path.join(out_dir, "fit.json"), result)
+    result = report.fit_all(fit_rows, compute_budgets=budgets, group_key="budget" if isoflop else None,
+                            n_bootstrap=n_bootstrap, init_grid=grid)
+    report.write_fit_json(os.path.join(out_dir, "fit.json"), result)
     if not fit_rows:
         return result
     N = [r["N"] for r in fit_rows]
@@ -255,14 +255,14 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
     L = [r["loss"] for r in fit_rows]
     D = [r["D"] for r in fit_rows]
     frontier = _try(scaling.fit_compute_frontier, C, L)
-    scaling.plot_compute_frontier(C, L, os.path.join(out_dir, "loss_vs_compute.png"), fit=frontier)
+    plots.plot_compute_frontier(C, L, os.path.join(out_dir, "loss_vs_compute.png"), fit=frontier)
     if isoflop:
         labels = [r["budget"] for r in fit_rows]
         iso = _try(scaling.fit_isoflop, N, C, L, labels=labels)
-        scaling.plot_isoflop(N, C, L, os.path.join(out_dir, "isoflop.png"), fit=iso, labels=labels)
+        plots.plot_isoflop(N, C, L, os.path.join(out_dir, "isoflop.png"), fit=iso, labels=labels)
     parametric = _try(scaling.fit_parametric, N, D, L, init_grid=grid)
     if parametric is not None:
-        scaling.plot_parametric_residuals(N, D, L, parametric, os.path.join(out_dir, "parametric_residuals.png"))
+        plots.plot_parametric_residuals(N, D, L, parametric, os.path.join(out_dir, "parametric_residuals.png"))
     curves = []
     for member in members:
         events = read_metrics(os.path.join(out_dir, "runs", member.name, "metrics.jsonl"))
@@ -272,7 +272,7 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
         if evals:
             curves.append((member.name, evals))
     if curves:
-        scaling.plot_loss_curves(curves, os.path.join(out_dir, "loss_curves.png"), x_key="tokens")
+        plots.plot_loss_curves(curves, os.path.join(out_dir, "loss_curves.png"), x_key="tokens")
     return result
 
 

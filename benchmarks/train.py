@@ -1,0 +1,164 @@
+"""bench.py --task=train: the main job twice, side by side, jaxgpt's train() and the PyTorch twin
+(same config, batches and schedule): wall time, median tokens/s and the val loss at each eval, the
+control for the quality bar. jax and torch are imported when a run needs them: --help and flag
+errors answer without loading them, and torch stays optional (--torch_run=False)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from typing import Any, Dict
+
+import numpy as np
+
+from benchmarks.common import emit_record, machine, table_stream
+from jaxgpt.cli import CLIError, Option
+
+TRAIN_OPTIONS: Dict[str, Option] = {
+    "config": Option("configs/shakespeare_char_cpu.py", "train.py config file both sides train with"),
+    "dataset": Option("", "override the config's dataset (e.g. a local path to Tiny Shakespeare)"),
+    "max_iters": Option(0, "override max_iters (0: the config's)"),
+    "train_seed": Option(None, "override the config's seed (both sides)", type=int),
+    "jax_run": Option(True, "train jaxgpt (False: only the PyTorch twin)"),
+    "torch_run": Option(True, "also train the PyTorch twin on the same batches (the control)"),
+    "torch_batches": Option("jaxgpt", "the twin's batches: jaxgpt (the same batches as jaxgpt's run) or nanogpt "
+                                      "(nanoGPT's train.py stream: torch.manual_seed(seed), model init, then "
+                                      "torch.randint windows for training and evals from one generator, i.e. "
+                                      "nanoGPT's own run of this config)", choices=("jaxgpt", "nanogpt")),
+}
+
+
+def run_train(opts: Dict[str, Any]) -> None:
+    """The main job twice, side by side: jaxgpt's train() and the PyTorch twin, same config, same
+    batches, same schedule. Reports median step time, tokens/s and the val losses at each eval:
+    the twin is the control for the quality bar (does PyTorch reach the same loss on this data?)."""
+    from jaxgpt.train.loop import config_from_argv, train  # lazy: see the module docstring
+    from jaxgpt.train.metrics import read_metrics  # lazy: see the module docstring
+
+    overrides = [opts["config"], "--progress=False", "--num_samples=0"]
+    if opts["dataset"]:
+        overrides.append(f"--dataset={opts['dataset']}")
+    if opts["max_iters"]:
+        overrides += [f"--max_iters={opts['max_iters']}", f"--lr_decay_iters={opts['max_iters']}"]
+    if opts["train_seed"] is not None:
+        overrides.append(f"--seed={opts['train_seed']}")
+    if not (opts["jax_run"] or opts["torch_run"]):
+        raise CLIError("--jax_run=False and --torch_run=False leave nothing to run")
+    out = tempfile.mkdtemp(prefix="bench_train_")
+    t_cfg = config_from_argv([*overrides, f"--out_dir={out}/jax"])
+    rows = {}
+    if opts["jax_run"]:
+        t0 = time.time()
+        with contextlib.redirect_stdout(table_stream(opts)):  # the run's own lines stay off a --json stdout
+            train(t_cfg)
+        jax_seconds = time.time() - t0
+        events = read_metrics(os.path.join(out, "jax", "metrics.jsonl"))
+        jax_evals = {e["iter"]: e["val_loss"] for e in events if "val_loss" in e}
+        jax_tps = statistics.median(e["tokens_per_sec"] for e in events if "tokens_per_sec" in e)
+        jax_mfu = statistics.median(e["mfu"] for e in events if "mfu" in e)
+        rows["jaxgpt"] = (jax_seconds, jax_tps, jax_evals)
+    out = table_stream(opts)
+    print(f"# bench train: {opts['config']}, seed {t_cfg.seed} ({machine()})", file=out)
+    if opts["torch_run"]:
+        rows[f"torch twin ({opts['torch_batches']} batches)"] = _train_torch(t_cfg, opts["torch_batches"])
+    print("| impl | wall s | tokens/s (median of logs) | best val | val at each eval |", file=out)
+    print("|---|---|---|---|---|", file=out)
+    for name, (secs, tps, evals) in rows.items():
+        curve = ", ".join(f"{it}: {v:.3f}" for it, v in sorted(evals.items()))
+        print(f"| {name} | {secs:.0f} | {tps:,.0f} | {min(evals.values()):.4f} | {curve} |", file=out)
+    import jax  # lazy: see the module docstring
+
+    tokens_per_step = t_cfg.gradient_accumulation_steps * t_cfg.batch_size * t_cfg.block_size
+    reference = next((name for name in rows if name.startswith("torch")), None)
+    for name, (secs, tps, evals) in rows.items():
+        ratio_to = reference if name == "jaxgpt" and reference else None
+        emit_record(opts, {"task": "train", "impl": name, "config": t_cfg.run_options(),
+                     "device": f"{jax.devices()[0].platform}: {machine()}", "tokens_per_sec": tps,
+                     "ms_per_step": 1000 * tokens_per_step / tps, "wall_s": secs, "best_val_loss": min(evals.values()),
+                     "mfu": jax_mfu if name == "jaxgpt" else None, "reference": ratio_to,
+                     "reference_tokens_per_sec": rows[ratio_to][1] if ratio_to else None,
+                     "ratio": tps / rows[ratio_to][1] if ratio_to else None})
+
+
+def _train_torch(o, batches: str = "jaxgpt"):
+    """nanoGPT's loop on the twin with jaxgpt's LR schedule. batches="jaxgpt": fed by jaxgpt's own
+    batch samplers (the same batches as jaxgpt's run). batches="nanogpt": nanoGPT's train.py
+    random stream, so the run is nanoGPT's own for this seed (the twin builds and initializes its
+    modules in nanoGPT's order, so torch.manual_seed gives nanoGPT's initial weights too)."""
+    import torch  # lazy and optional: see the module docstring
+
+    from jaxgpt.train.loop import model_config_from_options, prepare_data  # lazy: see the module docstring
+    from jaxgpt.train.optim import lr_schedule  # lazy: see the module docstring
+    from jaxgpt.train.tasks import LMBatches  # lazy: see the module docstring
+    from reference.torch_twin import TorchGPT, configure_optimizer  # lazy: see the module docstring
+
+    torch.manual_seed(o.seed)
+    _, prepared = prepare_data(o)  # the trainer's own data preparation
+    model = TorchGPT(model_config_from_options(o, prepared.tokenizer.vocab_size))
+    optimizer = configure_optimizer(model, o.learning_rate, o.weight_decay, (o.beta1, o.beta2))
+    schedule = lr_schedule(o.learning_rate, o.min_lr, o.warmup_iters, o.lr_decay_iters, o.decay_lr)
+    B, T, A = o.batch_size, o.block_size, o.gradient_accumulation_steps
+    as_long = lambda a: torch.tensor(np.array(a), dtype=torch.long)  # noqa: E731
+    if batches == "nanogpt":
+        splits = {"train": np.asarray(prepared.train), "val": np.asarray(prepared.val)}
+
+        def get_batch(split, n):  # nanoGPT's get_batch, n times: one torch.randint per batch
+            out = []
+            for _ in range(n):
+                data = splits[split]
+                ix = torch.randint(len(data) - T, (B,))
+                out.append((np.stack([data[i:i + T] for i in ix]), np.stack([data[i + 1:i + 1 + T] for i in ix])))
+            return np.stack([x for x, _ in out]), np.stack([y for _, y in out])
+
+        def train_stream():  # one micro-batch per draw, as nanoGPT's loop draws them
+            while True:
+                x, y = get_batch("train", 1)
+                yield x[0], y[0]
+
+        def eval_batches(split):
+            return get_batch(split, o.eval_iters)
+    else:
+        jax_batches = LMBatches(prepared, o.seed, T)  # the trainer's own batch source
+        everything = slice(0, B)
+
+        def train_stream():  # a step's A micro-batches drawn in one go, as jaxgpt's trainer does
+            while True:
+                x, y = jax_batches.train_batch(A, B, everything)
+                yield from zip(x, y)
+
+        def eval_batches(split):
+            return jax_batches.eval_batch(split, o.eval_iters, B, everything)
+
+    # nanoGPT fetches the first batch before its loop, and each next one right after a forward
+    # (so before the next eval's batches, which come from the same generator).
+    batches = train_stream()
+    next_x, next_y = next(batches)
+    val_losses, step_times, t0 = {}, [], time.time()
+    for it in range(o.max_iters + 1):
+        if it % o.eval_interval == 0 or it == o.max_iters:
+            model.eval()
+            with torch.no_grad():
+                for split in ("train", "val"):
+                    x, y = eval_batches(split)
+                    loss = float(np.mean([model(as_long(x[i]), as_long(y[i]))[1].item() for i in range(len(x))]))
+                    if split == "val":
+                        val_losses[it] = loss
+            model.train()
+        if it == o.max_iters:
+            break
+        ts = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = float(schedule(it))
+        for i in range(A):
+            _, loss = model(as_long(next_x), as_long(next_y))
+            next_x, next_y = next(batches)
+            (loss / A).backward()
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_times.append(time.time() - ts)
+    return time.time() - t0, A * B * T / statistics.median(step_times), val_losses
