@@ -49,7 +49,7 @@ def main(argv: Sequence[str]) -> None:
     """python -m jaxgpt.data.store --source=... --out_dir=... [--tokenizer=gpt2|char|bpe|FILE] ..."""
     options = _cli_options()
     opts = parse_args(options, argv, prog="-m jaxgpt.data.store",
-                      summary="Tokenize a large corpus into sharded token files (resumable; see jaxgpt/shards.py).")
+                      summary="Tokenize a large corpus into sharded token files (resumable; see jaxgpt/data/store.py).")
     for key in ("source", "out_dir"):
         if not opts[key]:
             raise CLIError(f"--{key} is required (see --help)")
