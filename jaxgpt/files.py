@@ -5,7 +5,8 @@ exclusive file locks: the one place jaxgpt does each of these.
     write_json_atomic(path, value)                   # the same, for JSON
     save_figure_atomic(fig, "out/loss.png")          # matplotlib infers the format: the temporary keeps the suffix
     read_json_object(path, error=ConfigError)        # a dict, or one line naming the file
-    fetch(url, path, sha256=..., error=DataError)    # download once, verify, keep
+    fetch(url, timeout=..., error=..., offline_hint=...)            # the bytes at url, or one line
+    fetch_once(url, path, sha256=..., what=..., error=DataError...)  # download once, verify, keep
     with FileLock(path, busy="... is in use"): ...   # one process at a time; the kernel drops it on death
 
 A reader never sees a half-written file: a crash leaves the old file (or nothing) and at most a
@@ -17,14 +18,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import urllib.error
 import urllib.request
+import zipfile
 from typing import Any, Callable, Dict, Iterator, Optional, Type
 
 __all__ = ["atomic_write", "write_bytes_atomic", "write_json_atomic", "save_figure_atomic", "read_json",
-           "read_json_object", "sha256_of_file", "fetch", "FileLock", "temporary_path"]
+           "read_json_object", "sha256_of_file", "fetch", "fetch_once", "FileLock", "temporary_path"]
 
 ErrorType = Type[Exception]
 
@@ -62,11 +65,11 @@ def write_bytes_atomic(path: str, data: bytes, *, fsync: bool = False) -> None:
         f.write(data)
 
 
-def write_json_atomic(path: str, value: Any, *, indent: int = 2, sort_keys: bool = True, fsync: bool = False,
-                      trailing_newline: bool = False) -> None:
-    """JSON (UTF-8, non-ASCII kept) written through a temporary and renamed into place."""
+def write_json_atomic(path: str, value: Any, *, indent: Optional[int] = 2, sort_keys: bool = True,
+                      fsync: bool = False, trailing_newline: bool = False, ensure_ascii: bool = False) -> None:
+    """JSON (UTF-8, non-ASCII kept unless ensure_ascii) written through a temporary and renamed into place."""
     with atomic_write(path, fsync=fsync) as f:
-        json.dump(value, f, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
+        json.dump(value, f, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
         if trailing_newline:
             f.write("\n")
 
@@ -83,16 +86,21 @@ def save_figure_atomic(fig: Any, path: str, **savefig_kwargs: Any) -> str:
     return path
 
 
-def read_json(path: str, *, error: ErrorType = ValueError, what: str = "") -> Any:
-    """The JSON value in `path`, or `error` with one line naming the file (missing, unreadable, not JSON)."""
+def read_json(path: str, *, error: ErrorType = ValueError, what: str = "",
+              unreadable: Optional[Callable[[str], str]] = None,
+              invalid: Optional[Callable[[str], str]] = None) -> Any:
+    """The JSON value in `path`, or `error` with one line naming the file (missing, unreadable, not JSON).
+    `unreadable(reason)` / `invalid(reason)` word those two lines instead, for a reader whose message
+    also says what to do next."""
     label = f"{what} {path}" if what else str(path)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except OSError as exc:
-        raise error(f"cannot read {label}: {exc.strerror or exc}") from None
+        reason = str(exc.strerror or exc)
+        raise error(unreadable(reason) if unreadable else f"cannot read {label}: {reason}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{label} is not valid JSON ({exc})") from None
+        raise error(invalid(str(exc)) if invalid else f"{label} is not valid JSON ({exc})") from None
 
 
 def read_json_object(path: str, *, error: ErrorType = ValueError, what: str = "") -> Dict[str, Any]:
@@ -112,28 +120,67 @@ def sha256_of_file(path: str, block: int = 1 << 20) -> str:
 
 
 def fetch(url: str, *, timeout: float, error: ErrorType, offline_hint: str,
-          check: Optional[Callable[[bytes], None]] = None) -> bytes:
-    """The bytes at `url`, or `error` with one line: what failed and what to do offline
-    (`offline_hint`). `check(data)` raises for content that must not be kept (a wrong sha256)."""
+          check: Optional[Callable[[bytes], None]] = None, what: str = "", member: Optional[str] = None) -> bytes:
+    """The bytes at `url` (with `member`: that file of the zip archive there), or `error` with one
+    line: what failed and what to do offline (`offline_hint`); `what` names the download in it.
+    `check(data)` raises for content that must not be kept (a wrong sha256)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        if member is not None:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                data = archive.read(member)
+    except (urllib.error.URLError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         reason = getattr(exc, "reason", None) or exc
+        if what:
+            raise error(f"could not download {what} ({url}: {reason}): {offline_hint}") from None
         raise error(f"could not download {url} ({reason}): {offline_hint}") from None
     if check is not None:
         check(data)
     return data
 
 
+def fetch_once(url: str, path: str, *, sha256: str, what: str, timeout: float, error: ErrorType,
+               offline_hint: str, wrong_hint: Optional[str] = None, member: Optional[str] = None,
+               check: Optional[Callable[[bytes], None]] = None) -> bytes:
+    """The bytes kept at `path` when their sha256 is `sha256` (no network); otherwise fetched from
+    `url`, verified before anything is kept, and written to `path` atomically (folders made).
+    Verified by `check(data)` when given, else by the sha256: a mismatch is `error` ending in
+    "not kept. " + (wrong_hint or offline_hint)."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+        if hashlib.sha256(data).hexdigest() == sha256:
+            return data
+
+    def same_sha256(data: bytes) -> None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256:
+            raise error(f"the file downloaded from {url} is not {what} (sha256 {got}, expected {sha256}); "
+                        f"not kept. {wrong_hint or offline_hint}")
+
+    data = fetch(url, timeout=timeout, error=error, offline_hint=offline_hint, check=check or same_sha256,
+                 what=what, member=member)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_bytes_atomic(path, data)
+    return data
+
+
 class FileLock:
     """An exclusive, non-blocking `flock` on `path` (created with its folder). While held the file
     holds the holder's pid; the kernel drops the lock when the process dies, however it dies, so a
-    stale lock never blocks the next process. A second taker gets `error(busy.format(pid=...))`."""
+    stale lock never blocks the next process. A second taker gets `error(busy.format(pid=...))`.
+    Both messages are templates: `busy` of {pid}, {path} and {folder}, `unwritable` (the lock file
+    cannot be made) of {folder} and {reason}."""
 
-    def __init__(self, path: str, *, busy: str, error: ErrorType = ValueError, make_dirs: bool = True):
+    def __init__(self, path: str, *, busy: str, error: ErrorType = ValueError, make_dirs: bool = True,
+                 unwritable: str = "cannot write to {folder}: {reason}"):
         self.path = os.path.abspath(path)
-        self.busy, self.error, self.make_dirs = busy, error, make_dirs
+        self.busy, self.error, self.make_dirs, self.unwritable = busy, error, make_dirs, unwritable
         self._fd: Optional[int] = None
 
     @property
@@ -148,14 +195,16 @@ class FileLock:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise self.error(f"cannot write to {os.path.dirname(self.path)}: {exc.strerror or exc}") from None
+            raise self.error(self.unwritable.format(folder=os.path.dirname(self.path),
+                                                    reason=exc.strerror or exc)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise self.error(self.busy.format(pid=holder, path=self.path)) from None
+                message = self.busy.format(pid=holder, path=self.path, folder=os.path.dirname(self.path))
+                raise self.error(message) from None
             raise self.error(f"cannot lock {self.path}: {exc.strerror or exc}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

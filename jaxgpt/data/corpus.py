@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import platform
 import sysconfig
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -28,8 +25,10 @@ import chex
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxgpt.data.sampler_state import not_a_state, pcg64_words, restore_pcg64
 from jaxgpt.data.tokenizers import (
     DEFAULT_BPE_VOCAB_SIZE,
+    TOKENIZER_FILE,
     TOKENIZER_KINDS,
     Tokenizer,
     TokenizerError,
@@ -37,8 +36,10 @@ from jaxgpt.data.tokenizers import (
     load_tokenizer,
     safe_chunks,
 )
+from jaxgpt.files import atomic_write, fetch_once, read_json, write_json_atomic
 
 DATA_FORMAT_VERSION = 1
+META_FILE = "meta.json"  # a prepared-data folder's description, written last (after train.bin, val.bin)
 BUILTIN_DATASETS = ("stdlib", "shakespeare")
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -90,14 +91,16 @@ def default_cache_dir() -> str:
     return os.environ.get("JAXGPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxgpt")
 
 
-def _decode_utf8(data: bytes, path: str) -> str:
+def decode_utf8(data: bytes, path: str) -> str:
+    """`data` as text, or a DataError naming `path` and the first bad byte."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
+    """The bytes of a file, or a DataError naming it."""
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -117,7 +120,7 @@ def stdlib_corpus() -> Corpus:
     parts = []
     for module in STDLIB_MODULES:
         path = os.path.join(stdlib_dir, module)
-        src = _decode_utf8(_read_bytes(path), path)
+        src = decode_utf8(read_bytes(path), path)
         parts.append(STDLIB_HEADER.format(path=module) + src.rstrip("\n") + "\n\n")
     version = platform.python_version()
     text = "".join(parts)
@@ -133,32 +136,9 @@ def shakespeare_corpus(cache_dir: Optional[str] = None, url: str = SHAKESPEARE_U
     """Tiny Shakespeare from `cache_dir`, downloading it there once (checksum-verified) if absent."""
     cache_dir = default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
     path = os.path.join(cache_dir, SHAKESPEARE_FILENAME)
-    data = None
-    if os.path.isfile(path):
-        data = _read_bytes(path)
-        if hashlib.sha256(data).hexdigest() != SHAKESPEARE_SHA256:
-            data = None  # stale or truncated copy: fetch again
-    if data is None:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                data = resp.read()
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise DataError(
-                f"could not download Tiny Shakespeare ({url}: {reason}): pass the file's path "
-                "instead, e.g. --dataset=/path/to/input.txt"
-            ) from None
-        got = hashlib.sha256(data).hexdigest()
-        if got != SHAKESPEARE_SHA256:
-            raise DataError(
-                f"the file downloaded from {url} is not Tiny Shakespeare (sha256 {got}, expected "
-                f"{SHAKESPEARE_SHA256}); not kept. Pass the file's path instead, e.g. --dataset=/path/to/input.txt"
-            )
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    hint = "pass the file's path instead, e.g. --dataset=/path/to/input.txt"
+    data = fetch_once(url, path, sha256=SHAKESPEARE_SHA256, what="Tiny Shakespeare", timeout=timeout,
+                      error=DataError, offline_hint=hint, wrong_hint=hint[0].upper() + hint[1:])
     text = data.decode("utf-8")
     return Corpus(
         "shakespeare", text, SHAKESPEARE_SHA256,
@@ -174,14 +154,14 @@ def file_corpus(path: str | os.PathLike) -> Corpus:
         files = sorted(f for f in p.iterdir() if f.suffix == ".txt" and f.is_file())
         if not files:
             raise DataError(f"folder {str(p)!r} has no .txt files")
-        texts = [_decode_utf8(_read_bytes(str(f)), str(f)) for f in files]
+        texts = [decode_utf8(read_bytes(str(f)), str(f)) for f in files]
         text = "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)
         return Corpus.from_text(
             text, p.resolve().name or str(p), f"{len(files)} .txt files in {p.resolve()} ({len(text):,} characters)",
             str(p.resolve()),
         )
-    data = _read_bytes(str(p))
-    text = _decode_utf8(data, str(p))
+    data = read_bytes(str(p))
+    text = decode_utf8(data, str(p))
     return Corpus(p.stem, text, hashlib.sha256(data).hexdigest(), f"{p.resolve()} ({len(text):,} characters)", str(p.resolve()))
 
 
@@ -243,14 +223,10 @@ def _memmap(path: str, dtype: np.dtype, count: int) -> np.ndarray:
 def load_prepared(out_dir: str | os.PathLike) -> PreparedData:
     """Opens what `prepare` wrote in `out_dir` (no corpus needed)."""
     out_dir = os.fspath(out_dir)
-    meta_path = os.path.join(out_dir, "meta.json")
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except OSError as e:
-        raise DataError(f"no prepared data in {out_dir!r} ({e.strerror or e}): run prepare first") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{meta_path} is not valid JSON ({e}); prepare again with force=True") from None
+    meta_path = os.path.join(out_dir, META_FILE)
+    meta = read_json(meta_path, error=DataError,
+                     unreadable=lambda reason: f"no prepared data in {out_dir!r} ({reason}): run prepare first",
+                     invalid=lambda reason: f"{meta_path} is not valid JSON ({reason}); prepare again with force=True")
     if meta.get("format_version") != DATA_FORMAT_VERSION:
         raise DataError(f"{meta_path} has format_version {meta.get('format_version')!r}, expected {DATA_FORMAT_VERSION}; prepare again")
     dtype = np.dtype(meta["dtype"])
@@ -263,7 +239,7 @@ def load_prepared(out_dir: str | os.PathLike) -> PreparedData:
             raise DataError(f"{path} should hold {count} {dtype.name} tokens ({count * dtype.itemsize} bytes), found {size} bytes; prepare again")
         arrays[split] = _memmap(path, dtype, count)
     try:
-        tokenizer = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
+        tokenizer = load_tokenizer(os.path.join(out_dir, TOKENIZER_FILE))
     except TokenizerError as e:
         raise DataError(str(e)) from None
     if tokenizer.vocab_size != meta["vocab_size"]:
@@ -273,8 +249,7 @@ def load_prepared(out_dir: str | os.PathLike) -> PreparedData:
 
 def _up_to_date(out_dir: str, corpus: Corpus, kind: str, vocab_size: Optional[int], val_fraction: float) -> bool:
     try:
-        with open(os.path.join(out_dir, "meta.json"), encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = read_json(os.path.join(out_dir, META_FILE))  # unreadable: a ValueError, so not up to date
         same = (
             meta["format_version"] == DATA_FORMAT_VERSION
             and meta["source_sha256"] == corpus.sha256
@@ -287,7 +262,7 @@ def _up_to_date(out_dir: str, corpus: Corpus, kind: str, vocab_size: Optional[in
         itemsize = np.dtype(meta["dtype"]).itemsize
         return all(
             os.path.getsize(os.path.join(out_dir, f"{s}.bin")) == meta[f"{s}_tokens"] * itemsize for s in ("train", "val")
-        ) and os.path.isfile(os.path.join(out_dir, "tokenizer.json"))
+        ) and os.path.isfile(os.path.join(out_dir, TOKENIZER_FILE))
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -296,8 +271,7 @@ def _encode_to_file(tokenizer: Tokenizer, text: str, path: str, dtype: np.dtype,
     """Encodes `text` piecewise (same ids as one call, see safe_chunks) straight into `path`."""
     pieces = safe_chunks(text, chunk_chars)
     count = 0
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         for g in range(0, len(pieces), _ENCODE_GROUP):
             group = pieces[g : g + _ENCODE_GROUP]
             for ids in tokenizer.encode_batch(group):
@@ -307,7 +281,6 @@ def _encode_to_file(tokenizer: Tokenizer, text: str, path: str, dtype: np.dtype,
                 arr.astype(dtype).tofile(f)
                 count += arr.size
             bar.update(sum(len(p) for p in group))
-    os.replace(tmp, path)
     return count
 
 
@@ -351,7 +324,7 @@ def prepare(
     dtype = _token_dtype(tokenizer.vocab_size)
 
     os.makedirs(out_dir, exist_ok=True)
-    meta_path = os.path.join(out_dir, "meta.json")
+    meta_path = os.path.join(out_dir, META_FILE)
     if os.path.exists(meta_path):
         os.remove(meta_path)  # meta.json is written last: its presence means the rest is complete
     show = len(text) > _PROGRESS_MIN_CHARS if progress is None else progress
@@ -359,7 +332,7 @@ def prepare(
     with tqdm(total=len(text), unit="char", unit_scale=True, desc=f"encoding {corpus.name}", disable=not show) as bar:
         for split, split_text in (("train", train_text), ("val", val_text)):
             counts[split] = _encode_to_file(tokenizer, split_text, os.path.join(out_dir, f"{split}.bin"), dtype, bar, chunk_chars)
-    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    tokenizer.save(os.path.join(out_dir, TOKENIZER_FILE))
     meta = {
         "format_version": DATA_FORMAT_VERSION,
         "tokenizer_kind": tokenizer_kind,
@@ -378,10 +351,7 @@ def prepare(
         "corpus_source": corpus.source,
         "python_version": corpus.python_version,
     }
-    tmp = f"{meta_path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, meta_path)
+    write_json_atomic(meta_path, meta, indent=1, sort_keys=False)
     return load_prepared(out_dir)
 
 
@@ -459,29 +429,16 @@ class BatchSampler:
         return x_ABT, y_ABT
 
     def state_dict(self) -> Dict[str, Any]:
-        """JSON-serializable; the 128-bit PCG64 words are decimal strings so any JSON reader keeps them."""
-        st = self._rng.bit_generator.state
-        return {
-            "bit_generator": st["bit_generator"],
-            "seed": self.seed,
-            "state": str(st["state"]["state"]),
-            "inc": str(st["state"]["inc"]),
-            "has_uint32": int(st["has_uint32"]),
-            "uinteger": int(st["uinteger"]),
-        }
+        """JSON-serializable (jaxgpt.data.sampler_state): the generator's words and the seed."""
+        return {"bit_generator": self._rng.bit_generator.state["bit_generator"], "seed": self.seed,
+                **pcg64_words(self._rng)}
 
     def load_state_dict(self, d: Dict[str, Any]) -> None:
         """Continues exactly where the sampler that produced `d` was."""
         try:
             if d["bit_generator"] != "PCG64":
                 raise ValueError(f"BatchSampler state is for {d['bit_generator']!r}, expected 'PCG64'")
-            state = {
-                "bit_generator": "PCG64",
-                "state": {"state": int(d["state"]), "inc": int(d["inc"])},
-                "has_uint32": int(d["has_uint32"]),
-                "uinteger": int(d["uinteger"]),
-            }
+            restore_pcg64(self._rng, d)
         except (KeyError, TypeError) as e:
-            raise ValueError(f"not a BatchSampler state_dict ({type(e).__name__}: {e})") from None
-        self._rng.bit_generator.state = state
+            raise not_a_state("a BatchSampler state_dict", e) from None
         self.seed = int(d.get("seed", self.seed))

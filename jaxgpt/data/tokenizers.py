@@ -17,7 +17,6 @@ import base64
 import functools
 import hashlib
 import importlib.util
-import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -26,7 +25,10 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
+from jaxgpt.files import read_json, write_json_atomic
+
 TOKENIZER_KINDS = ("char", "gpt2", "bpe")
+TOKENIZER_FILE = "tokenizer.json"  # its name in a run directory and in prepared data (data/ never imports train/)
 FORMAT = "jaxgpt.tokenizer"
 FORMAT_VERSION = 1
 DEFAULT_BPE_VOCAB_SIZE = 4096
@@ -117,10 +119,7 @@ class Tokenizer(abc.ABC):
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes ``to_dict()`` as JSON (atomically: a crash never leaves half a file)."""
-        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False)
-        os.replace(tmp, path)
+        write_json_atomic(os.fspath(path), self.to_dict(), indent=None, sort_keys=False)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
@@ -353,13 +352,9 @@ def tokenizer_from_dict(d: Dict[str, Any]) -> Tokenizer:
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Reads a tokenizer written by `Tokenizer.save`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except OSError as e:
-        raise TokenizerError(f"cannot read tokenizer file {os.fspath(path)!r}: {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"tokenizer file {os.fspath(path)!r} is not valid JSON: {e}") from e
+    d = read_json(os.fspath(path), error=TokenizerError,
+                  unreadable=lambda reason: f"cannot read tokenizer file {os.fspath(path)!r}: {reason}",
+                  invalid=lambda reason: f"tokenizer file {os.fspath(path)!r} is not valid JSON: {reason}")
     try:
         return tokenizer_from_dict(d)
     except TokenizerError as e:

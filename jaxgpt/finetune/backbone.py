@@ -19,7 +19,9 @@ from typing import Any, List, Optional, Sequence
 from jaxgpt.cli import ConfigError
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.data.corpus import default_cache_dir
-from jaxgpt.data.tokenizers import Tokenizer
+from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, TokenizerError
+from jaxgpt.files import atomic_write
+from jaxgpt.train.run_dir import RunDir
 
 __all__ = ["Backbone", "load_backbone", "pretrained_backbone"]
 
@@ -32,24 +34,18 @@ class Backbone:
     description: str
 
 
-def _is_run_dir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isfile(os.path.join(path, "run_config.json"))
-
-
 def _from_run_dir(path: str) -> Backbone:
     from jaxgpt.train.checkpoint import CheckpointError, load_inference_params
-    from jaxgpt.data.tokenizers import TokenizerError, load_tokenizer
 
-    steps = [n for n in os.listdir(os.path.join(path, "checkpoints"))] if os.path.isdir(
-        os.path.join(path, "checkpoints")) else []
-    if not any(n.isdigit() for n in steps):
+    run_dir = RunDir(path)
+    if not run_dir.checkpoint_steps():
         raise ConfigError(f"--init_from={path} is a run directory without a checkpoint: train it first "
                           "(python train.py --out_dir=...) or pick another backbone")
-    tok_path = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(tok_path):
-        raise ConfigError(f"--init_from={path} has no tokenizer.json: a backbone needs the tokenizer it was trained with")
+    if not os.path.isfile(run_dir.tokenizer_path):
+        raise ConfigError(f"--init_from={path} has no {TOKENIZER_FILE}: a backbone needs the tokenizer it was "
+                          "trained with")
     try:
-        tokenizer = load_tokenizer(tok_path)
+        tokenizer = run_dir.read_tokenizer()
         config, params = load_inference_params(path, "best")
     except (TokenizerError, CheckpointError) as exc:
         raise ConfigError(f"--init_from={path}: {exc}") from None
@@ -62,7 +58,7 @@ def load_backbone(init_from: str) -> Backbone:
     from jaxgpt.data.tokenizers import GPT2Tokenizer
 
     path = os.path.expanduser(init_from)
-    if os.path.isdir(path) and _is_run_dir(path):
+    if os.path.isdir(path) and RunDir(path).holds_a_run():
         return _from_run_dir(path)
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ConfigError(f"--init_from={init_from} holds no checkpoint: neither a train.py run (checkpoints/, "
@@ -80,7 +76,7 @@ def load_backbone(init_from: str) -> Backbone:
 def pretrained_backbone(cfg, train_texts: Sequence[str], notes: List[str]) -> Backbone:
     """`--init_from=pretrain`: the cached backbone for these options, pretrained first if absent."""
     from jaxgpt.train.config import TrainConfig
-    from jaxgpt.train.loop import checkpoint_steps, train
+    from jaxgpt.train.loop import train
 
     cache = cfg.data_dir or default_cache_dir()
     if cfg.pretrain_dataset == "task":
@@ -89,9 +85,8 @@ def pretrained_backbone(cfg, train_texts: Sequence[str], notes: List[str]) -> Ba
         dataset = os.path.join(cache, "finetune_texts", f"{digest[:16]}.txt")
         if not os.path.isfile(dataset):
             os.makedirs(os.path.dirname(dataset), exist_ok=True)
-            with open(dataset + ".tmp", "w", encoding="utf-8") as f:
+            with atomic_write(dataset) as f:
                 f.write(text)
-            os.replace(dataset + ".tmp", dataset)
     else:
         dataset = cfg.pretrain_dataset
     options = dict(dataset=dataset, tokenizer="char" if cfg.tokenizer == "auto" else cfg.tokenizer,
@@ -102,7 +97,7 @@ def pretrained_backbone(cfg, train_texts: Sequence[str], notes: List[str]) -> Ba
                    eval_iters=10, seed=cfg.seed, beta2=0.99)
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
     out_dir = os.path.join(cache, "backbones", f"{os.path.basename(dataset)}-{key}")
-    if cfg.pretrain_iters not in checkpoint_steps(out_dir):
+    if cfg.pretrain_iters not in RunDir(out_dir).checkpoint_steps():
         print(f"pretraining the backbone on {cfg.pretrain_dataset} ({cfg.pretrain_iters} iterations, cached in "
               f"{out_dir})", flush=True)
         train(TrainConfig(out_dir=out_dir, overwrite=os.path.isdir(out_dir), progress=cfg.progress, num_samples=0,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -29,9 +28,11 @@ import numpy as np
 import optax
 
 from jaxgpt.model import lora as lora_lib
+from jaxgpt.data.sampler_state import pcg64_words, restore_pcg64
 from jaxgpt.finetune.classify_data import Splits
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.model.gpt import GPT, cross_entropy_loss
+from jaxgpt.train.run_dir import RunDir
 from jaxgpt.train.tasks import Task
 from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
 
@@ -287,17 +288,13 @@ class ClassifyBatches:
         shape = (n, batch_size, tokens.shape[1])
         return tokens.reshape(shape)[:, rows], targets.reshape(shape)[:, rows]
 
-    def state_dict(self) -> Dict[str, Any]:
-        st = self._rng.bit_generator.state
-        return {"classify_sampler": {"state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
-                                     "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"]),
-                                     "order": [int(i) for i in self._order], "pos": int(self._pos)}}
+    def state_dict(self) -> Dict[str, Any]:  # the position's layout: jaxgpt.data.sampler_state
+        return {"classify_sampler": {**pcg64_words(self._rng), "order": [int(i) for i in self._order],
+                                     "pos": int(self._pos)}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         d = state["classify_sampler"]
-        self._rng.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": int(d["state"]),
-                                         "inc": int(d["inc"])}, "has_uint32": int(d["has_uint32"]),
-                                         "uinteger": int(d["uinteger"])}
+        restore_pcg64(self._rng, d)
         order = np.asarray(d["order"], np.int64)
         if sorted(order.tolist()) != list(range(len(self.tokens["train"]))):
             raise ValueError("the sampler's order does not match this train split")
@@ -383,13 +380,13 @@ def _finish(labels: Sequence[str]):
         log_event(event)
         if jax.process_index() != 0:
             return {}
-        events = read_metrics(os.path.join(run.out_dir, "metrics.jsonl"))
+        events = read_metrics(RunDir(run.out_dir).metrics_path)
         before = next((e.get("val_accuracy") for e in events if e.get("iter") == 0 and "val_accuracy" in e), None)
         best_val = next((e.get("val_accuracy") for e in events if e.get("iter") == event["checkpoint"]
                          and "val_accuracy" in e), None)
         from jaxgpt.viz.figures import plot_confusion_matrix
 
-        png = plot_confusion_matrix(confusion, list(labels), os.path.join(run.out_dir, "confusion_matrix.png"),
+        png = plot_confusion_matrix(confusion, list(labels), RunDir(run.out_dir).confusion_png,
                                     title=f"test split, checkpoint {event['checkpoint']} "
                                           f"(accuracy {test['accuracy']:.4f})")
         print(f"val accuracy: {before if before is None else f'{before:.4f}'} before fine-tuning, "
@@ -413,18 +410,17 @@ def _global(run, batch):
 def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> List[Dict[str, float]]:
     """Label probabilities for each text, from a finetune.py classification run directory
     (its tokenizer, labels, pooling and the best-val checkpoint)."""
-    from jaxgpt.train.checkpoint import Checkpointer, CHECKPOINT_SUBDIR
-    from jaxgpt.train.config import load_json_object
-    from jaxgpt.data.tokenizers import load_tokenizer
+    from jaxgpt.train.checkpoint import Checkpointer
 
-    options = load_json_object(os.path.join(out_dir, "run_config.json"))
-    meta = load_json_object(os.path.join(out_dir, "data_meta.json"))
+    run_dir = RunDir(out_dir)
+    options = run_dir.read_run_config()
+    meta = run_dir.read_data_meta()
     if options.get("task") != "classify" or "labels" not in meta:
         raise ValueError(f"{out_dir} does not hold a finetune.py classification run")
-    tokenizer = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
+    tokenizer = run_dir.read_tokenizer()
     labels = meta["labels"]
-    with Checkpointer(os.path.join(out_dir, CHECKPOINT_SUBDIR), keep_best=True, read_only=True) as ckpt:
-        step = ckpt._resolve_step(ckpt.best_step() if which == "best" else None)
+    with Checkpointer(run_dir.checkpoint_dir, keep_best=True, read_only=True) as ckpt:
+        step = ckpt.resolve_step(ckpt.best_step() if which == "best" else None)
         extra = ckpt.restore_extra(step)
         model_config = GPTConfig.from_dict(extra["model_config"])
         trainable, rank = options["trainable"], options["lora_rank"]

@@ -24,14 +24,12 @@ import hashlib
 import io
 import json
 import os
-import urllib.error
-import urllib.request
-import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from jaxgpt.data.corpus import STDLIB_HEADER, DataError, _decode_utf8, default_cache_dir, stdlib_corpus
+from jaxgpt.data.corpus import STDLIB_HEADER, DataError, decode_utf8, default_cache_dir, read_bytes, stdlib_corpus
+from jaxgpt.files import fetch_once, read_json, write_json_atomic
 
 __all__ = ["LabeledTexts", "Split", "Splits", "load_labeled", "make_splits", "EMBEDDED", "SMS_SPAM",
            "SMS_SPAM_SHA256", "SMS_SPAM_URL", "stdlib_lines"]
@@ -130,14 +128,6 @@ def stdlib_lines(per_class: int = _EMBEDDED_PER_CLASS, seed: int = 0) -> Labeled
                         f"{len(texts):,} lines of the stdlib corpus labeled code/prose by Python's parser")
 
 
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
 def _looks_like_sms_spam(data: bytes) -> bool:
     first = data[:64].split(b"\n", 1)[0]
     return hashlib.sha256(data).hexdigest() == SMS_SPAM_SHA256 or first.split(b"\t", 1)[0] in (b"ham", b"spam")
@@ -150,7 +140,7 @@ def _parse_sms_spam(data: bytes, path: str) -> LabeledTexts:
                         f"{SMS_SPAM_SHA256[:16]}... (477,907 bytes): use the original file, or a .tsv with a "
                         "header line naming its text and label columns")
     texts, labels = [], []
-    for line in _decode_utf8(data, path).splitlines():
+    for line in decode_utf8(data, path).splitlines():
         label, text = line.split("\t", 1)
         labels.append(label)
         texts.append(text)
@@ -162,30 +152,18 @@ def sms_spam(cache_dir: Optional[str] = None, url: str = SMS_SPAM_URL, timeout: 
     """The UCI SMS Spam Collection from the cache, downloading UCI's zip once if absent."""
     cache_dir = cache_dir or default_cache_dir()
     path = os.path.join(cache_dir, "sms_spam", SMS_SPAM_FILENAME)
-    if os.path.isfile(path) and hashlib.sha256(_read_bytes(path)).hexdigest() == SMS_SPAM_SHA256:
-        return _parse_sms_spam(_read_bytes(path), path)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            archive = response.read()
-        with zipfile.ZipFile(io.BytesIO(archive)) as zf:
-            data = zf.read(SMS_SPAM_FILENAME)
-    except (urllib.error.URLError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise DataError(f"could not download the SMS Spam Collection ({url}: {reason}): offline, pass a local copy "
-                        f"of the UCI file: --dataset=/path/to/{SMS_SPAM_FILENAME}, or put it at {path}") from None
-    result = _parse_sms_spam(data, url)  # checks the sha256 before anything is kept
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return dataclasses.replace(result, source=path)
+    # _parse_sms_spam checks the sha256 of the file inside the zip before anything is kept
+    data = fetch_once(url, path, sha256=SMS_SPAM_SHA256, what="the SMS Spam Collection", timeout=timeout,
+                      error=DataError, member=SMS_SPAM_FILENAME, check=lambda got: _parse_sms_spam(got, url),
+                      offline_hint=f"offline, pass a local copy of the UCI file: --dataset=/path/to/"
+                                   f"{SMS_SPAM_FILENAME}, or put it at {path}")
+    return _parse_sms_spam(data, path)
 
 
 def _table(path: str, text_column: str, label_column: str) -> LabeledTexts:
     """A .csv/.tsv (header line) or .jsonl (one object a line) file's text and label columns."""
-    data = _read_bytes(path)
-    content = _decode_utf8(data, path)
+    data = read_bytes(path)
+    content = decode_utf8(data, path)
     ext = os.path.splitext(path)[1].lower()
     rows: List[dict] = []
     if ext == ".jsonl":
@@ -226,8 +204,7 @@ def _cached(name: str, build, cache_dir: Optional[str]) -> LabeledTexts:
     path = os.path.join(cache_dir or default_cache_dir(), "classify", f"{name}-{key[:12]}.json")
     if os.path.isfile(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
+            d = read_json(path)
             return LabeledTexts(d["name"], tuple(d["texts"]), tuple(d["labels"]), d["sha256"], d["source"],
                                 d["description"])
         except (OSError, ValueError, KeyError):
@@ -235,9 +212,7 @@ def _cached(name: str, build, cache_dir: Optional[str]) -> LabeledTexts:
     data = build()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(dataclasses.asdict(data), f)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(path, dataclasses.asdict(data), indent=None, sort_keys=False, ensure_ascii=True)
     except OSError:
         pass  # a read-only cache: parse again next time
     return data
@@ -256,7 +231,7 @@ def load_labeled(dataset: str, text_column: str = "text", label_column: str = "l
             raise DataError(f"unknown dataset {dataset!r}: not one of {[EMBEDDED, SMS_SPAM]} and no such file")
         if os.path.isdir(path):
             raise DataError(f"--dataset={dataset} is a folder: give a .csv, .tsv or .jsonl file")
-        raw = _read_bytes(path)
+        raw = read_bytes(path)
         if not raw.strip():
             raise DataError(f"{path} is empty")
         if _looks_like_sms_spam(raw):

@@ -91,10 +91,11 @@ class FinetuneConfig(TrainConfig):
 
 def _resumed_tokenizer(cfg):
     """The tokenizer a resumed run was trained with (its out_dir's tokenizer.json)."""
-    from jaxgpt.data.tokenizers import TokenizerError, load_tokenizer
+    from jaxgpt.data.tokenizers import TokenizerError
+    from jaxgpt.train.run_dir import RunDir
 
     try:
-        return load_tokenizer(os.path.join(cfg.out_dir, "tokenizer.json"))
+        return RunDir(cfg.out_dir).read_tokenizer()
     except (TokenizerError, OSError) as exc:
         raise ConfigError(f"cannot resume {cfg.out_dir}: {exc}") from None
 

@@ -39,8 +39,11 @@ import numpy as np
 
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.data.corpus import DataError
+from jaxgpt.data.sampler_state import int_fields, not_a_state
+from jaxgpt.files import atomic_write, read_json, write_json_atomic
 from jaxgpt.finetune.instruct_data import SPLITS, Record
 from jaxgpt.model.gpt import GPT
+from jaxgpt.train.run_dir import RESPONSES_FILE, SFT_CONFIG_FILE, RunDir
 from jaxgpt.train.tasks import Task, lm_loss, model_init
 from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
 
@@ -50,8 +53,7 @@ __all__ = ["END_CHAR", "SFT_CONFIG_FILE", "RESPONSES_FILE", "Template", "TEMPLAT
            "save_sft_config", "read_sft_config"]
 
 END_CHAR = "\x03"  # the char tokenizer's end-of-response marker (ASCII ETX, "end of text")
-SFT_CONFIG_FILE = "sft.json"
-RESPONSES_FILE = "responses.jsonl"
+# SFT_CONFIG_FILE, RESPONSES_FILE: the run directory's names (jaxgpt.train.run_dir), kept importable from here
 IGNORE = -1  # cross_entropy_loss's ignore_index
 MIN_BUCKET = 16
 _FORMAT, _VERSION = "jaxgpt.sft", 1
@@ -315,15 +317,14 @@ class SFTBatches:
         order = np.random.Generator(np.random.PCG64([self.seed, 1 + SPLITS.index(split)])).permutation(n)
         return self._batch(split, np.resize(order, n_batches * batch_size).reshape(n_batches, batch_size), rows)
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> Dict[str, Any]:  # the position's layout: jaxgpt.data.sampler_state
         return {"sft_batches": {"seed": self.seed, "epoch": self.epoch, "pos": self.pos}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         try:
-            s = state["sft_batches"]
-            seed, epoch, pos = int(s["seed"]), int(s["epoch"]), int(s["pos"])
+            seed, epoch, pos = int_fields(state["sft_batches"], ("seed", "epoch", "pos"))
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"not an SFT batch state ({type(e).__name__}: {e})") from None
+            raise not_a_state("an SFT batch state", e) from None
         self.seed, self.epoch, self.pos = seed, epoch, pos
         self._perm = self._permutation(epoch)
 
@@ -404,11 +405,9 @@ def _test_loss(model_config: GPTConfig, params, data: SFTData, batch_size: int) 
 
 
 def _write_jsonl(path: str, rows: Sequence[Dict[str, Any]]) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def finish(model_config: GPTConfig, params, data: SFTData, out_dir: str, *, batch_size: int = 64,
@@ -429,7 +428,7 @@ def finish(model_config: GPTConfig, params, data: SFTData, out_dir: str, *, batc
     rows = [{"instruction": r.instruction, "input": r.input, "expected": r.output, "generated": g,
              **({"kind": r.kind} if r.kind is not None else {})} for r, g in zip(test, generated)]
     os.makedirs(out_dir, exist_ok=True)
-    _write_jsonl(os.path.join(out_dir, RESPONSES_FILE), rows)
+    _write_jsonl(RunDir(out_dir).responses_path, rows)
     save_sft_config(out_dir, data)
     metrics: Dict[str, Any] = {"test_loss": _test_loss(model_config, params, data, batch_size),
                                "test_examples": len(test), "test_truncated": data.encoded["test"].n_truncated}
@@ -444,23 +443,14 @@ def save_sft_config(out_dir: str, data: SFTData) -> None:
     """out_dir/sft.json: what asking the model later needs (template, EOS) and the data counts."""
     d = {"format": _FORMAT, "version": _VERSION, "template": data.template.to_dict(), "eos_id": data.eos_id,
          "max_length": data.max_length, "mask_prompt": data.mask_prompt, **data.summary()}
-    path = os.path.join(out_dir, SFT_CONFIG_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(d, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_json_atomic(RunDir(out_dir).sft_config_path, d, indent=1, sort_keys=False)
 
 
 def read_sft_config(out_dir: str) -> Tuple[Template, int, Dict[str, Any]]:
     """(template, eos_id, the whole sft.json) of an SFT run directory; DataError when absent."""
-    path = os.path.join(out_dir, SFT_CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except OSError as e:
-        raise DataError(f"{path} is missing ({e.strerror or e}): is {out_dir} an instruction fine-tuning run?") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e})") from None
+    path = RunDir(out_dir).sft_config_path
+    d = read_json(path, error=DataError, unreadable=lambda reason: f"{path} is missing ({reason}): is {out_dir} an "
+                                                                   "instruction fine-tuning run?")
     if not isinstance(d, dict) or d.get("format") != _FORMAT or d.get("version") != _VERSION:
         raise DataError(f"{path} is not a jaxgpt SFT description (format {_FORMAT!r} version {_VERSION})")
     try:

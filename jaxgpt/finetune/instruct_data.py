@@ -16,13 +16,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import urllib.error
-import urllib.request
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from jaxgpt.data.corpus import DataError, _decode_utf8, _read_bytes, default_cache_dir
+from jaxgpt.data.corpus import DataError, decode_utf8, default_cache_dir, read_bytes
+from jaxgpt.files import fetch_once
 
 __all__ = ["Record", "EMBEDDED_KINDS", "INSTRUCTION_DATA_URL", "INSTRUCTION_DATA_SHA256", "SPLITS",
            "embedded_records", "load_records", "instruction_data_records", "resolve_records", "split_records"]
@@ -166,32 +165,7 @@ def load_records(path: str | os.PathLike) -> List[Record]:
     with a string `instruction`, an optional `input` and a string `output`. Any fault is a
     DataError naming the file and the record (0-based index) or line (1-based)."""
     path = os.fspath(path)
-    return _parse_records(_decode_utf8(_read_bytes(path), path), path)
-
-
-def _fetch_verified(url: str, sha256: str, path: str, what: str, hint: str, timeout: float) -> bytes:
-    """The file at `path` if its sha256 is right, else downloaded once from `url`, checked and
-    kept there atomically (the scheme of jaxgpt.data.corpus.shakespeare_corpus)."""
-    if os.path.isfile(path):
-        data = _read_bytes(path)
-        if hashlib.sha256(data).hexdigest() == sha256:
-            return data
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            data = resp.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise DataError(f"could not download {what} ({url}: {reason}): {hint}") from None
-    got = hashlib.sha256(data).hexdigest()
-    if got != sha256:
-        raise DataError(f"the file downloaded from {url} is not {what} (sha256 {got}, expected {sha256}); "
-                        f"not kept. {hint}")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return data
+    return _parse_records(decode_utf8(read_bytes(path), path), path)
 
 
 def instruction_data_records(cache_dir: Optional[str] = None, url: str = INSTRUCTION_DATA_URL,
@@ -200,8 +174,9 @@ def instruction_data_records(cache_dir: Optional[str] = None, url: str = INSTRUC
     downloading them there once (sha256-checked). Returns (records, path)."""
     cache_dir = default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
     path = os.path.join(cache_dir, INSTRUCTION_DATA_FILENAME)
-    data = _fetch_verified(url, INSTRUCTION_DATA_SHA256, path, "Raschka's instruction-data.json",
-                           "pass a local copy instead, e.g. --dataset=/path/to/instruction-data.json", timeout)
+    data = fetch_once(url, path, sha256=INSTRUCTION_DATA_SHA256, what="Raschka's instruction-data.json",
+                      timeout=timeout, error=DataError,
+                      offline_hint="pass a local copy instead, e.g. --dataset=/path/to/instruction-data.json")
     return _parse_records(data.decode("utf-8"), path), path
 
 
@@ -223,10 +198,10 @@ def resolve_records(dataset: str, cache_dir: Optional[str] = None, *, n_per_kind
     if not os.path.isfile(path):
         raise DataError(f"unknown instruction dataset {dataset!r}: not 'embedded', 'instruction-data' or a "
                         "JSON/JSONL file")
-    raw = _read_bytes(path)
+    raw = read_bytes(path)
     if hashlib.sha256(raw).hexdigest() == INSTRUCTION_DATA_SHA256:
         return _parse_records(raw.decode("utf-8"), path), f"instruction-data (local copy {os.path.abspath(path)})"
-    return _parse_records(_decode_utf8(raw, path), path), os.path.abspath(path)
+    return _parse_records(decode_utf8(raw, path), path), os.path.abspath(path)
 
 
 # ------------------------------------------------------------------------------ splits

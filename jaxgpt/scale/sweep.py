@@ -29,9 +29,11 @@ import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from jaxgpt.cli import ConfigError, Option, read_config_file
+from jaxgpt.files import atomic_write, read_json, write_json_atomic
+from jaxgpt.train.run_dir import RunDir
 
 __all__ = ["Member", "SweepSpec", "expand", "shape_for_params", "run_member", "collect", "fit_and_plot",
-           "non_embedding_params", "SWEEP_KEYS"]
+           "non_embedding_params", "member_dir", "SWEEP_KEYS"]
 
 SWEEP_KEYS: Dict[str, Option] = {
     "base": Option({}, "train.py options shared by every member", type=dict),
@@ -164,16 +166,15 @@ def _device() -> str:
 def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = False) -> Dict[str, Any]:
     """Train one member through the shared loop (resuming it if it was interrupted); returns its
     results row, which is also written to <member dir>/result.json."""
-    from jaxgpt.train.config import config_from_sources, write_json_atomic
-    from jaxgpt.train.loop import TrainingDiverged, checkpoint_steps, config_from_argv, train
+    from jaxgpt.train.config import config_from_sources
+    from jaxgpt.train.loop import TrainingDiverged, config_from_argv, train
 
-    run_dir = os.path.join(out_dir, "runs", member.name)
-    result_path = os.path.join(run_dir, "result.json")
+    run_dir = member_dir(out_dir, member)
+    result_path = _result_path(out_dir, member)
     if os.path.exists(result_path):
-        with open(result_path) as f:
-            return json.load(f)
+        return read_json(result_path)
     invocation = {"out_dir": run_dir, "num_samples": 0, "progress": progress}
-    if checkpoint_steps(run_dir):  # interrupted: the loop resumes it exactly
+    if RunDir(run_dir).checkpoint_steps():  # interrupted: the loop resumes it exactly
         cfg = config_from_argv([f"--out_dir={run_dir}", "--init_from=resume", f"--progress={progress}",
                                 "--num_samples=0"])
     else:
@@ -187,6 +188,16 @@ def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = F
     os.makedirs(run_dir, exist_ok=True)  # a run that failed before its first checkpoint removed its dir
     write_json_atomic(result_path, row)
     return row
+
+
+def member_dir(out_dir: str, member: Member) -> str:
+    """The member's run directory (train.py's --out_dir) inside the sweep's out_dir."""
+    return os.path.join(out_dir, "runs", member.name)
+
+
+def _result_path(out_dir: str, member: Member) -> str:
+    """The member's results row: written when it finished, so a finished member is never rerun."""
+    return os.path.join(member_dir(out_dir, member), "result.json")
 
 
 def results_row(member: Member, cfg, summary: Mapping[str, Any], seconds: float, vocab_size: int
@@ -209,10 +220,9 @@ def collect(out_dir: str, members: Sequence[Member]) -> List[Dict[str, Any]]:
     """runs.jsonl and runs.csv from the members' result.json files (finished members only)."""
     rows = []
     for member in members:
-        path = os.path.join(out_dir, "runs", member.name, "result.json")
+        path = _result_path(out_dir, member)
         if os.path.exists(path):
-            with open(path) as f:
-                rows.append(json.load(f))
+            rows.append(read_json(path))
     _write_atomic(os.path.join(out_dir, "runs.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
     columns = ["name", "N", "N_total", "D", "C", "flops_done", "best_val_loss", "final_val_loss", "seconds",
                "device", "tokens", "compute", "N_target"]
@@ -226,10 +236,8 @@ def collect(out_dir: str, members: Sequence[Member]) -> List[Dict[str, Any]]:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Sequence[Member],
@@ -265,7 +273,7 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
         plots.plot_parametric_residuals(N, D, L, parametric, os.path.join(out_dir, "parametric_residuals.png"))
     curves = []
     for member in members:
-        events = read_metrics(os.path.join(out_dir, "runs", member.name, "metrics.jsonl"))
+        events = read_metrics(RunDir(member_dir(out_dir, member)).metrics_path)
         per_iter = (member.options.get("gradient_accumulation_steps", 1) * member.options.get("batch_size", 12)
                     * member.options.get("block_size", 128))
         evals = [{**e, "tokens": e["iter"] * per_iter} for e in events if "val_loss" in e and e["iter"] > 0]
@@ -323,4 +331,4 @@ def vocab_size_for(base: Mapping[str, Any]) -> int:
 
 
 def done_members(out_dir: str, members: Iterable[Member]) -> List[str]:
-    return [m.name for m in members if os.path.exists(os.path.join(out_dir, "runs", m.name, "result.json"))]
+    return [m.name for m in members if os.path.exists(_result_path(out_dir, m))]

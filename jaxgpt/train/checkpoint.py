@@ -28,13 +28,14 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
 from jaxgpt.model.config import GPTConfig
+from jaxgpt.train.run_dir import CHECKPOINTS, RunDir, committed_steps
 from jaxgpt.train.step import TrainState
 
 __all__ = ["CheckpointError", "Checkpointer", "load_inference_params", "CHECKPOINT_SUBDIR"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUBDIR = "checkpoints"  # train.py's out_dir/checkpoints
+CHECKPOINT_SUBDIR = CHECKPOINTS  # the run directory's name for them (jaxgpt.train.run_dir), kept importable here
 _ITEMS = ("params", "train", "extra")
 
 
@@ -123,8 +124,7 @@ class Checkpointer:
     # ------------------------------------------------------------------------------- queries
     def all_steps(self) -> list:
         if self.read_only:  # committed steps are folders named by their number (orbax renames on commit)
-            return sorted(int(name) for name in os.listdir(self.directory)
-                          if name.isdigit() and os.path.isdir(os.path.join(self.directory, name)))
+            return committed_steps(self.directory)
         return sorted(int(s) for s in self._manager.all_steps())
 
     def latest_step(self) -> Optional[int]:
@@ -187,7 +187,8 @@ class Checkpointer:
             pass
 
     # ------------------------------------------------------------------------------- restore
-    def _resolve_step(self, step: Optional[int]) -> int:
+    def resolve_step(self, step: Optional[int]) -> int:
+        """`step` if it is committed here (None: the latest), else CheckpointError listing the steps."""
         steps = self.all_steps()
         if not steps:
             raise CheckpointError(f"no checkpoint found in {self.directory}")
@@ -212,7 +213,7 @@ class Checkpointer:
         """Restore step (default: latest) onto the shardings named by `abstract_state` (a
         TrainState of jax.ShapeDtypeStruct with .sharding, e.g. from
         `jax.eval_shape` + `sharding.state_shardings`). Returns (state, extra)."""
-        step = self._resolve_step(step)
+        step = self.resolve_step(step)
         target = _abstract(abstract_state)
         out = self._restore(
             step,
@@ -226,11 +227,11 @@ class Checkpointer:
 
     def restore_params(self, abstract_params, step: Optional[int] = None):
         """Only the parameters (no optimizer state is read)."""
-        step = self._resolve_step(step)
+        step = self.resolve_step(step)
         return self._restore(step, params=ocp.args.StandardRestore(_abstract(abstract_params)))["params"]
 
     def restore_extra(self, step: Optional[int] = None) -> dict:
-        step = self._resolve_step(step)
+        step = self.resolve_step(step)
         return dict(self._restore(step, extra=ocp.args.JsonRestore())["extra"] or {})
 
     def close(self) -> None:
@@ -254,10 +255,10 @@ def load_inference_params(out_dir, which: str = "latest") -> Tuple[GPTConfig, An
     """
     if which not in ("latest", "best"):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
-    directory = os.path.join(os.fspath(out_dir), CHECKPOINT_SUBDIR)
+    directory = RunDir(out_dir).checkpoint_dir
     with Checkpointer(directory, read_only=True) as ckpt:
         step = ckpt.best_step() if which == "best" else None
-        step = ckpt._resolve_step(step)
+        step = ckpt.resolve_step(step)
         extra = ckpt.restore_extra(step)
         if "model_config" not in extra:
             raise CheckpointError(f"checkpoint at step {step} in {directory} has no model_config")

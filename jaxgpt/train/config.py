@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from jaxgpt.cli import ConfigError, Option, check_value
@@ -225,28 +223,3 @@ def changed_run_options(before: Mapping[str, Any], after: TrainConfig) -> Iterab
     return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in run_keys_of(type(after))
             if k in before and before[k] != now[k]]
 
-
-def load_json_object(path: str) -> Dict[str, Any]:
-    """A JSON object from a file, or a ConfigError naming the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path} does not hold a JSON object")
-    return value
-
-
-def write_json_atomic(path: str, value: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=2, sort_keys=True, ensure_ascii=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

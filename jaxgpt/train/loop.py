@@ -28,8 +28,8 @@ import numpy as np
 from jaxgpt.cli import ConfigError, parse_given
 from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES
 from jaxgpt.train.config import (OPTIONS, TrainConfig, changed_run_options, config_from_sources, fixed_on_resume,
-                               load_json_object, options_of, read_run_options, write_json_atomic)
-from jaxgpt.train.run_dir import RunDirLock, check_out_dir, clear_run_files
+                               options_of, read_run_options)
+from jaxgpt.train.run_dir import LOSS_PNG, RunDir, RunDirLock, check_out_dir, clear_run_files
 
 __all__ = ["TrainingDiverged", "ResolvedRun", "LoopState", "config_from_argv", "resolve_run", "train",
            "model_config_from_options", "prepare_data", "OPTIONS", "TrainConfig"]
@@ -46,18 +46,12 @@ class TrainingDiverged(RuntimeError):
 # ------------------------------------------------------------------------------- configuration
 
 def _checkpoint_dir(out_dir: str) -> str:
-    from jaxgpt.train.checkpoint import CHECKPOINT_SUBDIR
-
-    return os.path.join(out_dir, CHECKPOINT_SUBDIR)
+    return RunDir(out_dir).checkpoint_dir
 
 
 def checkpoint_steps(out_dir: str) -> List[int]:
     """Steps of the committed checkpoints in out_dir (orbax's temporary folders excluded)."""
-    directory = _checkpoint_dir(out_dir)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+    return RunDir(out_dir).checkpoint_steps()
 
 
 def _resume_step(cfg: TrainConfig) -> int:
@@ -199,12 +193,13 @@ def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
     steps = checkpoint_steps(cfg.out_dir)
     if cfg.overwrite or cfg.eval_only:
         return
+    run_dir = RunDir(cfg.out_dir)
     if not steps:
-        if os.path.exists(os.path.join(cfg.out_dir, "run_config.json")):
+        if os.path.exists(run_dir.run_config_path):
             notes.append(f"note: {cfg.out_dir} held no checkpoint; starting that run over")
         return
-    saved_path = os.path.join(cfg.out_dir, "run_config.json")
-    previous = (read_run_options(load_json_object(saved_path), saved_path, type(cfg))
+    saved_path = run_dir.run_config_path
+    previous = (read_run_options(run_dir.read_run_config(), saved_path, type(cfg))
                 if os.path.exists(saved_path) else {})
     now = cfg.run_options()
     differs = [f"{k}: {previous[k]!r} -> {now[k]!r}" for k in fixed_on_resume(cfg)
@@ -227,18 +222,18 @@ def _check_resume_compatible(cfg: TrainConfig, extra: Dict[str, Any], corpus, pr
     if fixed:
         raise ConfigError(f"cannot resume {cfg.out_dir} with another data or architecture setting: {'; '.join(fixed)}; "
                           "start a new --out_dir")
-    meta_path = os.path.join(cfg.out_dir, "data_meta.json")
-    meta = extra.get("data_meta") or (load_json_object(meta_path) if os.path.exists(meta_path) else {})
+    run_dir = RunDir(cfg.out_dir)
+    meta = extra.get("data_meta") or (run_dir.read_data_meta() if os.path.exists(run_dir.data_meta_path) else {})
     if meta.get("source_sha256") not in (None, corpus.sha256):
         raise ConfigError(f"the corpus {corpus.source} changed since this run started (sha256 {corpus.sha256[:12]}..., "
                           f"the run's was {meta['source_sha256'][:12]}...): resuming would remap its token ids; "
                           "restore the original text or start a new --out_dir")
-    tok_path = os.path.join(cfg.out_dir, "tokenizer.json")
+    tok_path = run_dir.tokenizer_path
     if os.path.exists(tok_path):
-        from jaxgpt.data.tokenizers import TokenizerError, load_tokenizer
+        from jaxgpt.data.tokenizers import TokenizerError
 
         try:
-            saved_tokenizer = load_tokenizer(tok_path)
+            saved_tokenizer = run_dir.read_tokenizer()
         except TokenizerError as exc:
             raise ConfigError(f"cannot resume: {exc}") from None
         if saved_tokenizer != prepared.tokenizer:
@@ -400,11 +395,11 @@ def _restore(cfg: TrainConfig, step: int, task, optimizer, mesh) -> Restored:
 
 def start_run_dir(run: ResolvedRun) -> None:
     """Under the lock: --overwrite's deletions, then the files a fresh run starts with."""
-    cfg = run.cfg
+    cfg, run_dir = run.cfg, RunDir(run.cfg.out_dir)
     if run.restored is not None:  # a resumed run's files were checked in resolve_run and stay
-        later = [s for s in checkpoint_steps(cfg.out_dir) if s > run.restored.step]
+        later = [s for s in run_dir.checkpoint_steps() if s > run.restored.step]
         if later:  # --resume_step: the run goes on from there; later steps are kept aside, not deleted
-            aside = os.path.join(cfg.out_dir, "checkpoints-set-aside")
+            aside = run_dir.set_aside_dir
             os.makedirs(aside, exist_ok=True)
             for step in later:
                 os.replace(os.path.join(run.checkpoint_dir, str(step)), os.path.join(aside, f"{step}-{int(time.time())}"))
@@ -416,9 +411,9 @@ def start_run_dir(run: ResolvedRun) -> None:
             print(f"overwrite: removed {', '.join(removed)} from {cfg.out_dir}")
     else:
         clear_run_files(cfg.out_dir)  # a run that never checkpointed (see _check_fresh_start)
-    run.prepared.tokenizer.save(os.path.join(cfg.out_dir, "tokenizer.json"))
-    write_json_atomic(os.path.join(cfg.out_dir, "data_meta.json"), run.prepared.meta)
-    write_json_atomic(os.path.join(cfg.out_dir, "run_config.json"), cfg.run_options())
+    run_dir.write_tokenizer(run.prepared.tokenizer)
+    run_dir.write_data_meta(run.prepared.meta)
+    run_dir.write_run_config(cfg.run_options())
 
 
 # ------------------------------------------------------------------------- step 4: the loop
@@ -503,7 +498,7 @@ def save_checkpoint(run: ResolvedRun, checkpointer, loop: LoopState, val_loss: f
              "run_config": run.cfg.run_options(), "data_meta": run.prepared.meta, **run.task.batches.state_dict()}
     checkpointer.save(loop.iter_num, loop.train_state, extra, val_loss=val_loss)
     if _is_main():  # run_config.json follows the newest checkpoint (what a resume continues)
-        write_json_atomic(os.path.join(run.out_dir, "run_config.json"), run.cfg.run_options())
+        RunDir(run.out_dir).write_run_config(run.cfg.run_options())
 
 
 def _is_main() -> bool:
@@ -524,7 +519,7 @@ class _Reporter:
 
         self.run, self.active = run, _is_main()
         self.last_plot = time.monotonic()  # the run's first plot waits too: one point says little
-        self.metrics_path = os.path.join(run.out_dir, "metrics.jsonl")
+        self.metrics_path = RunDir(run.out_dir).metrics_path
         self.log = MetricsLog(self.metrics_path, resume_iter=resume_iter) if self.active else None
         self.bar = None
         if self.active and run.cfg.progress:
@@ -552,10 +547,10 @@ class _Reporter:
 
         run = self.run
         try:
-            plot_losses(self.metrics_path, os.path.join(run.out_dir, "loss.png"),
+            plot_losses(self.metrics_path, RunDir(run.out_dir).loss_png,
                         f"{run.corpus.name} / {run.cfg.tokenizer} / {run.model_config.num_params() / 1e6:.2f}M params")
         except OSError as exc:  # a full disk: the plot is a convenience, the run goes on
-            print(f"warning: could not write loss.png: {exc.strerror or exc}", file=sys.stderr)
+            print(f"warning: could not write {LOSS_PNG}: {exc.strerror or exc}", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

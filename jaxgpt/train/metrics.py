@@ -1,11 +1,15 @@
-"""metrics.jsonl (one JSON object per event) and the loss-curve PNG drawn from it."""
+"""metrics.jsonl (one JSON object per event) and the loss-curve figure drawn from it: the one
+plot_loss_curves that draws a run's loss.png (plot_losses) and `python -m jaxgpt.viz --what=loss`."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from jaxgpt.files import read_json_object, save_figure_atomic
+from jaxgpt.train.run_dir import METRICS_FILE, RunDir
 
 
 class MetricsLog:
@@ -55,33 +59,93 @@ def read_metrics(path: str) -> List[Dict]:
     return events
 
 
-def plot_losses(metrics_path: str, png_path: str, title: str = "") -> None:
-    """Train loss per logged step and train/val at evals; written atomically."""
-    import matplotlib
+def tokens_per_iter(run_config_path: str) -> Optional[int]:
+    """gradient_accumulation_steps * batch_size * block_size from a run_config.json (None if absent)."""
+    if not os.path.isfile(run_config_path):
+        return None
+    rc = read_json_object(run_config_path)
+    try:
+        return int(rc.get("gradient_accumulation_steps", 1)) * int(rc["batch_size"]) * int(rc["block_size"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{run_config_path} has no usable batch_size/block_size") from None
+
+
+def _run_files(path) -> Tuple[str, str]:
+    """(metrics.jsonl, run_config.json) for a run directory or a metrics file inside one."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return RunDir(path).metrics_path, RunDir(path).run_config_path
+    return path, RunDir(os.path.dirname(os.path.abspath(path))).run_config_path
+
+
+def plot_loss_curves(metrics_paths_or_dirs, png_path, labels: Optional[Sequence[str]] = None, title: str = "",
+                     *, x_axis: str = "tokens", eval_train: bool = False) -> str:
+    """The loss-curve figure, of one run or several: train loss per logged batch (thin line) and
+    val loss at evals (markers), plus with eval_train the train loss at evals. x_axis="tokens":
+    tokens seen (iteration * tokens per iteration from each run's run_config.json; the iteration
+    for all runs if one has none); "iteration": the iteration. One run draws each series in its own
+    colour, several runs each run in its own. Written atomically; returns png_path."""
+    if x_axis not in ("tokens", "iteration"):
+        raise ValueError(f"x_axis must be 'tokens' or 'iteration', got {x_axis!r}")
+    if isinstance(metrics_paths_or_dirs, (str, os.PathLike)):
+        metrics_paths_or_dirs = [metrics_paths_or_dirs]
+    runs = []
+    for path in metrics_paths_or_dirs:
+        metrics_path, config_path = _run_files(path)
+        if not os.path.isfile(metrics_path):
+            raise ValueError(f"no {METRICS_FILE} at {metrics_path!r}")
+        runs.append((read_metrics(metrics_path), tokens_per_iter(config_path) if x_axis == "tokens" else None))
+    if labels is None:
+        labels = [os.path.basename(os.path.normpath(os.fspath(p))) or os.fspath(p) for p in metrics_paths_or_dirs]
+    if len(labels) != len(runs):
+        raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+    by_tokens = all(tpi is not None for _, tpi in runs)
+    import matplotlib  # heavy (seconds): imported when a figure is drawn, not with the training loop
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (matplotlib, as above)
+    from matplotlib.ticker import EngFormatter  # (matplotlib, as above)
 
-    events = read_metrics(metrics_path)
-    logs = [e for e in events if "val_loss" not in e and math.isfinite(e.get("train_loss", math.nan))]
-    evals = [e for e in events if "val_loss" in e]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if logs:
-        ax.plot([e["iter"] for e in logs], [e["train_loss"] for e in logs], lw=0.8, alpha=0.6,
-                label="train (batch)")
-    if evals:
-        ax.plot([e["iter"] for e in evals], [e["train_loss"] for e in evals], "o-", label="train (eval)")
-        ax.plot([e["iter"] for e in evals], [e["val_loss"] for e in evals], "o-", label="val")
-    ax.set_xlabel("iteration")
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((events, tpi), label) in enumerate(zip(runs, labels)):
+        # (train batches, train at evals, val): one run's in three colours, several runs' in one each
+        color = colors[:3] if len(runs) == 1 else [colors[i % len(colors)]] * 3
+        _draw_run(ax, events, tpi if by_tokens else 1, f"{label} " if label else "", color, eval_train)
+    if by_tokens:
+        ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_xlabel("tokens seen" if by_tokens else "iteration")
     ax.set_ylabel("cross-entropy loss (nats/token)")
-    ax.set_title(title)
+    ax.set_title(title or "loss curves")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+        return save_figure_atomic(fig, os.fspath(png_path), format="png")
+    finally:
+        plt.close(fig)
+
+
+def _draw_run(ax, events: List[Dict], scale: int, prefix: str, color: Sequence[str], eval_train: bool) -> None:
+    """One run's series on ax: x is the iteration times `scale`; labels start with `prefix`."""
+    logs = [e for e in events if "val_loss" not in e and math.isfinite(e.get("train_loss", math.nan))]
+    evals = [e for e in events if "val_loss" in e and math.isfinite(e["val_loss"])]
+    if logs:
+        ax.plot([e["iter"] * scale for e in logs], [e["train_loss"] for e in logs], lw=1.0, alpha=0.55,
+                color=color[0], label=f"{prefix}train" + (" (batch)" if eval_train else ""))
+    evals_train = [e for e in evals if math.isfinite(e.get("train_loss", math.nan))] if eval_train else []
+    if evals_train:
+        ax.plot([e["iter"] * scale for e in evals_train], [e["train_loss"] for e in evals_train], "s-", ms=4,
+                color=color[1], label=f"{prefix}train (eval)")
+    if evals:
+        ax.plot([e["iter"] * scale for e in evals], [e["val_loss"] for e in evals], "o--", ms=4,
+                color=color[2], label=f"{prefix}val")
+
+
+def plot_losses(metrics_path: str, png_path: str, title: str = "") -> None:
+    """A run's loss.png: its curves against the iteration, the train loss at evals included."""
+    plot_loss_curves([metrics_path], png_path, labels=[""], title=title, x_axis="iteration", eval_train=True)
 
 
 def perplexity(loss: float) -> float:

@@ -1,31 +1,160 @@
-"""A training run's directory: who may write it, and what it holds.
+"""A run directory (train.py's and finetune.py's --out_dir): every file name in it, its typed
+metadata, its checkpoint bookkeeping, and who may write it. No other module spells these names.
 
-One writer at a time: `RunDirLock` takes an exclusive `fcntl.flock` on `<out_dir>/.lock`. The
-kernel drops the lock when its process dies, however it dies, so a stale lock from a killed run
-never blocks the next one; while a run is live, a second writer is refused with the holder's pid.
-The file holds the pid only while the lock is held, so a finished run leaves it empty (and the
-directory's contents as the run left them).
+    run = RunDir(out_dir)
+    run.checkpoint_dir, run.metrics_path, run.loss_png, ...    # where each file is
+    run.write_run_config(cfg.run_options()); run.read_run_config()   # ConfigError naming the file
+    run.write_tokenizer(tok); run.read_tokenizer()                     # TokenizerError
+    run.checkpoint_steps(), run.latest_step(), run.best_step()
+
+One writer at a time: `RunDirLock` takes an exclusive `fcntl.flock` on `<out_dir>/.lock`
+(jaxgpt.files.FileLock). The kernel drops the lock when its process dies, however it dies, so a
+stale lock from a killed run never blocks the next one; while a run is live, a second writer is
+refused with the holder's pid. The file holds the pid only while the lock is held, so a finished
+run leaves it empty (and the directory's contents as the run left them).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import shutil
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from jaxgpt.cli import ConfigError
+from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from jaxgpt.files import FileLock, read_json_object, write_json_atomic
 
-__all__ = ["RunDirError", "RunDirLock", "check_out_dir", "clear_run_files", "RUN_FILES", "LOCK_NAME"]
+__all__ = ["RunDir", "RunDirError", "RunDirLock", "check_out_dir", "clear_run_files", "committed_steps",
+           "RUN_FILES", "LOCK_NAME", "CHECKPOINTS", "METRICS_FILE", "LOSS_PNG", "RUN_CONFIG_FILE",
+           "TOKENIZER_FILE", "DATA_META_FILE", "SFT_CONFIG_FILE", "RESPONSES_FILE", "CONFUSION_PNG",
+           "SET_ASIDE_DIR"]
 
+CHECKPOINTS = "checkpoints"  # orbax's steps, one folder each (jaxgpt.train.checkpoint)
+METRICS_FILE = "metrics.jsonl"  # one JSON event a line (jaxgpt.train.metrics)
+LOSS_PNG = "loss.png"
+RUN_CONFIG_FILE = "run_config.json"  # the run options of the newest checkpoint
+DATA_META_FILE = "data_meta.json"  # the prepared data's meta (corpus sha256, token counts, labels...)
+SFT_CONFIG_FILE = "sft.json"  # instruction fine-tuning: template and EOS (jaxgpt.finetune.instruct)
+RESPONSES_FILE = "responses.jsonl"  # instruction fine-tuning: the test split's responses
+CONFUSION_PNG = "confusion_matrix.png"  # classification fine-tuning: the test split's
+SET_ASIDE_DIR = "checkpoints-set-aside"  # --resume_step: the later checkpoints, kept, not deleted
 LOCK_NAME = ".lock"
 # What a run writes into out_dir (and --overwrite=True removes); nothing else there is touched.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "loss.png", "run_config.json", "tokenizer.json", "data_meta.json")
+RUN_FILES = (CHECKPOINTS, METRICS_FILE, LOSS_PNG, RUN_CONFIG_FILE, TOKENIZER_FILE, DATA_META_FILE)
 
 
 class RunDirError(ConfigError):
     """The run directory cannot be used: one line naming it."""
+
+
+def committed_steps(checkpoint_dir: str) -> List[int]:
+    """The steps committed in a checkpoint folder, ascending: orbax renames a step's folder to its
+    number once complete, so its temporary folders (and a missing folder) count for nothing."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(checkpoint_dir)
+                  if name.isdigit() and os.path.isdir(os.path.join(checkpoint_dir, name)))
+
+
+class RunDir:
+    """The files of one run directory (nothing is read or written until asked)."""
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    # ------------------------------------------------------------------------------- where
+    @property
+    def checkpoint_dir(self) -> str:
+        return self._file(CHECKPOINTS)
+
+    @property
+    def metrics_path(self) -> str:
+        return self._file(METRICS_FILE)
+
+    @property
+    def loss_png(self) -> str:
+        return self._file(LOSS_PNG)
+
+    @property
+    def run_config_path(self) -> str:
+        return self._file(RUN_CONFIG_FILE)
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self._file(TOKENIZER_FILE)
+
+    @property
+    def data_meta_path(self) -> str:
+        return self._file(DATA_META_FILE)
+
+    @property
+    def sft_config_path(self) -> str:
+        return self._file(SFT_CONFIG_FILE)
+
+    @property
+    def responses_path(self) -> str:
+        return self._file(RESPONSES_FILE)
+
+    @property
+    def confusion_png(self) -> str:
+        return self._file(CONFUSION_PNG)
+
+    @property
+    def set_aside_dir(self) -> str:
+        return self._file(SET_ASIDE_DIR)
+
+    @property
+    def lock_path(self) -> str:
+        return self._file(LOCK_NAME)
+
+    def holds_a_run(self) -> bool:
+        """A train.py/finetune.py run directory (a checkpoint folder, or the run's options)."""
+        return os.path.isdir(self.checkpoint_dir) or os.path.isfile(self.run_config_path)
+
+    # ---------------------------------------------------------------------- typed metadata
+    def read_run_config(self) -> Dict[str, Any]:
+        """run_config.json's options (ConfigError naming the file when unreadable)."""
+        return read_json_object(self.run_config_path, error=ConfigError)
+
+    def write_run_config(self, options: Dict[str, Any]) -> None:
+        write_json_atomic(self.run_config_path, options)
+
+    def read_data_meta(self) -> Dict[str, Any]:
+        """data_meta.json (ConfigError naming the file when unreadable)."""
+        return read_json_object(self.data_meta_path, error=ConfigError)
+
+    def write_data_meta(self, meta: Dict[str, Any]) -> None:
+        write_json_atomic(self.data_meta_path, meta)
+
+    def read_tokenizer(self) -> Tokenizer:
+        """The run's tokenizer (TokenizerError naming the file when missing or malformed)."""
+        return load_tokenizer(self.tokenizer_path)
+
+    def write_tokenizer(self, tokenizer: Tokenizer) -> None:
+        tokenizer.save(self.tokenizer_path)
+
+    # ------------------------------------------------------------------------- checkpoints
+    def checkpoint_steps(self) -> List[int]:
+        """Steps of the committed checkpoints, ascending (orbax's temporary folders excluded)."""
+        return committed_steps(self.checkpoint_dir)
+
+    def latest_step(self) -> Optional[int]:
+        steps = self.checkpoint_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> Optional[int]:
+        """The step with the lowest recorded val_loss, else the latest (None without a checkpoint):
+        the "best" checkpoint that inference and a fine-tuning backbone read."""
+        if not self.checkpoint_steps():
+            return None
+        # orbax reads the recorded losses: heavy, and jaxgpt.train.checkpoint asks this module for its folder
+        from jaxgpt.train.checkpoint import Checkpointer
+
+        with Checkpointer(self.checkpoint_dir, read_only=True) as ckpt:
+            return ckpt.resolve_step(ckpt.best_step())
 
 
 def _nearest_existing(path: str) -> str:
@@ -55,44 +184,26 @@ class RunDirLock:
 
     def __init__(self, out_dir: str):
         self.out_dir = os.path.abspath(out_dir)
-        self.path = os.path.join(self.out_dir, LOCK_NAME)
+        self.path = RunDir(self.out_dir).lock_path
         self.created = False
-        self._fd: Optional[int] = None
+        self._lock = FileLock(self.path, error=RunDirError, make_dirs=False,
+                              busy="{folder} is in use by another run (pid {pid}); wait for it to finish "
+                                   "or choose another --out_dir",
+                              unwritable="cannot write to --out_dir={folder}: {reason}")
 
     def acquire(self) -> "RunDirLock":
         try:
-            try:
-                os.makedirs(self.out_dir)
-                self.created = True
-            except FileExistsError:  # there already, or made a moment ago by a run racing this one
-                pass
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            os.makedirs(self.out_dir)
+            self.created = True
+        except FileExistsError:  # there already, or made a moment ago by a run racing this one
+            pass
         except OSError as exc:
             raise RunDirError(f"cannot write to --out_dir={self.out_dir}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunDirError(f"{self.out_dir} is in use by another run (pid {holder}); wait for it to finish "
-                                  "or choose another --out_dir") from None
-            raise RunDirError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
+        self._lock.acquire()
         return self
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            os.ftruncate(self._fd, 0)
-        except OSError:  # a full or read-only disk: the kernel still drops the lock below
-            pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+        self._lock.release()
 
     def remove_created_dir(self) -> None:
         """After a failed run that made out_dir: leave no partial directory behind."""

@@ -2,7 +2,8 @@
 loss curves over tokens seen, token embeddings by PCA, and a confusion matrix.
 
 Every function works in a notebook on (config, params, tokenizer) and writes a PNG atomically
-(a temporary file in the same folder, then os.replace). The command line makes each figure
+(jaxgpt.files.save_figure_atomic). The loss curves are jaxgpt.train.metrics.plot_loss_curves, the
+one that also draws a run's loss.png. The command line makes each figure
 from any train.py run directory (the confusion matrix from a finetune.py classification run):
 
     python -m jaxgpt.viz --out_dir=RUN --what=attention --prompt="ROMEO:" --png=attn.png
@@ -18,16 +19,17 @@ them into flax's "intermediates" collection (a no-op in a normal forward).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import textwrap
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from jaxgpt.cli import CLIError, Option, main_guard, parse_args
+from jaxgpt.files import save_figure_atomic
+from jaxgpt.train.metrics import plot_loss_curves, read_metrics, tokens_per_iter  # the first and last: re-exported
+from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir
 
 __all__ = ["attention_weights", "plot_attention", "next_token_probs", "plot_next_token", "compare_decoding",
            "plot_loss_curves", "plot_embeddings", "plot_confusion_matrix", "token_label", "DEFAULT_SETTINGS"]
@@ -58,20 +60,11 @@ def _save(fig, png_path) -> str:
     """fig as a PNG at png_path, written atomically; the figure is closed."""
     plt = _plt()
     png_path = os.fspath(png_path)
-    folder = os.path.dirname(os.path.abspath(png_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".viz-", suffix=".png", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, png_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+        return save_figure_atomic(fig, png_path, format="png")
     finally:
         plt.close(fig)
-    return png_path
 
 
 def token_label(tokenizer, token_id: int, max_chars: Optional[int] = None, quotes: bool = True) -> str:
@@ -281,75 +274,6 @@ def _plot_texts(prompt: str, results: Sequence[Tuple[str, str]], png_path, width
     return _save(fig, png_path)
 
 
-# ----------------------------------------------------------------------------- loss curves
-
-def _run_files(path) -> Tuple[str, str]:
-    """(metrics.jsonl, run_config.json) for a run directory or a metrics file inside one."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return os.path.join(path, "metrics.jsonl"), os.path.join(path, "run_config.json")
-    return path, os.path.join(os.path.dirname(os.path.abspath(path)), "run_config.json")
-
-
-def tokens_per_iter(run_config_path: str) -> Optional[int]:
-    """gradient_accumulation_steps * batch_size * block_size from a run_config.json (None if absent)."""
-    if not os.path.isfile(run_config_path):
-        return None
-    with open(run_config_path, encoding="utf-8") as f:
-        rc = json.load(f)
-    try:
-        return int(rc.get("gradient_accumulation_steps", 1)) * int(rc["batch_size"]) * int(rc["block_size"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{run_config_path} has no usable batch_size/block_size") from None
-
-
-def plot_loss_curves(metrics_paths_or_dirs, png_path, labels: Optional[Sequence[str]] = None,
-                     title: str = "") -> str:
-    """Train (per logged batch, thin) and val (at evals, markers) loss of one or more runs against
-    tokens seen (iteration * tokens per iteration from each run's run_config.json). If a run has
-    no run_config.json the x axis is the iteration for all runs."""
-    from jaxgpt.train.metrics import read_metrics
-
-    plt = _plt()
-    if isinstance(metrics_paths_or_dirs, (str, os.PathLike)):
-        metrics_paths_or_dirs = [metrics_paths_or_dirs]
-    runs = []
-    for path in metrics_paths_or_dirs:
-        metrics_path, config_path = _run_files(path)
-        if not os.path.isfile(metrics_path):
-            raise ValueError(f"no metrics.jsonl at {metrics_path!r}")
-        runs.append((read_metrics(metrics_path), tokens_per_iter(config_path)))
-    if labels is None:
-        labels = [os.path.basename(os.path.normpath(os.fspath(p))) or os.fspath(p) for p in metrics_paths_or_dirs]
-    if len(labels) != len(runs):
-        raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
-    by_tokens = all(tpi is not None for _, tpi in runs)
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, ((events, tpi), label) in enumerate(zip(runs, labels)):
-        scale = tpi if by_tokens else 1
-        color = colors[i % len(colors)]
-        logs = [e for e in events if "val_loss" not in e and math.isfinite(e.get("train_loss", math.nan))]
-        evals = [e for e in events if "val_loss" in e and math.isfinite(e["val_loss"])]
-        if logs:
-            ax.plot([e["iter"] * scale for e in logs], [e["train_loss"] for e in logs], lw=1.0, alpha=0.55,
-                    color=color, label=f"{label} train")
-        if evals:
-            ax.plot([e["iter"] * scale for e in evals], [e["val_loss"] for e in evals], "o--", ms=4,
-                    color=color, label=f"{label} val")
-    from matplotlib.ticker import EngFormatter
-
-    if by_tokens:
-        ax.xaxis.set_major_formatter(EngFormatter())
-    ax.set_xlabel("tokens seen" if by_tokens else "iteration")
-    ax.set_ylabel("cross-entropy loss (nats/token)")
-    ax.set_title(title or "loss curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, png_path)
-
-
 # ----------------------------------------------------------------------------- embeddings
 
 def plot_embeddings(params, tokenizer, png_path, n: int = 100, counts=None, title: str = "") -> Tuple[np.ndarray, np.ndarray]:
@@ -441,15 +365,14 @@ OPTIONS: Dict[str, Option] = {
 
 def _load_run(out_dir: str, which: str):
     from jaxgpt.train.checkpoint import load_inference_params
-    from jaxgpt.data.tokenizers import load_tokenizer
 
-    tokenizer_path = os.path.join(out_dir, "tokenizer.json")
-    if not os.path.isfile(tokenizer_path):
-        raise CLIError(f"{out_dir!r} has no tokenizer.json: is it a train.py run directory?")
+    run_dir = RunDir(out_dir)
+    if not os.path.isfile(run_dir.tokenizer_path):
+        raise CLIError(f"{out_dir!r} has no {TOKENIZER_FILE}: is it a train.py run directory?")
     cfg, params = load_inference_params(out_dir, which)
     if getattr(cfg, "model", "gpt") == "gpt":
         cfg = cfg.replace(dropout=0.0)
-    return cfg, params, load_tokenizer(tokenizer_path)
+    return cfg, params, run_dir.read_tokenizer()
 
 
 def _prompt_ids(tokenizer, prompt: Optional[str]) -> List[int]:
@@ -477,9 +400,7 @@ def main(argv: Sequence[str]) -> str:
     if what == "loss":
         plot_loss_curves(dirs, png)
     elif what == "confusion":  # a finetune.py classification run's test event
-        from jaxgpt.train.metrics import read_metrics
-
-        metrics = os.path.join(dirs[0], "metrics.jsonl")
+        metrics = RunDir(dirs[0]).metrics_path
         events = [e for e in read_metrics(metrics) if "confusion_matrix" in e] if os.path.isfile(metrics) else []
         if not events:
             raise CLIError(f"{dirs[0]!r} has no confusion matrix: it comes from a finished finetune.py "
