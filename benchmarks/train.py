@@ -37,6 +37,7 @@ def run_train(opts: Dict[str, Any]) -> None:
     the twin is the control for the quality bar (does PyTorch reach the same loss on this data?)."""
     from jaxgpt.train.loop import config_from_argv, train  # lazy: see the module docstring
     from jaxgpt.train.metrics import read_metrics  # lazy: see the module docstring
+    from jaxgpt.train.run_dir import RunDir  # lazy: see the module docstring
 
     overrides = [opts["config"], "--progress=False", "--num_samples=0"]
     if opts["dataset"]:
@@ -55,7 +56,7 @@ def run_train(opts: Dict[str, Any]) -> None:
         with contextlib.redirect_stdout(table_stream(opts)):  # the run's own lines stay off a --json stdout
             train(t_cfg)
         jax_seconds = time.time() - t0
-        events = read_metrics(os.path.join(out, "jax", "metrics.jsonl"))
+        events = read_metrics(RunDir(os.path.join(out, "jax")).metrics_path)
         jax_evals = {e["iter"]: e["val_loss"] for e in events if "val_loss" in e}
         jax_tps = statistics.median(e["tokens_per_sec"] for e in events if "tokens_per_sec" in e)
         jax_mfu = statistics.median(e["mfu"] for e in events if "mfu" in e)

@@ -26,7 +26,7 @@ import urllib.request
 import zipfile
 from typing import Any, Callable, Dict, Iterator, Optional, Type
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_json_atomic", "save_figure_atomic", "read_json",
+__all__ = ["AtomicFile", "atomic_write", "write_bytes_atomic", "write_json_atomic", "save_figure_atomic", "read_json",
            "read_json_object", "sha256_of_file", "fetch", "fetch_once", "FileLock", "temporary_path"]
 
 ErrorType = Type[Exception]
@@ -42,22 +42,49 @@ def temporary_path(path: str, keep_suffix: bool = False) -> str:
     return f"{path}.tmp{os.getpid()}"
 
 
-@contextlib.contextmanager
+class AtomicFile:
+    """A file written through a temporary beside `path` and renamed over it by commit(); abort()
+    (or an exception inside `with`) removes the temporary and leaves `path` as it was. For writers
+    that keep the file open across calls (a shard filled document by document); atomic_write is the
+    one-block form."""
+
+    def __init__(self, path: str, mode: str = "w", *, encoding: Optional[str] = "utf-8", fsync: bool = False,
+                 keep_suffix: bool = False):
+        self.path, self.fsync = os.fspath(path), fsync
+        self.tmp = temporary_path(self.path, keep_suffix)
+        self.file = open(self.tmp, mode, encoding=None if "b" in mode else encoding)
+
+    def commit(self) -> None:
+        if self.fsync:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.tmp)
+
+    def __enter__(self) -> Any:
+        return self.file
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+
+
 def atomic_write(path: str, mode: str = "w", *, encoding: Optional[str] = "utf-8", fsync: bool = False,
-                 keep_suffix: bool = False) -> Iterator[Any]:
-    """Open a temporary beside `path` for writing; on a clean exit rename it over `path`, on an
-    exception remove it (the old file stays as it was)."""
-    tmp = temporary_path(path, keep_suffix)
-    try:
-        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+                 keep_suffix: bool = False) -> AtomicFile:
+    """`with atomic_write(path) as f:` writes a temporary beside `path`; a clean exit renames it over
+    `path`, an exception removes it (the old file stays as it was)."""
+    return AtomicFile(path, mode, encoding=encoding, fsync=fsync, keep_suffix=keep_suffix)
 
 
 def write_bytes_atomic(path: str, data: bytes, *, fsync: bool = False) -> None:

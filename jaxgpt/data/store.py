@@ -70,13 +70,12 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from jaxgpt.data.corpus import BatchSampler, DataError
-from jaxgpt.data.tokenizers import Tokenizer, TokenizerError, load_tokenizer
+from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, TokenizerError, load_tokenizer
 from jaxgpt.files import read_json_object, sha256_of_file
 
 FORMAT = "jaxgpt.shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TOKENIZER_FILE = "tokenizer.json"
 PROGRESS_DIR = "progress"
 LOCK_FILE = ".jaxgpt-shards.lock"
 SPLITS = ("train", "val")

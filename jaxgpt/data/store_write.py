@@ -31,7 +31,7 @@ from jaxgpt.data.store import (
     read_json_or_none,
 )
 from jaxgpt.data.tokenizers import Tokenizer
-from jaxgpt.files import sha256_of_file, write_json_atomic
+from jaxgpt.files import AtomicFile, sha256_of_file, write_json_atomic
 
 _TMP_RE = re.compile(r"\.tmp\d+$")  # the temporaries of jaxgpt.files and of ShardWriter: <name>.tmp<pid>
 
@@ -90,7 +90,7 @@ class ShardWriter:
         self.out_dir, self.stream, self.k = plan.out_dir, stream, start_shard
         self.start_doc, self.start_off = start
         self.capacity, self.dtype, self.fingerprint = plan.shard_tokens, plan.dtype, plan.fingerprint
-        self.f, self.count, self.hash, self.tmp, self.final = None, 0, None, None, None
+        self.f, self.count, self.hash = None, 0, None  # self.f: the shard being filled (a files.AtomicFile)
         self.written = 0  # shards written by this run
 
     def wants(self, doc: int) -> bool:
@@ -104,13 +104,12 @@ class ShardWriter:
         pos, n = 0, len(tokens)
         while pos < n:
             if self.f is None:
-                _, name = self.stream.shard(self.k)
-                self.final = os.path.join(self.out_dir, name)
-                self.tmp = f"{self.final}.tmp{os.getpid()}"  # the name remove_tmp_files looks for
-                self.f, self.count, self.hash = open(self.tmp, "wb"), 0, hashlib.sha256()
+                _, name = self.stream.shard(self.k)  # its temporary is <name>.tmp<pid>: what remove_tmp_files looks for
+                self.f = AtomicFile(os.path.join(self.out_dir, name), "wb", fsync=True)
+                self.count, self.hash = 0, hashlib.sha256()
             take = min(self.capacity - self.count, n - pos)
             data = tokens[pos:pos + take].tobytes()
-            self.f.write(data)
+            self.f.file.write(data)
             self.hash.update(data)
             self.count += take
             pos += take
@@ -121,10 +120,7 @@ class ShardWriter:
                     self._close((doc + 1, 0), chain_after)
 
     def _close(self, end: Tuple[int, int], chain: bytes) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.final)
+        self.f.commit()
         split, name = self.stream.shard(self.k)
         write_record(self.stream.record_path(self.out_dir, self.k), {
             "fingerprint": self.fingerprint, "stream": self.stream.name, "index": self.k, "split": split,
@@ -142,11 +138,7 @@ class ShardWriter:
 
     def abort(self) -> None:
         if self.f is not None:
-            self.f.close()
-            try:
-                os.remove(self.tmp)
-            except OSError:
-                pass
+            self.f.abort()
             self.f = None
 
 
