@@ -7,8 +7,6 @@ import io
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,14 +19,9 @@ from jaxgpt.cli import ConfigError
 from jaxgpt.train.metrics import read_metrics
 from jaxgpt.sample.decode import generate, generate_stream
 from jaxgpt.train.loop import config_from_argv, train
+from helpers import loss_events, run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LETTERS = "abcdefgh"
-
-
-def run_cli(script, *args, timeout=300):
-    return subprocess.run([sys.executable, *([script] if script.startswith("-") else [os.path.join(REPO, script)]),
-                           *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def test_counts_and_add_k_by_hand():
@@ -169,11 +162,7 @@ def test_resumed_bigram_equals_uninterrupted(bigram_run, markov_corpus, tmp_path
     summary = train(config_from_argv([f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=120",
                                       "--num_samples=0", "--eval_only=False"]))
     assert summary["iters"] == 120
-
-    def losses(path):
-        return [{k: v for k, v in e.items() if k not in ("tokens_per_sec", "mfu")} for e in read_metrics(str(path))]
-
-    assert losses(tmp_path / "metrics.jsonl") == losses(whole / "metrics.jsonl")
+    assert loss_events(tmp_path / "metrics.jsonl") == loss_events(whole / "metrics.jsonl")
     # --eval_only on the resumed run prints the perplexity too (and writes nothing)
     result = train(config_from_argv([f"--out_dir={tmp_path}", "--init_from=resume", "--eval_only=True"]))
     assert result["val_ppl"] == pytest.approx(math.exp(result["val_loss"]), rel=1e-9)
