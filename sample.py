@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+import jaxgpt.course.bigram  # noqa: F401  registers --model=bigram's family: the core never imports the course
 from jaxgpt.cli import CLIError, Option, main_guard, parse_args
 from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES
 

@@ -7,6 +7,8 @@ import io
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,7 @@ from jaxgpt.cli import ConfigError
 from jaxgpt.train.metrics import read_metrics
 from jaxgpt.sample.decode import generate, generate_stream
 from jaxgpt.train.loop import config_from_argv, train
-from helpers import loss_events, run_cli
+from helpers import REPO, loss_events, run_cli
 
 LETTERS = "abcdefgh"
 
@@ -152,6 +154,17 @@ def test_bigram_run_resumes_samples_and_draws(bigram_run, tmp_path):
     with pytest.raises(ConfigError, match="model"):
         resolve_run(config_from_argv([f"--out_dir={out}", "--init_from=resume", "--model=gpt"]))
     assert sorted(os.listdir(out)) == before
+
+
+def test_loading_a_bigram_run_without_the_course_names_the_import(bigram_run):
+    """The core never imports the course: a library user who loads a bigram run without importing
+    it is told which import registers the family."""
+    out, _ = bigram_run
+    load = f"from jaxgpt.train.checkpoint import load_inference_params; load_inference_params({str(out)!r})"
+    r = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == ("jaxgpt.model.families.UnknownModelFamily: model family 'bigram' "
+                                                 "is not registered: import jaxgpt.course.bigram")
 
 
 def test_resumed_bigram_equals_uninterrupted(bigram_run, markov_corpus, tmp_path):

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from jaxgpt.cli import CLIError, Option, main_guard, parse_args
+from jaxgpt.model.families import family_for
 
 __all__ = ["attention_weights", "plot_attention", "next_token_probs", "plot_next_token", "compare_decoding",
            "plot_loss_curves", "plot_embeddings", "plot_confusion_matrix", "token_label", "DEFAULT_SETTINGS"]
@@ -182,10 +183,8 @@ def next_token_probs(cfg, params, ids, k: int = 10) -> Tuple[np.ndarray, np.ndar
     its last block_size tokens are read), most likely first. Probabilities are over the full vocab."""
     import jax
 
-    from jaxgpt.course.bigram import module_for
-
     idx_BT = _as_ids(ids)[:1, -cfg.block_size:]
-    model = module_for(cfg if getattr(cfg, "model", "gpt") == "bigram" else cfg.replace(dropout=0.0))
+    model = family_for(cfg).module_for(cfg if getattr(cfg, "model", "gpt") == "bigram" else cfg.replace(dropout=0.0))
     logits = jax.jit(model.apply)({"params": params}, idx_BT)  # compiled: cheaper than op-by-op
     probs_V = np.asarray(jax.nn.softmax(logits[0, -1].astype("float32")), dtype=np.float64)
     k = min(int(k), probs_V.shape[0])
