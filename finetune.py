@@ -8,6 +8,7 @@
 
 import sys
 
+import jaxgpt.course.bigram  # noqa: F401  registers --model=bigram's family: the core never imports the course
 from jaxgpt.cli import main_guard
 from jaxgpt.finetune.config import SUMMARY, FinetuneConfig, setup_for
 from jaxgpt.train.loop import TrainingDiverged, config_from_argv, train

@@ -2,6 +2,7 @@
 (see --help; the command line is jaxgpt.sample.cli).
 """
 
+import jaxgpt.course.bigram  # noqa: F401  registers --model=bigram's family: the core never imports the course
 from jaxgpt.cli import main_guard
 from jaxgpt.sample.cli import OPTIONS, main  # noqa: F401 (OPTIONS: the script's keys, for tests and tools)
 

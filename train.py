@@ -6,6 +6,7 @@ standard-library source), a few minutes on 2 CPU cores, then a few samples.
 
 import sys
 
+import jaxgpt.course.bigram  # noqa: F401  registers --model=bigram's family: the core never imports the course
 from jaxgpt.cli import main_guard
 from jaxgpt.train.loop import TrainingDiverged, config_from_argv, train
 

@@ -1,7 +1,7 @@
-import fcntl
+"""The suite's fixtures and session setup; what the test files share besides fixtures is in helpers.py."""
+
 import os
 import pathlib
-import shutil
 import tempfile
 
 import pytest
@@ -19,7 +19,10 @@ _CHEAP_CODEGEN = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensiv
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_CHEAP_CODEGEN}".strip()
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+# After the environment above: these import jax (through jaxgpt).
+from helpers import TINY, shared_build  # noqa: E402
+from jaxgpt.data.corpus import resolve_corpus  # noqa: E402
+from jaxgpt.train.loop import config_from_argv, train  # noqa: E402
 
 # The suite needs nothing outside the repository: text comes from the embedded stdlib corpus
 # (the running interpreter's own source files), from generators in the tests, or from tmp_path.
@@ -36,8 +39,6 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def corpus_text() -> str:
     """300k characters of the embedded stdlib corpus: real, learnable text every install has."""
-    from jaxgpt.data.corpus import resolve_corpus
-
     return resolve_corpus("stdlib").text[:CORPUS_CHARS]
 
 
@@ -49,38 +50,13 @@ def corpus_path(corpus_text, tmp_path_factory) -> str:
     return str(path)
 
 
-def shared_build(tmp_path_factory, name: str, build) -> pathlib.Path:
-    """A folder `name` made by build(path) once per session, even under pytest-xdist: the first
-    worker to ask builds it under a file lock, the others wait for it and reuse it. Callers that
-    change what they get must work on a copy (shutil.copytree)."""
-    base = tmp_path_factory.getbasetemp()
-    # under pytest's own temporary folder; workers share its parent
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "session_builds"
-    root.mkdir(exist_ok=True)
-    path, done = root / name, root / f"{name}.done"
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not done.exists():
-                shutil.rmtree(path, ignore_errors=True)  # a build that failed part way
-                path.mkdir()
-                build(path)
-                done.touch()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, corpus_text) -> pathlib.Path:
     """A finished train.py run shared by the whole session (read it, or copy it to change it):
-    <dir>/corpus.txt and <dir>/run, test_train's TINY settings, 20 iterations, checkpoints at 10
+    <dir>/corpus.txt and <dir>/run, helpers.TINY settings, 20 iterations, checkpoints at 10
     and 20, no samples."""
 
     def build(path):
-        from jaxgpt.train.loop import config_from_argv, train
-        from test_train import TINY
-
         corpus = path / "corpus.txt"
         corpus.write_text(corpus_text, encoding="utf-8")
         train(config_from_argv([f"--out_dir={path / 'run'}", f"--dataset={corpus}", *TINY, "--num_samples=0",

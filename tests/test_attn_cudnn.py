@@ -20,9 +20,8 @@ from jaxgpt.model import gpt as model_module
 from jaxgpt.cli import ConfigError
 from jaxgpt.model.config import check_attn_impl
 from jaxgpt.model.gpt import GPT
+from helpers import REPO
 from torch_helpers import tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cudnn_needs_bfloat16():
@@ -63,7 +62,7 @@ def test_cudnn_asks_jax_for_the_cudnn_kernel(monkeypatch):
 
 
 def _run(script, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -72,7 +71,7 @@ def test_train_cli_refuses_cudnn_on_cpu_in_one_line_and_writes_nothing(tmp_path,
     out = tmp_path / "run"
     cases = [(["--compute_dtype=bfloat16"], "needs an NVIDIA GPU"),
              ([], "--attn_impl=cudnn needs --compute_dtype=bfloat16")]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), f"--out_dir={out}",  # together
                                f"--dataset={corpus_path}", "--attn_impl=cudnn", *args], cwd=REPO, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args, _ in cases]

@@ -6,11 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from cli_helpers import run_script
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, run_script
 
 
 def _bench(*args: str, pythonpath: str = "") -> subprocess.CompletedProcess:

@@ -21,14 +21,9 @@ from jaxgpt.cli import ConfigError
 from jaxgpt.train.metrics import read_metrics
 from jaxgpt.sample.decode import generate, generate_stream
 from jaxgpt.train.loop import config_from_argv, train
+from helpers import REPO, loss_events, run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LETTERS = "abcdefgh"
-
-
-def run_cli(script, *args, timeout=300):
-    return subprocess.run([sys.executable, *([script] if script.startswith("-") else [os.path.join(REPO, script)]),
-                           *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def test_counts_and_add_k_by_hand():
@@ -161,6 +156,17 @@ def test_bigram_run_resumes_samples_and_draws(bigram_run, tmp_path):
     assert sorted(os.listdir(out)) == before
 
 
+def test_loading_a_bigram_run_without_the_course_names_the_import(bigram_run):
+    """The core never imports the course: a library user who loads a bigram run without importing
+    it is told which import registers the family."""
+    out, _ = bigram_run
+    load = f"from jaxgpt.train.checkpoint import load_inference_params; load_inference_params({str(out)!r})"
+    r = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == ("jaxgpt.model.families.UnknownModelFamily: model family 'bigram' "
+                                                 "is not registered: import jaxgpt.course.bigram")
+
+
 def test_resumed_bigram_equals_uninterrupted(bigram_run, markov_corpus, tmp_path):
     """Killed at 60 and resumed to 120: the same losses as bigram_run, which ran 0..120 at once."""
     whole, _ = bigram_run
@@ -169,11 +175,7 @@ def test_resumed_bigram_equals_uninterrupted(bigram_run, markov_corpus, tmp_path
     summary = train(config_from_argv([f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=120",
                                       "--num_samples=0", "--eval_only=False"]))
     assert summary["iters"] == 120
-
-    def losses(path):
-        return [{k: v for k, v in e.items() if k not in ("tokens_per_sec", "mfu")} for e in read_metrics(str(path))]
-
-    assert losses(tmp_path / "metrics.jsonl") == losses(whole / "metrics.jsonl")
+    assert loss_events(tmp_path / "metrics.jsonl") == loss_events(whole / "metrics.jsonl")
     # --eval_only on the resumed run prints the perplexity too (and writes nothing)
     result = train(config_from_argv([f"--out_dir={tmp_path}", "--init_from=resume", "--eval_only=True"]))
     assert result["val_ppl"] == pytest.approx(math.exp(result["val_loss"]), rel=1e-9)

@@ -11,9 +11,7 @@ import pytest
 from jaxgpt.finetune.classify_data import make_splits, load_labeled
 from jaxgpt.data.corpus import DataError
 from jaxgpt.train.metrics import read_metrics
-from test_run_safety import digest, one_line_exit_2
-from test_train import REPO
-from cli_helpers import load_script, run_main
+from helpers import REPO, digest, load_script, one_line_exit_2, run_main
 
 finetune_script = load_script("finetune.py")
 

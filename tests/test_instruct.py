@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +22,7 @@ from jaxgpt.data.corpus import DataError
 from jaxgpt.finetune.instruct_data import Record
 from jaxgpt.model.gpt import GPT
 from jaxgpt.train.step import create_train_state, make_eval_step, make_train_step
-from cli_helpers import run_script
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import run_script
 
 RECORDS = [Record("Say hi.", "", "hi there"), Record("Reverse the word.", "abc", "cba"),
            Record("Add the numbers.", "2 + 3", "5"), Record("Copy.", "hello world", "hello world"),

@@ -9,13 +9,13 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient  # the test extra installs nbclient, nbformat and ipykernel
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07", "08")

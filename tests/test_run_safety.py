@@ -6,7 +6,6 @@ main_guard (fast: jax is imported once); the stray-traceback and two-writer case
 processes, since what they pin happens at process exit or across processes.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,37 +18,10 @@ from jaxgpt.cli import parse_args
 from jaxgpt.train.metrics import read_metrics
 from jaxgpt.train.config import INVOCATION_KEYS, OPTIONS, RUN_KEYS, TrainConfig
 from jaxgpt.train.run_dir import RunDirLock
-from test_train import REPO, TINY
-from cli_helpers import load_script, run_script
+from helpers import REPO, TINY, digest, load_script, one_line_exit_2, train_cli
 
 
 BASE = [*TINY, "--num_samples=0", "--max_iters=20"]
-
-
-def digest(path) -> str:
-    """sha256 over every file's relative path and bytes under path (the lock file included)."""
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            h.update(os.path.relpath(full, path).encode() + b"\0")
-            with open(full, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
-
-
-def cli(capsys, *args):
-    """train.py's main in this process: (exit code, stdout, stderr)."""
-    return run_script(capsys, "train.py", *args)
-
-
-def one_line_exit_2(result, expected: str):
-    code, _out, err = result
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    assert expected in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +42,10 @@ def run(trained, tmp_path):
 def test_failed_resume_leaves_the_run_as_it_was(run, capsys):
     out, corpus = run
     before = digest(out)
-    line = one_line_exit_2(cli(capsys, f"--out_dir={out}", "--init_from=resume", "--tokenizer=bpe",
-                               "--bpe_vocab_size=300"), "cannot resume")
+    line = one_line_exit_2(train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--tokenizer=bpe",
+                                     "--bpe_vocab_size=300"), "cannot resume")
     assert "--tokenizer='bpe' (the run has 'char')" in line
-    one_line_exit_2(cli(capsys, f"--out_dir={out}", "--init_from=resume", "--n_embd=64"), "--n_embd=64")
+    one_line_exit_2(train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--n_embd=64"), "--n_embd=64")
     assert digest(out) == before
     sample = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--out_dir={out}", "--num_samples=1",
                              "--max_new_tokens=5"], capture_output=True, text=True, cwd=REPO)
@@ -83,35 +55,36 @@ def test_failed_resume_leaves_the_run_as_it_was(run, capsys):
 def test_overwrite_validates_everything_before_deleting(run, capsys, tmp_path):
     out, corpus = run
     before = digest(out)
-    one_line_exit_2(cli(capsys, f"--out_dir={out}", *BASE, "--overwrite=True", f"--dataset={tmp_path / 'typo.txt'}"),
+    one_line_exit_2(train_cli(capsys, f"--out_dir={out}", *BASE, "--overwrite=True",
+                              f"--dataset={tmp_path / 'typo.txt'}"),
                     "typo.txt")
-    one_line_exit_2(cli(capsys, f"--out_dir={out}", *BASE, "--overwrite=True", f"--dataset={corpus}",
-                        "--block_size=100000"), "block_size")
+    one_line_exit_2(train_cli(capsys, f"--out_dir={out}", *BASE, "--overwrite=True", f"--dataset={corpus}",
+                              "--block_size=100000"), "block_size")
     assert digest(out) == before
 
 
 def test_resume_refuses_an_edited_corpus(tmp_path, capsys, corpus_text):
     corpus, out = tmp_path / "corpus.txt", tmp_path / "run"
     corpus.write_text(corpus_text, encoding="utf-8")
-    code, _, err = cli(capsys, f"--out_dir={out}", f"--dataset={corpus}", *BASE, "--max_iters=10")
+    code, _, err = train_cli(capsys, f"--out_dir={out}", f"--dataset={corpus}", *BASE, "--max_iters=10")
     assert code == 0, err
     before = digest(out)
     corpus.write_text(corpus.read_text(encoding="utf-8").replace("z", "7"), encoding="utf-8")
-    one_line_exit_2(cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30"), "corpus")
+    one_line_exit_2(train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30"), "corpus")
     assert digest(out) == before
 
 
 def test_one_off_options_do_not_stick_and_changes_are_logged(run, capsys):
     out, _ = run
-    code, stdout, _ = cli(capsys, f"--out_dir={out}", "--init_from=resume", "--eval_only=True")
+    code, stdout, _ = train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--eval_only=True")
     assert code == 0 and "eval: train" in stdout
     saved = json.loads((out / "run_config.json").read_text())
     assert set(saved) == set(RUN_KEYS) and not set(saved) & set(INVOCATION_KEYS)
     # A diverging learning rate stops before any save, so it never becomes the run's.
-    code, stdout, err = cli(capsys, f"--out_dir={out}", "--init_from=resume", "--learning_rate=1e6",
-                            "--max_iters=40")
+    code, stdout, err = train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--learning_rate=1e6",
+                                  "--max_iters=40")
     assert code == 1 and "loss became" in err and "resume: learning_rate: 0.001 -> 1000000.0" in stdout
-    code, stdout, err = cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30")
+    code, stdout, err = train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30")
     assert code == 0, err
     assert "resume: max_iters: 20 -> 30" in stdout and "learning_rate" not in stdout
     events = read_metrics(str(out / "metrics.jsonl"))
@@ -124,14 +97,14 @@ def test_one_writer_per_run_directory(run, capsys):
     lock = RunDirLock(str(out)).acquire()  # a live run: this process holds the lock
     try:
         before = digest(out)
-        line = one_line_exit_2(cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30"), "in use")
+        line = one_line_exit_2(train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30"), "in use")
         assert f"pid {os.getpid()}" in line
         assert digest(out) == before
     finally:
         lock.release()
     # A stale lock (its process is gone: the kernel dropped the flock) blocks nothing.
     (out / ".lock").write_text("999999999")
-    code, _, err = cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30")
+    code, _, err = train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30")
     assert code == 0, err
     assert (out / ".lock").read_text() == ""  # released: it holds a pid only while held
 
@@ -156,11 +129,12 @@ def test_two_fresh_runs_on_one_out_dir(tmp_path, corpus_path):
 def test_file_system_errors_are_one_line(run, capsys, tmp_path, corpus_path):
     out, _ = run
     before = digest(out)
-    one_line_exit_2(cli(capsys, f"--out_dir={out / 'metrics.jsonl'}", *BASE), "is a file")
-    one_line_exit_2(cli(capsys, "--out_dir=", *BASE), "--out_dir")
-    one_line_exit_2(cli(capsys, "--out_dir=/proc/jaxgpt_run", *BASE, f"--dataset={corpus_path}"), "/proc/jaxgpt_run")
+    one_line_exit_2(train_cli(capsys, f"--out_dir={out / 'metrics.jsonl'}", *BASE), "is a file")
+    one_line_exit_2(train_cli(capsys, "--out_dir=", *BASE), "--out_dir")
+    one_line_exit_2(train_cli(capsys, "--out_dir=/proc/jaxgpt_run", *BASE, f"--dataset={corpus_path}"),
+                    "/proc/jaxgpt_run")
     fresh = tmp_path / "fresh"
-    one_line_exit_2(cli(capsys, f"--out_dir={fresh}", *BASE, "--data_dir=/proc/jaxgpt_cache"), "--data_dir")
+    one_line_exit_2(train_cli(capsys, f"--out_dir={fresh}", *BASE, "--data_dir=/proc/jaxgpt_cache"), "--data_dir")
     assert not fresh.exists()  # failed runs leave no partial out_dir
     assert digest(out) == before
 
@@ -174,7 +148,7 @@ def test_a_full_disk_while_plotting_does_not_stop_the_run(tmp_path, capsys, corp
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(jaxgpt.train.metrics, "plot_losses", full_disk)
-    code, _, err = cli(capsys, f"--out_dir={tmp_path / 'run'}", *BASE, f"--dataset={corpus_path}")
+    code, _, err = train_cli(capsys, f"--out_dir={tmp_path / 'run'}", *BASE, f"--dataset={corpus_path}")
     assert code == 0 and "warning: could not write loss.png: No space left on device" in err
     assert (tmp_path / "run" / "checkpoints" / "20").is_dir()
 
@@ -206,10 +180,10 @@ def test_values_are_parsed_by_the_keys_declared_type():
 def test_no_contradictory_advice_after_a_run_without_checkpoints(tmp_path, capsys, corpus_path):
     out = tmp_path / "run"
     common = [f"--out_dir={out}", *TINY, "--num_samples=0", f"--dataset={corpus_path}"]
-    code, _, err = cli(capsys, *common, "--max_iters=0")
+    code, _, err = train_cli(capsys, *common, "--max_iters=0")
     assert code == 0, err
-    one_line_exit_2(cli(capsys, f"--out_dir={out}", "--init_from=resume"), "without --init_from=resume")
-    code, stdout, err = cli(capsys, *common, "--max_iters=10")  # the way out the message names
+    one_line_exit_2(train_cli(capsys, f"--out_dir={out}", "--init_from=resume"), "without --init_from=resume")
+    code, stdout, err = train_cli(capsys, *common, "--max_iters=10")  # the way out the message names
     assert code == 0 and "held no checkpoint" in stdout, err
 
 
@@ -222,15 +196,15 @@ def test_minor_cases_name_the_key_or_file(run, capsys):
     original = (out / "run_config.json").read_bytes()
     saved = json.loads(original)
     (out / "run_config.json").write_text(json.dumps({**saved, "n_layer": "2"}))
-    one_line_exit_2(cli(capsys, f"--out_dir={out}", *BASE), "'n_layer' in")
+    one_line_exit_2(train_cli(capsys, f"--out_dir={out}", *BASE), "'n_layer' in")
     (out / "run_config.json").write_text("{not json")
-    one_line_exit_2(cli(capsys, f"--out_dir={out}", *BASE), "run_config.json")
+    one_line_exit_2(train_cli(capsys, f"--out_dir={out}", *BASE), "run_config.json")
     (out / "run_config.json").write_bytes(original)
     assert digest(out) == before
     # a metrics.jsonl whose last line was cut short by a kill: the resume drops that line
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"iter": 21, "train_lo')
-    code, _, err = cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30")
+    code, _, err = train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30")
     assert code == 0, err
     assert [e["iter"] for e in read_metrics(str(out / "metrics.jsonl"))][-1] == 30
 
@@ -242,9 +216,10 @@ def test_a_corrupt_latest_checkpoint_offers_the_earlier_one(run, capsys):
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
     before = digest(out)
-    one_line_exit_2(cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30"), "--resume_step=10")
+    one_line_exit_2(train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--max_iters=30"), "--resume_step=10")
     assert digest(out) == before
-    code, stdout, err = cli(capsys, f"--out_dir={out}", "--init_from=resume", "--resume_step=10", "--max_iters=30")
+    code, stdout, err = train_cli(capsys, f"--out_dir={out}", "--init_from=resume", "--resume_step=10",
+                                  "--max_iters=30")
     assert code == 0, err
     assert "later checkpoint(s) [20] moved to" in stdout  # set aside, never deleted
     assert len(os.listdir(out / "checkpoints-set-aside")) == 1

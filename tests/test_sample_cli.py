@@ -24,9 +24,8 @@ from jaxgpt.model.pretrained import load_pretrained
 from jaxgpt.sample.decode import generate
 from jaxgpt.data.tokenizers import CharTokenizer, build_tokenizer
 from jaxgpt.train.step import create_train_state
-from cli_helpers import run_script
+from helpers import REPO, run_script
 
-REPO = Path(__file__).resolve().parents[1]
 GPT2_VOCAB = 50257
 CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 

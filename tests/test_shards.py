@@ -25,8 +25,8 @@ from jaxgpt.data.store import ShardedBatchSampler, ShardedSplit, ShardedTokens, 
 from jaxgpt.data.store_encode import is_val_document
 from jaxgpt.data.store_prepare import learn_tokenizer, prepare_sharded
 from jaxgpt.data.tokenizers import build_tokenizer, load_tokenizer
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARD = 600  # tokens per shard: ~20 train shards of the generated corpus
 FRAC = 0.1
 N_DOCS = 240

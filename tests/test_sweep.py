@@ -11,8 +11,7 @@ import pytest
 from jaxgpt.scale import sweep
 from jaxgpt.cli import ConfigError
 from jaxgpt.train.metrics import read_metrics
-from test_train import REPO
-from cli_helpers import run_script
+from helpers import REPO, run_script
 
 TINY_SWEEP = """
 base = dict(dataset={dataset!r}, block_size=32, batch_size=8, eval_interval=10, eval_iters=2, log_interval=5,

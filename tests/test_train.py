@@ -20,33 +20,11 @@ from jaxgpt.train.optim import lr_schedule, make_optimizer
 from jaxgpt.train.tasks import lm_loss
 from jaxgpt.train.step import create_train_state, make_eval_step, make_train_step
 from jaxgpt.train.loop import OPTIONS, TrainingDiverged, config_from_argv, train
-from cli_helpers import run_script
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# A tiny run: seconds on 2 cores.
-TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=2",
-        "--eval_interval=10", "--log_interval=5", "--sample_tokens=20", "--num_samples=1", "--progress=False",
-        "--warmup_iters=5", "--lr_decay_iters=40"]
+from helpers import REPO, TINY, loss_events, run_cli, train_cli
 
 
 def tiny_opts(tmp_path, *extra):
     return config_from_argv([f"--out_dir={tmp_path / 'run'}", *TINY, *extra])
-
-
-def run_cli(script, *args, timeout=300):
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
-
-
-def train_cli(capsys, *args):
-    """train.py's main in this process: (exit code, stdout, stderr)."""
-    return run_script(capsys, "train.py", *args)
-
-
-def loss_events(path):
-    """Metrics without the wall-clock fields (tokens/s, MFU), which legitimately differ."""
-    return [{k: v for k, v in e.items() if k not in ("tokens_per_sec", "mfu")} for e in read_metrics(path)]
 
 
 def test_train_step_decreases_loss():

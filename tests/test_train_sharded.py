@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from jaxgpt.train.loop import config_from_argv, train
-from test_train import REPO, TINY, loss_events
+from helpers import REPO, TINY, loss_events
 
 RUN = [*TINY, "--n_head=4", "--batch_size=8", "--max_iters=20", "--num_samples=0", "--dropout=0.1"]
 

@@ -18,9 +18,7 @@ from jaxgpt.viz import figures as viz
 from jaxgpt.train.checkpoint import load_inference_params
 from jaxgpt.model.gpt import GPT
 from jaxgpt.data.tokenizers import load_tokenizer
-from cli_helpers import run_main
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, run_main
 WORDS = ("the cat sat on a mat and dog ran to big red house with small tree in park where children "
          "play every day").split()
 

@@ -12,7 +12,9 @@ A bigram predicts the next token from the current one only: P(b | a). Two of the
     count-based bigram with a small k is the maximum-likelihood answer it is learning).
 
 `BigramConfig` stands where a GPTConfig stands in the loop, the checkpoints and the samplers;
-`generate` samples from a table with the GPT sampler's order of filters and keys.
+`generate` samples from a table with the GPT sampler's order of filters and keys. Importing this
+module registers the "bigram" model family (jaxgpt.model.families), through which the core builds,
+trains, loads and samples it without importing the course.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, ClassVar, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -29,9 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt.cli import ConfigError
+from jaxgpt.model.families import ModelFamily, family_for, register_family
+from jaxgpt.sample.decode import PAD_ID, as_key, as_rows, check_ids, top_k_filter, top_k_top_p_filter, top_p_filter
+from jaxgpt.train.metrics import perplexity
+from jaxgpt.train.tasks import LMBatches, Task, lm_loss
 
 __all__ = ["BigramConfig", "Bigram", "BigramCounts", "count_bigram", "table_nll", "config_from_dict", "module_for",
-           "language_modeling", "generate", "generate_stream", "MAX_TABLE_ENTRIES"]
+           "config_from_options", "language_modeling", "pretraining_task", "count_baseline_line", "generate",
+           "generate_stream", "MAX_TABLE_ENTRIES", "BIGRAM_FAMILY"]
 
 # A learned table above 2^27 entries (0.5 GiB of float32, x3 with Adam's moments) is refused: GPT-2's
 # 50257 tokens would need 2.5e9. The count-based bigram has no such limit (it stays sparse).
@@ -101,28 +108,24 @@ class Bigram(nn.Module):
 
 
 def config_from_dict(values: Dict[str, Any]):
-    """A checkpoint's model config: a BigramConfig when it says "model": "bigram", else a GPTConfig."""
-    from jaxgpt.model.config import GPTConfig
-
-    if isinstance(values, dict) and values.get("model") == BigramConfig.model:
-        return BigramConfig.from_dict(values)
-    return GPTConfig.from_dict(values)
+    """A checkpoint's model config: a BigramConfig when it says "model": "bigram", else a GPTConfig
+    (the family its "model" key names)."""
+    return family_for(values).config_from_dict(values)
 
 
 def module_for(config) -> nn.Module:
-    """The flax module of a model config: Bigram for a BigramConfig, GPT otherwise."""
-    if isinstance(config, BigramConfig):
-        return Bigram(config)
-    from jaxgpt.model.gpt import GPT
+    """The flax module of a model config: Bigram for a BigramConfig, GPT for a GPTConfig."""
+    return family_for(config).module_for(config)
 
-    return GPT(config)
+
+def config_from_options(options, vocab_size: int) -> BigramConfig:
+    """--model=bigram's config from a run's options: only the vocabulary and the window length matter."""
+    return BigramConfig(vocab_size=vocab_size, block_size=options.block_size)
 
 
 def language_modeling(config: BigramConfig, data, seed: int):
     """The pretraining task with the bigram as its model: the same loss (next-token cross-entropy),
     the same batches (random windows), so the same train step and loop train it."""
-    from jaxgpt.train.tasks import LMBatches, Task, lm_loss
-
     model = Bigram(config)
     init = lambda rng: model.init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
     return Task("language_modeling", config, init, lm_loss(model), LMBatches(data, seed, config.block_size))
@@ -224,8 +227,6 @@ def table_nll(table_VV, tokens) -> float:
 def count_baseline_line(data, k: float) -> Tuple[float, str]:
     """(val loss, the line the loop prints) of the count-based bigram counted on data's train
     split and scored on every pair of its val split."""
-    from jaxgpt.train.metrics import perplexity
-
     counts = count_bigram(data.train, data.tokenizer.vocab_size)
     val = counts.nll(data.val, k)
     return val, (f"count-based bigram (add-{k:g} smoothing, counted on train): val loss {val:.4f} "
@@ -237,8 +238,6 @@ def count_baseline_line(data, k: float) -> Tuple[float, str]:
 @functools.partial(jax.jit, static_argnames=("max_new", "greedy", "top_k", "use_top_p", "use_eos", "return_logits"))
 def _decode(table_VV, last_B, rng, temperature, top_p, eos_id, *, max_new, greedy, top_k, use_top_p, use_eos,
             return_logits):
-    from jaxgpt.sample.decode import top_k_filter, top_k_top_p_filter, top_p_filter
-
     def step(carry, j):
         tok_B, done_B = carry
         logits_BV = table_VV[tok_B]
@@ -269,8 +268,6 @@ def generate(config: BigramConfig, params, prompt_ids, max_new_tokens: int, *, r
     """jaxgpt.sample.decode.generate for a bigram: the same arguments, output layout and keys (token j
     drawn with fold_in(rng, j)). Only each prompt's last token matters; window_stride has nothing
     to do (the model has no window)."""
-    from jaxgpt.sample.decode import PAD_ID, _as_key, _as_rows, _check_ids
-
     if isinstance(params, dict) and set(params) == {"params"}:
         params = params["params"]
     try:
@@ -293,9 +290,9 @@ def generate(config: BigramConfig, params, prompt_ids, max_new_tokens: int, *, r
     greedy = temperature == 0
     if not greedy and rng is None:
         raise ValueError("rng is required when temperature > 0 (pass jax.random.key(seed), or temperature=0)")
-    key = jax.random.key(0) if greedy else _as_key(rng)
-    rows = _as_rows(prompt_ids)
-    _check_ids(rows, V)
+    key = jax.random.key(0) if greedy else as_key(rng)
+    rows = as_rows(prompt_ids)
+    check_ids(rows, V)
     N = int(max_new_tokens)
     new_BN, logits_BNV = _decode(
         table_VV, jnp.asarray([int(r[-1]) for r in rows], jnp.int32), key,
@@ -328,3 +325,20 @@ def generate_stream(config: BigramConfig, params, prompt_ids, max_new_tokens: in
                 return
 
     return tokens()
+
+
+# ------------------------------------------------------------------------------ the "bigram" model family
+
+def pretraining_task(options, config: BigramConfig, data, pretrained: bool) -> Tuple[Task, List[str]]:
+    """The loop's pretraining for --model=bigram: the same loop and step train the table, and the
+    count-based bigram's val loss is printed beside it. (task, the lines the loop prints first)."""
+    if pretrained:
+        raise ConfigError(f"--model=bigram trains a table from scratch; --init_from={options.init_from} is a GPT")
+    task = language_modeling(config, data, options.seed)
+    return task, [count_baseline_line(data, options.bigram_smoothing)[1]]
+
+
+BIGRAM_FAMILY = ModelFamily(config_from_dict=BigramConfig.from_dict, module_for=Bigram,
+                            config_from_options=config_from_options, language_modeling=pretraining_task,
+                            generate=generate, generate_stream=generate_stream)
+register_family(BigramConfig.model, BIGRAM_FAMILY)

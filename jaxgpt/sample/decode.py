@@ -40,11 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.families import family_for
 from jaxgpt.model.gpt import GPT, KVCache, init_kv_cache
 from jaxgpt.sample.filters import top_k_filter, top_k_top_p_filter, top_p_filter  # re-exported: see __all__
 
 __all__ = [
     "PAD_ID",
+    "as_key", "as_rows", "check_ids",  # the prompt and rng checks, shared by other families' samplers
     "generate",
     "generate_stream",
     "prompt_bucket",
@@ -289,7 +291,8 @@ class _Job(NamedTuple):
     rows: List[np.ndarray]  # the prompts as given (untruncated)
 
 
-def _as_rows(prompt_ids) -> List[np.ndarray]:
+def as_rows(prompt_ids) -> List[np.ndarray]:
+    """The prompts as int64 rows, one per prompt: a (B, T) array or a list of token lists (ragged allowed)."""
     if isinstance(prompt_ids, (np.ndarray, jax.Array)):
         arr = np.asarray(prompt_ids)
         if arr.ndim != 2:
@@ -321,14 +324,16 @@ def _as_rows(prompt_ids) -> List[np.ndarray]:
     return out
 
 
-def _check_ids(rows: Sequence[np.ndarray], vocab_size: int) -> None:
+def check_ids(rows: Sequence[np.ndarray], vocab_size: int) -> None:
+    """ValueError naming the token ids outside [0, vocab_size)."""
     bad = sorted({int(t) for row in rows for t in row[(row < 0) | (row >= vocab_size)]})
     if bad:
         shown = bad[:10] + (["..."] if len(bad) > 10 else [])
         raise ValueError(f"token ids {shown} are outside [0, vocab_size={vocab_size})")
 
 
-def _as_key(rng) -> jax.Array:
+def as_key(rng) -> jax.Array:
+    """rng as one new-style PRNG key (a raw uint32[2] key is wrapped); ValueError for anything else."""
     if isinstance(rng, numbers.Integral) or not hasattr(rng, "dtype"):
         raise ValueError(f"rng must be a jax PRNG key (jax.random.key(seed)), got {rng!r}")
     if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
@@ -394,10 +399,10 @@ def _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k
     elif rng is None:
         raise ValueError("rng is required when temperature > 0 (pass jax.random.key(seed), or temperature=0)")
     else:
-        key = _as_key(rng)
+        key = as_key(rng)
 
-    rows = _as_rows(prompt_ids)
-    _check_ids(rows, config.vocab_size)
+    rows = as_rows(prompt_ids)
+    check_ids(rows, config.vocab_size)
     kept = [row[-config.block_size:] for row in rows]  # longer prompts: keep the last block_size
     B, T0, N = len(rows), max(len(r) for r in kept), int(max_new_tokens)
     Tb = prompt_bucket(T0, config.block_size)
@@ -470,10 +475,9 @@ def generate(
     each new token was drawn from (before temperature and filters); rows stopped by eos hold
     garbage there.
     """
-    if getattr(config, "model", "gpt") == "bigram":  # chapter 01's baseline: no cache, a table lookup per token
-        from jaxgpt.course import bigram
-
-        return bigram.generate(config, params, prompt_ids, max_new_tokens, rng=rng, temperature=temperature,
+    family = family_for(config)
+    if family.generate is not None:  # a family with its own sampler (the course's bigram: a table lookup per token)
+        return family.generate(config, params, prompt_ids, max_new_tokens, rng=rng, temperature=temperature,
                                top_k=top_k, top_p=top_p, eos_id=eos_id, return_logits=return_logits)
     job, params = _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k, top_p,
                            eos_id, return_logits, window_stride)
@@ -511,10 +515,9 @@ def generate_stream(
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    if getattr(config, "model", "gpt") == "bigram":
-        from jaxgpt.course import bigram
-
-        return bigram.generate_stream(config, params, prompt_ids, max_new_tokens, rng=rng, temperature=temperature,
+    family = family_for(config)
+    if family.generate_stream is not None:  # a family with its own sampler
+        return family.generate_stream(config, params, prompt_ids, max_new_tokens, rng=rng, temperature=temperature,
                                       top_k=top_k, top_p=top_p, eos_id=eos_id)
     # Validate eagerly (before the first next()), so bad arguments fail at the call site.
     job, params = _prepare(config, params, prompt_ids, max_new_tokens, rng, temperature, top_k, top_p,

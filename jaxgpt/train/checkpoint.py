@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
 from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.families import family_for
 from jaxgpt.train.run_dir import CHECKPOINTS, RunDir, committed_steps
 from jaxgpt.train.step import TrainState
 
@@ -247,7 +248,7 @@ class Checkpointer:
 
 def load_inference_params(out_dir, which: str = "latest") -> Tuple[GPTConfig, Any]:
     """(GPTConfig, params) from `<out_dir>/checkpoints`, params on one device, no optimizer state
-    (a BigramConfig for a --model=bigram run).
+    (another registered family's config for its runs: a BigramConfig for a --model=bigram run).
 
     which: "latest" (default: the most trained weights, what a resumed run continues from) or
     "best" (lowest val_loss; falls back to latest when no save recorded one). The config comes from
@@ -262,14 +263,13 @@ def load_inference_params(out_dir, which: str = "latest") -> Tuple[GPTConfig, An
         extra = ckpt.restore_extra(step)
         if "model_config" not in extra:
             raise CheckpointError(f"checkpoint at step {step} in {directory} has no model_config")
-        from jaxgpt.course.bigram import config_from_dict, module_for
-
-        try:  # a GPTConfig, or a BigramConfig for a --model=bigram run
-            config = config_from_dict(extra["model_config"])
+        family = family_for(extra["model_config"])  # unregistered (a bigram run, the course not imported): says so
+        try:  # a GPTConfig, or the config of the family the run names (a BigramConfig for a --model=bigram run)
+            config = family.config_from_dict(extra["model_config"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint at step {step} in {directory} has a bad model_config: "
                                   f"{_one_line(exc)}") from exc
         abstract = jax.eval_shape(
-            lambda: module_for(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
+            lambda: family.module_for(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
         params = ckpt.restore_params(abstract, step)
     return config, params

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from jaxgpt.cli import ConfigError, parse_given
+from jaxgpt.model.families import family_for
 from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES
 from jaxgpt.train.config import (OPTIONS, TrainConfig, changed_run_options, config_from_sources, fixed_on_resume,
                                options_of, read_run_options)
@@ -116,10 +117,9 @@ def config_from_argv(argv, cls=TrainConfig, prog: str = "train.py", summary: str
 def model_config_from_options(cfg: TrainConfig, vocab_size: int):
     from jaxgpt.model.config import GPTConfig
 
-    if cfg.model == "bigram":  # chapter 01's baseline: only the vocabulary and the window length matter
-        from jaxgpt.course.bigram import BigramConfig
-
-        return BigramConfig(vocab_size=vocab_size, block_size=cfg.block_size)
+    family = family_for(cfg.model)
+    if family.config_from_options is not None:  # a family with its own config (the course's bigram: V and T only)
+        return family.config_from_options(cfg, vocab_size)
     return GPTConfig(
         vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu, tie_embeddings=cfg.tie_embeddings,
@@ -300,13 +300,10 @@ def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[
             raise ConfigError(f"the {split} split has {longest} tokens (in one piece), fewer than block_size+1 = "
                               f"{cfg.block_size + 1}: use a larger corpus or a smaller --block_size")
 
-    if cfg.model == "bigram":  # the same loop and step train the table; the count-based bigram is printed beside it
-        from jaxgpt.course import bigram
-
-        if pretrained:
-            raise ConfigError(f"--model=bigram trains a table from scratch; --init_from={cfg.init_from} is a GPT")
-        task = bigram.language_modeling(model_cfg, prepared, cfg.seed)
-        notes.append(bigram.count_baseline_line(prepared, cfg.bigram_smoothing)[1])
+    family = family_for(cfg.model)
+    if family.language_modeling is not None:  # a family's own task and notes (the course's bigram: a table)
+        task, family_notes = family.language_modeling(cfg, model_cfg, prepared, pretrained)
+        notes.extend(family_notes)
     else:
         task = language_modeling(model_cfg, prepared, cfg.seed)
     return TaskSetup(cfg, corpus, prepared, model_cfg, task, pretrained_params)

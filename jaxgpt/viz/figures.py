@@ -26,8 +26,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from jaxgpt.cli import CLIError, Option, main_guard, parse_args
+from jaxgpt.cli import CLIError, Option, parse_args
 from jaxgpt.files import save_figure_atomic
+from jaxgpt.model.families import family_for
 from jaxgpt.train.metrics import plot_loss_curves, read_metrics, tokens_per_iter  # the first and last: re-exported
 from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir
 
@@ -175,10 +176,8 @@ def next_token_probs(cfg, params, ids, k: int = 10) -> Tuple[np.ndarray, np.ndar
     its last block_size tokens are read), most likely first. Probabilities are over the full vocab."""
     import jax
 
-    from jaxgpt.course.bigram import module_for
-
     idx_BT = _as_ids(ids)[:1, -cfg.block_size:]
-    model = module_for(cfg if getattr(cfg, "model", "gpt") == "bigram" else cfg.replace(dropout=0.0))
+    model = family_for(cfg).module_for(cfg if getattr(cfg, "model", "gpt") == "bigram" else cfg.replace(dropout=0.0))
     logits = jax.jit(model.apply)({"params": params}, idx_BT)  # compiled: cheaper than op-by-op
     probs_V = np.asarray(jax.nn.softmax(logits[0, -1].astype("float32")), dtype=np.float64)
     k = min(int(k), probs_V.shape[0])
@@ -432,7 +431,3 @@ def main(argv: Sequence[str]) -> str:
                 plot_next_token(next_token_probs(cfg, params, ids, k=opts["k"]), tokenizer, png, prompt_text)
     print(f"wrote {png}")
     return png
-
-
-if __name__ == "__main__":
-    main_guard(main)
