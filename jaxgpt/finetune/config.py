@@ -5,6 +5,8 @@ once). `setup_for(cfg)` returns the task's setup for jaxgpt.train.loop.train, wh
 exactly the loop pretraining runs: resolve -> lock -> start dir -> run_loop -> finish.
   task="classify": jaxgpt.finetune.classify (labels from the data, a head on a pooled hidden state)
   task="sft":      instruction fine-tuning (jaxgpt.finetune.instruct: its Task, prompts, finish)
+Both start from a backbone (--init_from) through one function, fit_backbone: the backbone's
+architecture and tokenizer, the run's computation and length (jaxgpt.train.config.adopt_backbone).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import os
 from typing import Any, Dict, List, Optional
 
 from jaxgpt.cli import ConfigError
-from jaxgpt.train.config import INVOCATION, TrainConfig, _field
+from jaxgpt.train.config import INVOCATION, TrainConfig, adopt_backbone, option_field
 
-__all__ = ["FinetuneConfig", "SETUPS", "setup_for", "classify_setup"]
+__all__ = ["FinetuneConfig", "SETUPS", "setup_for", "classify_setup", "fit_backbone"]
 
 SUMMARY = ("Fine-tune a GPT (the course's chapters 6-7) through the shared training loop. Config files are "
            "plain Python assigning these keys; --key=value overrides them. --classify=TEXT (with --out_dir of a "
@@ -26,43 +28,46 @@ SUMMARY = ("Fine-tune a GPT (the course's chapters 6-7) through the shared train
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
     # ---- overridden defaults: the embedded classification demo
-    dataset: str = _field("embedded", "embedded (the task's own: classify stdlib_lines, sft rule-made "
-                                      "instructions) | classify: stdlib_lines | sms_spam | a .csv/.tsv/.jsonl path (or "
-                                      "the UCI SMSSpamCollection file) | sft: instruction-data | a JSON/JSONL path")
-    tokenizer: str = _field("auto", "auto (the backbone's) | char | gpt2 | bpe", choices=("auto", "char", "gpt2", "bpe"))
-    init_from: str = _field("pretrain", "pretrain (a small backbone pretrained on --pretrain_dataset, cached) | "
-                                        "scratch | resume | a train.py out_dir | a HF GPT-2 dir or name",
-                            scope=INVOCATION)
-    out_dir: str = _field("out-finetune", "run directory", scope=INVOCATION)
-    num_samples: int = _field(0, "samples printed at the end of the run", scope=INVOCATION)
-    block_size: int = _field(128, "classify: tokens per text (longer texts are cut, the count reported)")
+    dataset: str = option_field("embedded", "embedded (the task's own: classify stdlib_lines, sft rule-made "
+                                            "instructions) | classify: stdlib_lines | sms_spam | a .csv/.tsv/.jsonl "
+                                            "path (or the UCI SMSSpamCollection file) | sft: instruction-data | a "
+                                            "JSON/JSONL path")
+    tokenizer: str = option_field("auto", "auto (the backbone's) | char | gpt2 | bpe",
+                                  choices=("auto", "char", "gpt2", "bpe"))
+    init_from: str = option_field("pretrain", "pretrain (a small backbone pretrained on --pretrain_dataset, cached) | "
+                                              "scratch | resume | a train.py out_dir | a HF GPT-2 dir or name",
+                                  scope=INVOCATION)
+    out_dir: str = option_field("out-finetune", "run directory", scope=INVOCATION)
+    num_samples: int = option_field(0, "samples printed at the end of the run", scope=INVOCATION)
+    block_size: int = option_field(128, "classify: tokens per text (longer texts are cut, the count reported)")
     # ---- fine-tuning
-    task: str = _field("classify", "classify | sft", choices=("classify", "sft"))
-    text_column: str = _field("text", "classify: the text column (CSV/TSV header, JSONL field)")
-    label_column: str = _field("label", "classify: the label column")
-    test_fraction: float = _field(0.2, "fraction held out as the test split (reported once, at the end)")
-    data_seed: int = _field(123, "seed of the balancing and the train/val/test split")
-    balance: bool = _field(None, "undersample every class to the rarest's count (None: yes for sms_spam)",
-                           type_=bool, optional=True)
-    pooling: str = _field("last", "classify: last (last non-padding token) | mean | max (over real tokens)",
-                          choices=("last", "mean", "max"))
-    trainable: str = _field("all", "all | last_block | head | lora", choices=("all", "last_block", "head", "lora"))
-    label_smoothing: float = _field(0.0, "classify: label smoothing of the training loss, in [0, 1) (val and test "
-                                         "losses stay the plain cross-entropy)")
-    lm_loss_weight: float = _field(0.0, "classify: weight of an auxiliary next-token loss on the train texts "
-                                        "(GPT-1's), added to the training loss; 0 = off")
-    lora_rank: int = _field(8, "LoRA rank r")
-    lora_alpha: float = _field(16.0, "LoRA alpha (the adapters' output is scaled by alpha / r)")
-    pretrain_dataset: str = _field("stdlib", "init_from=pretrain: stdlib | task (the texts outside val and "
-                                             "test, labels unused) | a text file", scope=INVOCATION)
-    pretrain_iters: int = _field(300, "init_from=pretrain: pretraining iterations", scope=INVOCATION)
-    pretrain_batch_size: int = _field(32, "init_from=pretrain: pretraining batch size", scope=INVOCATION)
-    pretrain_dropout: float = _field(0.0, "init_from=pretrain: pretraining dropout", scope=INVOCATION)
-    template: str = _field("short", "sft: the prompt template: alpaca | short | compact | a format string")
-    mask_prompt: bool = _field(True, "sft: the loss counts response tokens only (False: the prompt too)")
-    n_per_kind: int = _field(1000, "sft: embedded examples per instruction kind")
-    classify: str = _field("", "classify this text with the run in out_dir and print label probabilities; "
-                               "no training", scope=INVOCATION)
+    task: str = option_field("classify", "classify | sft", choices=("classify", "sft"))
+    text_column: str = option_field("text", "classify: the text column (CSV/TSV header, JSONL field)")
+    label_column: str = option_field("label", "classify: the label column")
+    test_fraction: float = option_field(0.2, "fraction held out as the test split (reported once, at the end)")
+    data_seed: int = option_field(123, "seed of the balancing and the train/val/test split")
+    balance: bool = option_field(None, "undersample every class to the rarest's count (None: yes for sms_spam)",
+                                 type_=bool, optional=True)
+    pooling: str = option_field("last", "classify: last (last non-padding token) | mean | max (over real tokens)",
+                                choices=("last", "mean", "max"))
+    trainable: str = option_field("all", "all | last_block | head | lora",
+                                  choices=("all", "last_block", "head", "lora"))
+    label_smoothing: float = option_field(0.0, "classify: label smoothing of the training loss, in [0, 1) (val and "
+                                               "test losses stay the plain cross-entropy)")
+    lm_loss_weight: float = option_field(0.0, "classify: weight of an auxiliary next-token loss on the train texts "
+                                              "(GPT-1's), added to the training loss; 0 = off")
+    lora_rank: int = option_field(8, "LoRA rank r")
+    lora_alpha: float = option_field(16.0, "LoRA alpha (the adapters' output is scaled by alpha / r)")
+    pretrain_dataset: str = option_field("stdlib", "init_from=pretrain: stdlib | task (the texts outside val and "
+                                                   "test, labels unused) | a text file", scope=INVOCATION)
+    pretrain_iters: int = option_field(300, "init_from=pretrain: pretraining iterations", scope=INVOCATION)
+    pretrain_batch_size: int = option_field(32, "init_from=pretrain: pretraining batch size", scope=INVOCATION)
+    pretrain_dropout: float = option_field(0.0, "init_from=pretrain: pretraining dropout", scope=INVOCATION)
+    template: str = option_field("short", "sft: the prompt template: alpaca | short | compact | a format string")
+    mask_prompt: bool = option_field(True, "sft: the loss counts response tokens only (False: the prompt too)")
+    n_per_kind: int = option_field(1000, "sft: embedded examples per instruction kind")
+    classify: str = option_field("", "classify this text with the run in out_dir and print label probabilities; "
+                                     "no training", scope=INVOCATION)
 
     EXTRA_FIXED_ON_RESUME = ("task", "text_column", "label_column", "test_fraction", "data_seed", "balance",
                              "pooling", "trainable", "lora_rank", "template", "mask_prompt", "n_per_kind")
@@ -112,16 +117,24 @@ def _check_fits(cfg: FinetuneConfig, backbone) -> None:
         raise ConfigError(f"--block_size={cfg.block_size} exceeds the backbone's {model.block_size} positions")
 
 
+def fit_backbone(cfg: FinetuneConfig, backbone):
+    """(cfg, model_config, params) of a fine-tuning run that starts from `backbone`, for every task:
+    checked to fit (tokenizer, length), then adopted (jaxgpt.train.config.adopt_backbone: the backbone's
+    architecture, the run's dropout/dtype/attention/remat, positions cropped to --block_size), and
+    the backbone's tokenizer recorded."""
+    _check_fits(cfg, backbone)
+    cfg, model_config, params = adopt_backbone(cfg, backbone.model_config, backbone.params)
+    return cfg.replace(tokenizer=backbone.tokenizer.name), model_config, params
+
+
 def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, Any]]):
     """Data (validated first: a bad file fails before any pretraining), backbone, task."""
-    import numpy as np
-
     from jaxgpt.finetune import backbone as backbone_lib
     from jaxgpt.finetune import classify_data
     from jaxgpt.finetune.classify import classification_task, prepare_splits
     from jaxgpt.model.config import GPTConfig
     from jaxgpt.data.tokenizers import build_tokenizer
-    from jaxgpt.train.loop import TaskSetup, _check_resume_compatible, model_config_from_options
+    from jaxgpt.train.loop import TaskSetup, check_resume_compatible, model_config_from_options
 
     dataset = classify_data.EMBEDDED if cfg.dataset == "embedded" else cfg.dataset
     data = classify_data.load_labeled(dataset, cfg.text_column, cfg.label_column, cfg.data_dir or None)
@@ -143,22 +156,12 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
             backbone = backbone_lib.pretrained_backbone(cfg, train_texts, notes)
         else:
             backbone = backbone_lib.load_backbone(cfg.init_from)
-        _check_fits(cfg, backbone)
-        tokenizer, params, description = backbone.tokenizer, backbone.params, backbone.description
-        model_config = backbone.model_config.replace(dropout=cfg.dropout, compute_dtype=cfg.compute_dtype,
-                                                     attn_impl=cfg.attn_impl, remat=cfg.remat)
-        if cfg.block_size < model_config.block_size:  # crop learned positions, as the pretrained path does
-            params = dict(params)
-            if "wpe" in params:
-                params["wpe"] = {"embedding": np.asarray(params["wpe"]["embedding"])[: cfg.block_size]}
-            model_config = model_config.replace(block_size=cfg.block_size)
-        cfg = cfg.replace(**{k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
-                                                                     "tie_embeddings", "pos_emb", "norm", "mlp")},
-                          tokenizer=tokenizer.name)
+        cfg, model_config, params = fit_backbone(cfg, backbone)
+        tokenizer, description = backbone.tokenizer, backbone.description
     meta = {"source": data.source, "source_sha256": data.sha256, "dataset": data.name, "description": data.description}
     prepared = prepare_splits(tokenizer, splits, cfg.block_size, meta)
     if extra is not None:
-        _check_resume_compatible(cfg, extra, data, prepared, notes)
+        check_resume_compatible(cfg, extra, data, prepared, notes)
     unknown = sum(prepared.meta["unknown_chars"].values())
     if unknown:
         per_split = ", ".join(f"{k} {v:,}" for k, v in prepared.meta["unknown_chars"].items())
@@ -204,7 +207,7 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
     from jaxgpt.finetune import backbone as backbone_lib
     from jaxgpt.finetune import instruct
     from jaxgpt.model.config import GPTConfig
-    from jaxgpt.train.loop import TaskSetup, _check_resume_compatible, model_config_from_options
+    from jaxgpt.train.loop import TaskSetup, check_resume_compatible, model_config_from_options
 
     dataset = "embedded" if cfg.dataset in ("embedded", "stdlib_lines") else cfg.dataset
     options = dict(template=cfg.template, max_length=cfg.block_size, mask_prompt=cfg.mask_prompt,
@@ -223,26 +226,16 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
     else:
         instruct.load_sft_data(dataset, None, **options)  # the data is checked before the backbone loads
         backbone = backbone_lib.load_backbone(cfg.init_from)
-        _check_fits(cfg, backbone)
-        tokenizer, params = backbone.tokenizer, backbone.params
+        cfg, model_config, params = fit_backbone(cfg, backbone)
+        tokenizer = backbone.tokenizer
         data = instruct.load_sft_data(dataset, tokenizer, **options)
-        model_config = backbone.model_config.replace(dropout=cfg.dropout, compute_dtype=cfg.compute_dtype,
-                                                     attn_impl=cfg.attn_impl, remat=cfg.remat)
-        if cfg.block_size < model_config.block_size:
-            params = dict(params)
-            if "wpe" in params:
-                params["wpe"] = {"embedding": params["wpe"]["embedding"][: cfg.block_size]}
-            model_config = model_config.replace(block_size=cfg.block_size)
-        cfg = cfg.replace(**{k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
-                                                                     "tie_embeddings", "pos_emb", "norm", "mlp")},
-                          tokenizer=tokenizer.name)
     source = data.source
     records = [dataclasses.astuple(r) for split in ("train", "val", "test") for r in data.records[split]]
     digest = hashlib.sha256(json.dumps(records).encode()).hexdigest()
     corpus = _Source("sft", digest, source)
     prepared = _Prepared(tokenizer, {"source": source, "source_sha256": digest, **data.summary()})
     if extra is not None:
-        _check_resume_compatible(cfg, extra, corpus, prepared, notes)
+        check_resume_compatible(cfg, extra, corpus, prepared, notes)
 
     def finish(run, steps, loop, log_event):
         import jax

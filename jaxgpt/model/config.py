@@ -1,19 +1,72 @@
-"""GPTConfig: the architecture of a GPT, validated before anything is traced or compiled."""
+"""GPTConfig: the architecture of a GPT, validated before anything is traced or compiled.
+
+Each architecture key is declared once, here, on its GPTConfig field: its default, its command-line
+help and choices, its check, and what a run that starts from trained weights takes from where. The
+run configs (jaxgpt.train.config.TrainConfig, jaxgpt.finetune.config.FinetuneConfig) declare their
+architecture keys from these fields and check them with the same check_architecture, spelling the
+keys as a command line does (--n_layer) where GPTConfig spells them GPTConfig.n_layer.
+crop_block_size shortens a model's context (its learned position table) for every caller.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Callable, Mapping, Optional, Tuple
 
+import jax
 import jax.numpy as jnp
 
-GELU_KINDS = ("exact", "tanh")
+from jaxgpt.cli import ConfigError
+
+GELU_KINDS = ("tanh", "exact")
 ATTN_IMPLS = ("dot_product_attention", "explicit", "cudnn")
 POS_EMBS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 SWIGLU_MULTIPLE = 64  # SwiGLU hidden width is rounded up to a multiple of this
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# What decides a key's value when a run starts from trained weights (jaxgpt.train.config.adopt_backbone):
+BACKBONE = "backbone"  # the weights were trained with it: the backbone's value, copied into the run config
+RUN = "run"            # how the run computes, not what the weights mean: the run config's value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """The values one field accepts: ok(value), and the words that end its error's "must be ...".
+    typed_words: the same bound said for a value whose type a parser has already checked (a
+    command line's): ">= 1" where GPTConfig says "a positive integer". None: the same words."""
+    ok: Callable[[Any], bool]
+    words: str
+    typed_words: Optional[str] = None
+
+
+POSITIVE = Check(lambda v: _is_int(v) and v > 0, "a positive integer", ">= 1")
+RATE = Check(lambda v: _is_number(v) and 0.0 <= v < 1.0, "in [0, 1)")
+BOOL = Check(lambda v: isinstance(v, bool), "True or False")
+
+
+def arch_field(default, help: str, check: Optional[Check] = None, *, choices: Optional[Tuple[str, ...]] = None,
+               option: bool = True, decided_by: Optional[str] = None):
+    """A GPTConfig field. help, choices: its command-line key's (option=False: not a key of a training
+    run). check: its bound (with choices: one of them). decided_by: BACKBONE, RUN or None (see above)."""
+    if choices is not None:
+        check = Check(lambda v: v in choices, f"one of {choices!r}")
+    meta = {"help": help, "choices": choices, "check": check, "option": option, "decided_by": decided_by}
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,85 +126,47 @@ class GPTConfig:
                      base is K_base = mup_base_width / n_head.
     """
 
-    vocab_size: int = 50304
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
-    gelu: str = "tanh"
-    tie_embeddings: bool = True
-    compute_dtype: str = "float32"
-    attn_impl: str = "dot_product_attention"
-    remat: bool = False
-    decode_chunk: int = 0
-    layer_norm_eps: float = 1e-5
-    pos_emb: str = "learned"
-    rope_theta: float = 10000.0
-    norm: str = "layernorm"
-    mlp: str = "gelu"
-    qk_norm: bool = False
-    z_loss: float = 0.0
-    mup: bool = False
-    mup_base_width: int = 0
+    # Each field carries its command-line help and choices (the run configs of jaxgpt.train.config and
+    # jaxgpt.finetune.config declare their architecture keys from these), its check (checked by
+    # check_architecture, which names the key as the caller spells it), and what decides its value when
+    # a run starts from trained weights (decided_by; see jaxgpt.train.config.adopt_backbone).
+    vocab_size: int = arch_field(50304, "", POSITIVE, option=False)  # a run's comes from its tokenizer
+    block_size: int = arch_field(1024, "context length in tokens", POSITIVE)  # a run may crop a backbone's
+    n_layer: int = arch_field(12, "transformer blocks", POSITIVE, decided_by=BACKBONE)
+    n_head: int = arch_field(12, "attention heads", POSITIVE, decided_by=BACKBONE)
+    n_embd: int = arch_field(768, "residual width", POSITIVE, decided_by=BACKBONE)
+    dropout: float = arch_field(0.0, "dropout rate (embedding, attention, residual)", RATE, decided_by=RUN)
+    bias: bool = arch_field(True, "biases in Linear layers and LayerNorms", BOOL, decided_by=BACKBONE)
+    gelu: str = arch_field("tanh", "tanh | exact", choices=GELU_KINDS, decided_by=BACKBONE)
+    tie_embeddings: bool = arch_field(True, "share the token embedding with the output head", BOOL, decided_by=BACKBONE)
+    attn_impl: str = arch_field("dot_product_attention", "dot_product_attention | explicit | cudnn (cuDNN flash "
+                                "attention: NVIDIA GPU and bfloat16 only)", choices=ATTN_IMPLS, decided_by=RUN)
+    compute_dtype: str = arch_field("float32", "float32 | bfloat16 (params stay float32)",
+                                    choices=tuple(COMPUTE_DTYPES), decided_by=RUN)
+    remat: bool = arch_field(False, "recompute block activations in the backward pass", BOOL, decided_by=RUN)
+    decode_chunk: int = arch_field(0, "", Check(lambda v: _is_int(v) and v >= 0, "an integer >= 0"), option=False)
+    layer_norm_eps: float = arch_field(1e-5, "", Check(lambda v: isinstance(v, float) and v > 0, "a positive float"),
+                                       option=False)
+    pos_emb: str = arch_field("learned", "learned (GPT-2's table) | rope (rotary)", choices=POS_EMBS,
+                              decided_by=BACKBONE)
+    rope_theta: float = arch_field(10000.0, "RoPE base",
+                                   Check(lambda v: _is_finite(v) and v > 1, "a finite number > 1"), decided_by=BACKBONE)
+    norm: str = arch_field("layernorm", "layernorm | rmsnorm", choices=NORMS, decided_by=BACKBONE)
+    mlp: str = arch_field("gelu", "gelu (4D hidden) | swiglu (8D/3 hidden, rounded up to 64)", choices=MLPS,
+                          decided_by=BACKBONE)
+    qk_norm: bool = arch_field(False, "RMS-normalize queries and keys per head", BOOL, decided_by=BACKBONE)
+    # A training-loss coefficient, not in the weights, so adopt_backbone leaves it alone: pretraining from
+    # GPT-2 applies the run's, fine-tuning keeps the backbone's (as before the config tree).
+    z_loss: float = arch_field(0.0, "PaLM's z-loss coefficient (training loss only; 1e-4 in PaLM)",
+                               Check(lambda v: _is_finite(v) and v >= 0, "a finite number >= 0"))
+    mup: bool = arch_field(False, "maximal update parametrization (needs mup_base_width): an lr tuned at the base "
+                                  "width transfers to wider models", BOOL, decided_by=BACKBONE)
+    mup_base_width: int = arch_field(0, "with mup: the width at which muP equals the standard parametrization",
+                                     Check(lambda v: _is_int(v) and v >= 0, "a non-negative integer", ">= 0"),
+                                     decided_by=BACKBONE)
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(
-                f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
-            )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (
-            0.0 <= self.dropout < 1.0
-        ):
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.gelu not in GELU_KINDS:
-            raise ValueError(f"GPTConfig.gelu must be one of {GELU_KINDS}, got {self.gelu!r}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(
-                f"GPTConfig.compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, "
-                f"got {self.compute_dtype!r}"
-            )
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(
-                f"GPTConfig.attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}"
-            )
-        if isinstance(self.decode_chunk, bool) or not isinstance(self.decode_chunk, int) or self.decode_chunk < 0:
-            raise ValueError(f"GPTConfig.decode_chunk must be an integer >= 0, got {self.decode_chunk!r}")
-        if self.attn_impl == "cudnn" and self.compute_dtype != "bfloat16":
-            raise ValueError(f"GPTConfig.attn_impl='cudnn' needs compute_dtype='bfloat16' (cuDNN's flash "
-                             f"attention takes fp16/bf16 only), got {self.compute_dtype!r}")
-        for name, kinds in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
-            if getattr(self, name) not in kinds:
-                raise ValueError(f"GPTConfig.{name} must be one of {kinds}, got {getattr(self, name)!r}")
-        for name in ("bias", "tie_embeddings", "remat", "qk_norm", "mup"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        if not (isinstance(self.layer_norm_eps, float) and self.layer_norm_eps > 0):
-            raise ValueError(f"GPTConfig.layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}")
-        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or not (
-            math.isfinite(self.rope_theta) and self.rope_theta > 1
-        ):
-            raise ValueError(f"GPTConfig.rope_theta must be a finite number > 1, got {self.rope_theta!r}")
-        if self.pos_emb == "rope" and self.head_dim % 2:
-            raise ValueError(
-                f"GPTConfig.pos_emb='rope' needs an even head_dim, got n_embd={self.n_embd} / "
-                f"n_head={self.n_head} = {self.head_dim}"
-            )
-        if isinstance(self.z_loss, bool) or not isinstance(self.z_loss, (int, float)) or not (
-            math.isfinite(self.z_loss) and self.z_loss >= 0
-        ):
-            raise ValueError(f"GPTConfig.z_loss must be a finite number >= 0, got {self.z_loss!r}")
-        base = self.mup_base_width
-        if isinstance(base, bool) or not isinstance(base, int) or base < 0:
-            raise ValueError(f"GPTConfig.mup_base_width must be a non-negative integer, got {base!r}")
-        if self.mup and base == 0:
-            raise ValueError(f"GPTConfig.mup_base_width must be a positive integer when mup=True "
-                             f"(the width where muP equals standard parametrization), got {base!r}")
+        check_architecture(self.to_dict(), GPTCONFIG_SPELLING)
 
     @property
     def head_dim(self) -> int:
@@ -238,6 +253,67 @@ class GPTConfig:
         return 6 * self.num_params() + 12 * self.n_layer * self.n_embd * t
 
 
+# The command-line keys a training run declares from GPTConfig (vocab_size comes from its tokenizer),
+# and the two groups adopt_backbone treats alike: the backbone's architecture, the run's computation.
+ARCH_OPTIONS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.metadata["option"])
+BACKBONE_KEYS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GPTConfig)
+                                       if f.metadata["decided_by"] == BACKBONE)
+COMPUTE_KEYS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.metadata["decided_by"] == RUN)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spelling:
+    """How an architecture error names what it is about: GPTConfig's words, or a command line's."""
+    prefix: str                         # before the key the error is about: "GPTConfig."
+    key: Callable[[str], str]           # a key: "n_head" | "--n_head"
+    setting: Callable[[str, Any], str]  # a key's value: "attn_impl='cudnn'" | "--attn_impl=cudnn"
+    value: Callable[[Any], str]         # a value on its own: repr | str
+    typed: bool                         # a parser checked the types already: a Check's typed_words
+    error: type                         # the exception raised
+
+
+GPTCONFIG_SPELLING = Spelling("GPTConfig.", lambda k: k, lambda k, v: f"{k}={v!r}", repr, typed=False,
+                              error=ValueError)
+
+
+def check_architecture(values: Mapping[str, Any], spelling: Spelling) -> None:
+    """Raise spelling.error for the first bad value among `values` (GPTConfig's fields, or a run
+    config's architecture keys): each field's own Check first, then the checks across fields."""
+    s = spelling
+    for f in dataclasses.fields(GPTConfig):
+        check = f.metadata["check"]
+        if f.name in values and not check.ok(values[f.name]):
+            words = (check.typed_words or check.words) if s.typed else check.words
+            raise s.error(f"{s.prefix}{s.key(f.name)} must be {words}, got {s.value(values[f.name])}")
+    v = values
+    if v["n_embd"] % v["n_head"]:
+        raise s.error(f"{s.prefix}{s.key('n_embd')}={v['n_embd']} is not divisible by {s.key('n_head')}={v['n_head']}")
+    if v["attn_impl"] == "cudnn" and v["compute_dtype"] != "bfloat16":
+        raise s.error(f"{s.prefix}{s.setting('attn_impl', 'cudnn')} needs {s.setting('compute_dtype', 'bfloat16')} "
+                      f"(cuDNN's flash attention takes bf16), got {s.value(v['compute_dtype'])}")
+    head_dim = v["n_embd"] // v["n_head"]
+    if v["pos_emb"] == "rope" and head_dim % 2:
+        raise s.error(f"{s.prefix}{s.setting('pos_emb', 'rope')} needs an even head_dim, got {s.key('n_embd')}="
+                      f"{v['n_embd']} / {s.key('n_head')}={v['n_head']} = {head_dim}")
+    if v["mup"] and v["mup_base_width"] == 0:
+        raise s.error(f"{s.prefix}{s.key('mup_base_width')} must be a positive integer when {s.setting('mup', True)} "
+                      f"(the width where muP equals standard parametrization), got {s.value(v['mup_base_width'])}")
+
+
+def crop_block_size(params: Mapping[str, Any], config: GPTConfig, block_size: int):
+    """(params, config) for a shorter context, as nanoGPT's crop_block_size: the learned position
+    table wpe keeps its first block_size rows (pos_emb="rope" has none). The other params are
+    shared, not copied; `params` itself is not changed."""
+    if not 0 < block_size <= config.block_size:
+        raise ValueError(f"block_size={block_size} must be in [1, {config.block_size}] to crop a model of "
+                         f"{config.block_size} positions")
+    if block_size == config.block_size:
+        return params, config
+    if config.pos_emb == "learned":
+        params = {**params, "wpe": {**params["wpe"], "embedding": params["wpe"]["embedding"][:block_size]}}
+    return params, config.replace(block_size=block_size)
+
+
 def check_attn_impl(attn_impl: str, backend: str | None = None) -> None:
     """Refuse attn_impl="cudnn" where no CUDA GPU runs the computation: a ConfigError in one line.
 
@@ -246,12 +322,8 @@ def check_attn_impl(attn_impl: str, backend: str | None = None) -> None:
     if attn_impl != "cudnn":
         return
     if backend is None:
-        import jax
-
         backend = jax.default_backend()
     if backend != "gpu":
-        from jaxgpt.cli import ConfigError
-
         raise ConfigError(f"attn_impl='cudnn' needs an NVIDIA GPU (cuDNN flash attention), but jax runs on "
                           f"{backend}: use attn_impl='dot_product_attention' there")
 
@@ -264,6 +336,4 @@ def _mlp_hidden_dim(mlp: str, n_embd: int) -> int:
 
 def param_count(params) -> int:
     """Number of scalars in a params pytree."""
-    import jax
-
     return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

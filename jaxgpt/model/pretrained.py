@@ -36,7 +36,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
-from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.config import GPTConfig, crop_block_size
 
 __all__ = [
     "load_pretrained",
@@ -413,10 +413,7 @@ def load_pretrained(source, **config_overrides) -> Tuple[GPTConfig, Dict[str, An
             f"block_size must be a positive int <= the checkpoint's n_positions={config.block_size}, "
             f"got {block_size!r}"
         )
-    params = gpt2_state_to_params(state, config)
-    if block_size < config.block_size:
-        params["wpe"]["embedding"] = params["wpe"]["embedding"][:block_size]
-        config = config.replace(block_size=block_size)
+    params, config = crop_block_size(gpt2_state_to_params(state, config), config, block_size)
     config = config.replace(**config_overrides)
     return config, _to_jax(params, jnp)
 

@@ -28,12 +28,12 @@ import numpy as np
 from jaxgpt.cli import ConfigError, parse_given
 from jaxgpt.model.families import family_for
 from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES
-from jaxgpt.train.config import (OPTIONS, TrainConfig, changed_run_options, config_from_sources, fixed_on_resume,
-                               options_of, read_run_options)
+from jaxgpt.train.config import (OPTIONS, TrainConfig, adopt_backbone, changed_run_options, config_from_sources,
+                               fixed_on_resume, options_of, read_run_options)
 from jaxgpt.train.run_dir import LOSS_PNG, RunDir, RunDirLock, check_out_dir, clear_run_files
 
 __all__ = ["TrainingDiverged", "ResolvedRun", "LoopState", "config_from_argv", "resolve_run", "train",
-           "model_config_from_options", "prepare_data", "OPTIONS", "TrainConfig"]
+           "model_config_from_options", "prepare_data", "check_resume_compatible", "OPTIONS", "TrainConfig"]
 
 SUMMARY = ("Train a GPT (nanoGPT conventions). Config files are plain Python assigning these keys; "
            "--key=value overrides them. batch_size is the global batch of one micro-step on any mesh, "
@@ -115,18 +115,11 @@ def config_from_argv(argv, cls=TrainConfig, prog: str = "train.py", summary: str
 
 
 def model_config_from_options(cfg: TrainConfig, vocab_size: int):
-    from jaxgpt.model.config import GPTConfig
-
+    """The model a fresh run builds: its GPTConfig section, or a registered family's own config."""
     family = family_for(cfg.model)
     if family.config_from_options is not None:  # a family with its own config (the course's bigram: V and T only)
         return family.config_from_options(cfg, vocab_size)
-    return GPTConfig(
-        vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu, tie_embeddings=cfg.tie_embeddings,
-        compute_dtype=cfg.compute_dtype, attn_impl=cfg.attn_impl, remat=cfg.remat, pos_emb=cfg.pos_emb,
-        rope_theta=cfg.rope_theta, norm=cfg.norm, mlp=cfg.mlp, qk_norm=cfg.qk_norm, z_loss=cfg.z_loss,
-        mup=cfg.mup, mup_base_width=cfg.mup_base_width,
-    )
+    return cfg.gpt_config(vocab_size)
 
 
 def prepare_data(cfg: TrainConfig):
@@ -211,7 +204,7 @@ def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
                       "to continue it or --overwrite=True to start over")
 
 
-def _check_resume_compatible(cfg: TrainConfig, extra: Dict[str, Any], corpus, prepared, notes: List[str]) -> None:
+def check_resume_compatible(cfg: TrainConfig, extra: Dict[str, Any], corpus, prepared, notes: List[str]) -> None:
     """The data and architecture of a resumed run must be the checkpoint's: another corpus or
     tokenizer would remap every token id, silently."""
     saved = read_run_options(extra.get("run_config", extra.get("options", {})), f"checkpoint in {cfg.out_dir}",
@@ -270,7 +263,7 @@ def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[
     pretrained = cfg.init_from in PRETRAINED_NAMES or (not resuming and os.path.isdir(cfg.init_from))
     corpus, prepared = prepare_data(cfg)
     if resuming:
-        _check_resume_compatible(cfg, extra, corpus, prepared, notes)
+        check_resume_compatible(cfg, extra, corpus, prepared, notes)
     tokenizer = prepared.tokenizer
 
     pretrained_params = None
@@ -283,14 +276,8 @@ def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[
         if tokenizer.vocab_size > base_cfg.vocab_size:
             raise ConfigError(f"--tokenizer={cfg.tokenizer} has {tokenizer.vocab_size} tokens but the pretrained "
                               f"model only {base_cfg.vocab_size}: use --tokenizer=gpt2")
-        model_cfg = base_cfg.replace(dropout=cfg.dropout, compute_dtype=cfg.compute_dtype, attn_impl=cfg.attn_impl,
-                                     remat=cfg.remat, z_loss=cfg.z_loss)
-        cfg = cfg.replace(**{k: getattr(model_cfg, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu",
-                                                                  "tie_embeddings")})
-        if cfg.block_size < model_cfg.block_size:  # crop learned positions, as nanoGPT does
-            pretrained_params = dict(pretrained_params)
-            pretrained_params["wpe"] = {"embedding": pretrained_params["wpe"]["embedding"][: cfg.block_size]}
-            model_cfg = model_cfg.replace(block_size=cfg.block_size)
+        cfg, model_cfg, pretrained_params = adopt_backbone(cfg, base_cfg, pretrained_params)
+        model_cfg = model_cfg.replace(z_loss=cfg.z_loss)  # pretraining's loss: the run's coefficient
     else:
         model_cfg = model_config_from_options(cfg, tokenizer.vocab_size)
 
