@@ -491,7 +491,7 @@ def run_step(opts: Dict[str, Any]) -> None:
     import numpy as np
 
     from jaxgpt.train.host_memory import retain_freed_memory
-    from jaxgpt.train.loop import _global, compile_steps, config_from_argv, initial_loop_state, resolve_run
+    from jaxgpt.train.loop import compile_steps, config_from_argv, global_batch_of, initial_loop_state, resolve_run
 
     argv = [opts["config"], f"--out_dir={tempfile.mkdtemp(prefix='bench_step_')}/run"]
     if opts["dataset"]:
@@ -503,7 +503,7 @@ def run_step(opts: Dict[str, Any]) -> None:
     loop = initial_loop_state(run, jax.random.key(cfg.seed))
     steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
     x_ABT, y_ABT = run.task.batches.train_batch(cfg.gradient_accumulation_steps, cfg.batch_size, run.rows)
-    batch, rng = _global(run, (x_ABT, y_ABT)), jax.random.key(0)
+    batch, rng = global_batch_of(run, (x_ABT, y_ABT)), jax.random.key(0)
     tokens = x_ABT.size
     state = loop.train_state
 
