@@ -142,12 +142,12 @@ def test_file_system_errors_are_one_line(run, capsys, tmp_path, corpus_path):
 def test_a_full_disk_while_plotting_does_not_stop_the_run(tmp_path, capsys, corpus_path, monkeypatch):
     import errno
 
-    import jaxgpt.train.metrics
+    import jaxgpt.train.hooks
 
     def full_disk(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(jaxgpt.train.metrics, "plot_losses", full_disk)
+    monkeypatch.setattr(jaxgpt.train.hooks, "plot_losses", full_disk)  # the loss-plot hook's writer
     code, _, err = train_cli(capsys, f"--out_dir={tmp_path / 'run'}", *BASE, f"--dataset={corpus_path}")
     assert code == 0 and "warning: could not write loss.png: No space left on device" in err
     assert (tmp_path / "run" / "checkpoints" / "20").is_dir()

@@ -113,9 +113,9 @@ def test_kill_and_resume_continues_exactly(tmp_path, corpus_path, capsys):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus_path, monkeypatch):
-    import jaxgpt.train.step as train_step_lib
+    import jaxgpt.train.loop as loop_lib
 
-    real = train_step_lib.make_train_step
+    real = loop_lib.make_train_step
 
     def poisoned(loss_fn, optimizer, schedule=None):
         step = real(loss_fn, optimizer, schedule)
@@ -127,7 +127,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus_path, monkeyp
 
         return wrapped
 
-    monkeypatch.setattr(train_step_lib, "make_train_step", poisoned)
+    monkeypatch.setattr(loop_lib, "make_train_step", poisoned)  # where compile_steps looks it up
     with pytest.raises(TrainingDiverged, match=r"iteration 15.*checkpoint \(iteration 10\).*intact"):
         train(tiny_opts(tmp_path, f"--dataset={corpus_path}", "--max_iters=40"))
     assert Checkpointer(str(tmp_path / "run" / "checkpoints")).latest_step() == 10

@@ -18,8 +18,10 @@ learning rates in jaxgpt.train.optim (mup_lr_scales). Here:
       Final train loss per (width, lr); under muP the best lr should not move with width.
   plot_lr_transfer(records_sp, records_mup, png_path): loss vs lr, a line per width, two panels.
 
-Records are lists of plain dicts (JSON-ready). Everything runs on whatever JAX device is there,
-float32, no dropout. Plots use matplotlib's Agg canvas (no pyplot) and are written atomically.
+Both train through the loop's own step (jaxgpt.train.step.make_train_step) with the language-modeling
+loss (jaxgpt.train.tasks.lm_loss) and the trainer's AdamW (jaxgpt.train.optim.make_optimizer with
+mup_lr_scales). Records are lists of plain dicts (JSON-ready). Everything runs on whatever JAX device
+is there, float32, no dropout. Plots use matplotlib's Agg canvas (no pyplot) and are written atomically.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ import math
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from jaxgpt.files import save_figure_atomic
+from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.gpt import GPT, MLP, CausalSelfAttention
+from jaxgpt.train.optim import lr_schedule, make_optimizer, mup_lr_scales
+from jaxgpt.train.step import LossFn, create_train_state, make_train_step
+from jaxgpt.train.tasks import lm_loss, model_init
 
 __all__ = ["PARAMETRIZATIONS", "synthetic_tokens", "mup_config", "coord_check", "coord_slope",
            "plot_coord_check", "lr_transfer", "plot_lr_transfer"]
@@ -57,8 +68,6 @@ def mup_config(width: int, parametrization: str, *, base_width: int, n_layer: in
                block_size: int = 32, vocab_size: int = 256, **overrides):
     """The GPTConfig of one run: GPT-2 switches, no dropout, width n_embd = width; "mup" turns on
     muP with mup_base_width = base_width. n_head is the same at every width (K grows)."""
-    from jaxgpt.model.config import GPTConfig
-
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
     fields = dict(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=width,
@@ -91,12 +100,6 @@ def _stacked_windows(tokens: np.ndarray, rng: np.random.Generator, n: int, batch
 
 def _width_model(width: int, parametrization: str, **config):
     """(GPT at this width, init_params(rng), its muP lr scales or None) for a width sweep."""
-    import jax
-
-    from jaxgpt.model.gpt import GPT
-    from jaxgpt.train.optim import mup_lr_scales
-    from jaxgpt.train.tasks import model_init
-
     cfg = mup_config(width, parametrization, **config)
     model = GPT(cfg)
     init_params = model_init(model)
@@ -122,9 +125,7 @@ def _activation_names(n_layer: int) -> List[str]:
     return ["embedding"] + [f"h_{i}.{part}" for i in range(n_layer) for part in ("attn", "mlp")] + ["logits"]
 
 
-def _l1_of_intermediates(inter, n_layer: int) -> Dict[str, "jax.Array"]:
-    import jax.numpy as jnp
-
+def _l1_of_intermediates(inter, n_layer: int) -> Dict[str, jax.Array]:
     def l1(x):
         return jnp.mean(jnp.abs(x.astype(jnp.float32)))
 
@@ -137,11 +138,36 @@ def _l1_of_intermediates(inter, n_layer: int) -> Dict[str, "jax.Array"]:
 
 
 def _capture_filter(module, method_name: str) -> bool:
-    from jaxgpt.model.gpt import GPT, MLP, CausalSelfAttention
-
     if method_name != "__call__":
         return False
     return isinstance(module, (GPT, MLP, CausalSelfAttention)) or module.name == "wte"
+
+
+def _activation_l1s(model: GPT, n_layer: int):
+    """`l1s(params, x) -> {name: mean |activation|}`: a forward that captures the named activations."""
+
+    def l1s(params, x_BT):
+        _, state = model.apply({"params": params}, x_BT, capture_intermediates=_capture_filter,
+                               mutable=["intermediates"])
+        return _l1_of_intermediates(state["intermediates"], n_layer)
+
+    return l1s
+
+
+def _training_loss(model: GPT) -> LossFn:
+    """The language-modeling task's loss in its deterministic form (rng None): the checks train
+    without dropout or z-loss, whatever the config."""
+    loss = lm_loss(model)
+    return lambda params, batch, rng: loss(params, batch, None)
+
+
+def _one_micro_step(x_BT, y_BT):
+    """A batch as the shared train step takes it: a leading micro-step axis of 1 (no accumulation)."""
+    return x_BT[None], y_BT[None]
+
+
+# The shared step folds a dropout key into every update; the deterministic loss never reads it.
+_UNUSED_DROPOUT_KEY_SEED = 0
 
 
 def coord_check(widths: Sequence[int], parametrization: str, steps: int = 4, *, lr: float = 1e-2,
@@ -153,17 +179,12 @@ def coord_check(widths: Sequence[int], parametrization: str, steps: int = 4, *, 
 
     For each width and seed: init (jax.random.key(seed)), then `steps` AdamW updates on batches
     of `tokens` (default: synthetic_tokens) drawn with np.random.default_rng(seed), the same
-    batches at every width. The forward pass of step t (t = 0 at init ... steps) records the
-    mean |x| of each named activation (see the module docstring); l1 is the mean over seeds.
+    batches at every width; each update is the trainer's step (make_train_step). After t updates
+    (t = 0 at init ... steps) a forward on batch t, the batch of update t + 1, records the mean |x|
+    of each named activation (see the module docstring); l1 is the mean over seeds.
     base_width (muP's d_base) defaults to min(widths). Returns one record per (width, step, name):
     {"parametrization", "width", "step", "name", "l1", "lr", "base_width", "n_layer"}.
     """
-    import jax
-    import optax
-
-    from jaxgpt.model.gpt import cross_entropy_loss
-    from jaxgpt.train.optim import make_optimizer
-
     widths = _check_widths(widths, n_head)
     base_width = base_width or min(widths)
     seeds = list(seeds)
@@ -178,30 +199,21 @@ def coord_check(widths: Sequence[int], parametrization: str, steps: int = 4, *, 
                                                   **config_overrides)
         optimizer = make_optimizer(lr, weight_decay=weight_decay, beta1=beta1, beta2=beta2, grad_clip=0.0,
                                    lr_scales=scales)
-
-        def loss_fn(params, x, y, model=model):
-            logits, state = model.apply({"params": params}, x, capture_intermediates=_capture_filter,
-                                        mutable=["intermediates"])
-            return cross_entropy_loss(logits, y), _l1_of_intermediates(state["intermediates"], n_layer)
-
-        @jax.jit
-        def run(key, xs, ys, init_params=init_params, loss_fn=loss_fn, optimizer=optimizer):
-            """Init, then per batch: forward (recorded) and an AdamW update: one compile per width."""
-            params = init_params(key)
-
-            def one(carry, batch):
-                params, opt_state = carry
-                (_, l1s), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batch)
-                updates, opt_state = optimizer.update(grads, opt_state, params)
-                return (optax.apply_updates(params, updates), opt_state), l1s
-
-            _, l1s = jax.lax.scan(one, (params, optimizer.init(params)), (xs, ys))
-            return l1s
-
+        init = jax.jit(lambda key, init_params=init_params, optimizer=optimizer:
+                       create_train_state(init_params(key), optimizer))
+        train_step = jax.jit(make_train_step(_training_loss(model), optimizer))
+        activation_l1s = jax.jit(_activation_l1s(model, n_layer))
+        rng = jax.random.key(_UNUSED_DROPOUT_KEY_SEED)
         sums = np.zeros((steps + 1, len(names)))
         for seed in seeds:
-            l1s = jax.device_get(run(jax.random.key(seed), *batches[seed]))
-            sums += np.stack([np.asarray(l1s[n], np.float64) for n in names], axis=1)
+            xs, ys = batches[seed]
+            state, l1s = init(jax.random.key(seed)), []
+            for t in range(steps + 1):  # the activations after t steps, on batch t; then step t + 1
+                l1s.append(activation_l1s(state.params, xs[t]))
+                if t < steps:
+                    state, _ = train_step(state, _one_micro_step(xs[t], ys[t]), rng)
+            l1s = jax.device_get(l1s)
+            sums += np.array([[np.float64(l1s[t][n]) for n in names] for t in range(steps + 1)])
         for t in range(steps + 1):
             for j, name in enumerate(names):
                 records.append(dict(parametrization=parametrization, width=width, step=t, name=name,
@@ -228,23 +240,16 @@ def coord_slope(records: Sequence[dict], parametrization: str, name: str = "logi
 # ---------------------------------------------------------------------------------------- plots
 
 
-def _atomic_savefig(fig, png_path) -> None:
+def _write_png(fig, png_path) -> None:
+    """The figure as a PNG at png_path (its folder made if missing), written atomically."""
     png_path = os.fspath(png_path)
-    directory = os.path.dirname(os.path.abspath(png_path))
-    os.makedirs(directory, exist_ok=True)
-    root, ext = os.path.splitext(png_path)
-    tmp = f"{root}.tmp-{os.getpid()}{ext or '.png'}"  # same directory: the rename stays atomic
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, png_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    save_figure_atomic(fig, png_path, format="png")
 
 
 def _figure(n_panels: int, width_per_panel: float = 6.2, height: float = 5.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib: heavy, imported for plots only
+    from matplotlib.figure import Figure  # (as above)
 
     fig = Figure(figsize=(width_per_panel * n_panels, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
@@ -253,7 +258,7 @@ def _figure(n_panels: int, width_per_panel: float = 6.2, height: float = 5.0):
 
 
 def _width_axis(ax, widths) -> None:
-    from matplotlib.ticker import FixedLocator, NullLocator
+    from matplotlib.ticker import FixedLocator, NullLocator  # matplotlib: heavy, imported for plots only
 
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(sorted(widths)))
@@ -266,8 +271,8 @@ def plot_coord_check(records: Sequence[dict], png_path) -> None:
     """One panel per parametrization found in records (SP first): mean |activation| against width
     on log-log axes, shared y. Color = activation point, line style = training step (dotted: init,
     solid: the last step). Flat lines are what muP promises; SP's grow with width."""
-    from matplotlib import colormaps
-    from matplotlib.lines import Line2D
+    from matplotlib import colormaps  # matplotlib: heavy, imported for plots only
+    from matplotlib.lines import Line2D  # (as above)
 
     params = [p for p in PARAMETRIZATIONS if any(r["parametrization"] == p for r in records)]
     if not params:
@@ -314,7 +319,7 @@ def plot_coord_check(records: Sequence[dict], png_path) -> None:
     lr = records[0].get("lr")
     fig.suptitle("Coordinate check: activation size vs width" + (f" (AdamW lr={lr:g}" if lr else "")
                  + (f", {records[0].get('n_layer')} layers)" if lr else ""), fontsize=12)
-    _atomic_savefig(fig, png_path)
+    _write_png(fig, png_path)
 
 
 # ------------------------------------------------------------------------------- lr transfer
@@ -336,13 +341,6 @@ def lr_transfer(widths: Sequence[int], learning_rates: Sequence[float], parametr
     per (width, lr): {"parametrization", "width", "lr", "final_loss" (mean train loss of the last
     final_frac * steps steps, NaN if it diverged), "init_loss", "steps", "base_width"}.
     """
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from jaxgpt.model.gpt import cross_entropy_loss
-    from jaxgpt.train.optim import lr_schedule, make_optimizer
-
     widths = _check_widths(widths, n_head)
     learning_rates = [float(lr) for lr in learning_rates]
     if not learning_rates or any(not (lr > 0 and math.isfinite(lr)) for lr in learning_rates):
@@ -365,19 +363,17 @@ def lr_transfer(widths: Sequence[int], learning_rates: Sequence[float], parametr
                                   beta1=beta1, beta2=beta2, grad_clip=grad_clip, lr_scales=scales)
 
         @jax.jit
-        def train(key, lr, xs, ys, model=model, init_params=init_params, optimizer=optimizer):
-            """Init (the same key for every lr) and `steps` AdamW steps: one compile per width."""
-            params = init_params(key)
+        def train(key, lr, xs, ys, loss=_training_loss(model), init_params=init_params, optimizer=optimizer):
+            """Init (the same key for every lr) and `steps` shared train steps, scanned: one compile per width."""
             opt = optimizer(lr)
+            train_step = make_train_step(loss, opt)
+            rng = jax.random.key(_UNUSED_DROPOUT_KEY_SEED)
 
-            def one(carry, batch):
-                params, opt_state = carry
-                loss, grads = jax.value_and_grad(
-                    lambda p: cross_entropy_loss(model.apply({"params": p}, batch[0]), batch[1]))(params)
-                updates, opt_state = opt.update(grads, opt_state, params)
-                return (optax.apply_updates(params, updates), opt_state), loss
+            def one(state, batch):
+                state, metrics = train_step(state, _one_micro_step(*batch), rng)
+                return state, metrics["loss"]
 
-            _, losses = jax.lax.scan(one, (params, opt.init(params)), (xs, ys))
+            _, losses = jax.lax.scan(one, create_train_state(init_params(key), opt), (xs, ys))
             return losses
 
         for lr in learning_rates:
@@ -393,7 +389,7 @@ def plot_lr_transfer(records_sp: Sequence[dict], records_mup: Sequence[dict], pn
     """Two panels (SP, muP): final train loss against lr (log scale), a line per width (darker =
     wider), the best lr of each width starred. Diverged runs (NaN) are left out; losses above the
     initial loss are clipped to the top of the shared y axis."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # matplotlib: heavy, imported for plots only
 
     panels = [("sp", list(records_sp)), ("mup", list(records_mup))]
     if not any(rows for _, rows in panels):
@@ -426,4 +422,4 @@ def plot_lr_transfer(records_sp: Sequence[dict], records_mup: Sequence[dict], pn
         axes[0].set_ylim(low - 0.05 * (top - low + 1e-9), top + 0.05 * (top - low + 1e-9))
     steps = next((r.get("steps") for _, rows in panels for r in rows), None)
     fig.suptitle("Learning-rate transfer across widths" + (f" ({steps} AdamW steps)" if steps else ""), fontsize=12)
-    _atomic_savefig(fig, png_path)
+    _write_png(fig, png_path)

@@ -19,18 +19,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
+import jax
 
 from jaxgpt.cli import ConfigError, parse_given
 from jaxgpt.model.families import family_for
 from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES
+from jaxgpt.train import sharding
 from jaxgpt.train.config import (OPTIONS, TrainConfig, adopt_backbone, changed_run_options, config_from_sources,
                                fixed_on_resume, options_of, read_run_options)
-from jaxgpt.train.run_dir import LOSS_PNG, RunDir, RunDirLock, check_out_dir, clear_run_files
+from jaxgpt.train.hooks import (LoopState, Reporter, is_main_process, loop_hooks, print_header, print_samples,
+                                run_due_hooks)
+from jaxgpt.train.host_memory import retain_freed_memory
+from jaxgpt.train.metrics import perplexity
+from jaxgpt.train.run_dir import RunDir, RunDirLock, check_out_dir, clear_run_files
+from jaxgpt.train.step import init_train_state, make_eval_step, make_train_step
 
 __all__ = ["TrainingDiverged", "ResolvedRun", "LoopState", "config_from_argv", "resolve_run", "train",
            "model_config_from_options", "prepare_data", "check_resume_compatible", "OPTIONS", "TrainConfig"]
@@ -403,25 +408,12 @@ def start_run_dir(run: ResolvedRun) -> None:
 # ------------------------------------------------------------------------- step 4: the loop
 
 @dataclasses.dataclass(frozen=True)
-class LoopState:
-    """What changes as the run goes, passed from step to step as a value. (The task's batch
-    samplers are the one stateful part: numpy generators, checkpointed by state_dict.)"""
-    train_state: Any
-    iter_num: int
-    best_val: float
-    last_val: float = math.nan
-
-
-@dataclasses.dataclass(frozen=True)
 class Steps:
     train: Callable
     eval: Callable
 
 
 def compile_steps(run: ResolvedRun, state_sharding) -> Steps:
-    from jaxgpt.train import sharding
-    from jaxgpt.train.step import make_eval_step, make_train_step
-
     train_step = sharding.compile_train_step(make_train_step(run.task.loss, run.optimizer, run.schedule),
                                              run.mesh, state_sharding)
     eval_step = sharding.compile_eval_step(make_eval_step(run.task.loss), run.mesh, state_sharding.params)
@@ -429,8 +421,6 @@ def compile_steps(run: ResolvedRun, state_sharding) -> Steps:
 
 
 def initial_loop_state(run: ResolvedRun, rng) -> LoopState:
-    from jaxgpt.train.step import init_train_state
-
     if run.restored is not None:
         extra = run.restored.extra
         return LoopState(run.restored.state, int(extra["iter_num"]), float(extra["best_val_loss"]))
@@ -438,9 +428,8 @@ def initial_loop_state(run: ResolvedRun, rng) -> LoopState:
     return LoopState(state, 0, math.inf)
 
 
-def _global(run: ResolvedRun, batch):
-    from jaxgpt.train import sharding
-
+def global_batch_of(run: ResolvedRun, batch):
+    """A host batch (this process's rows) as global arrays on the run's mesh, one per leaf."""
     return tuple(sharding.global_batch(run.mesh, x) for x in batch)
 
 
@@ -450,7 +439,7 @@ def evaluate_metrics(run: ResolvedRun, steps: Steps, params, splits=None) -> Dic
     out = {}
     for split in splits or run.task.eval_splits:
         batch = run.task.batches.eval_batch(split, cfg.eval_iters, cfg.batch_size, run.rows)
-        result = steps.eval(params, _global(run, batch))
+        result = steps.eval(params, global_batch_of(run, batch))
         summary = run.task.eval_summary
         out[split] = {"loss": float(result["loss"])} if summary is None else summary(result)
     return out
@@ -460,212 +449,53 @@ def evaluate(run: ResolvedRun, steps: Steps, params) -> Dict[str, float]:
     return {split: m["loss"] for split, m in evaluate_metrics(run, steps, params).items()}
 
 
-def _eval_event_and_line(it: int, metrics: Dict[str, Dict[str, float]]):
-    """The eval event (train_loss, val_loss, then e.g. val_accuracy) and its printed line."""
-    event = {"iter": it, **{f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if k == "loss"}}
-    line = f"iter {it}: train loss {metrics['train']['loss']:.4f}, val loss {metrics['val']['loss']:.4f}"
-    extra = {f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if k != "loss"}
-    event.update(extra)
-    shown = {k: v for k, v in metrics.get("val", {}).items() if k != "loss" and isinstance(v, float)}
-    if shown:  # the line keeps to val; every split's metrics are in the event
-        line += " | val " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
-    else:  # a language model's loss: its perplexity too (chapter 05)
-        from jaxgpt.train.metrics import perplexity
-
-        event["val_ppl"] = perplexity(metrics["val"]["loss"])
-        line += f" (ppl {event['val_ppl']:.2f})"
-    return event, line
-
-
 def save_checkpoint(run: ResolvedRun, checkpointer, loop: LoopState, val_loss: float) -> None:
     extra = {"iter_num": loop.iter_num, "best_val_loss": loop.best_val, "model_config": run.model_config.to_dict(),
              "run_config": run.cfg.run_options(), "data_meta": run.prepared.meta, **run.task.batches.state_dict()}
     checkpointer.save(loop.iter_num, loop.train_state, extra, val_loss=val_loss)
-    if _is_main():  # run_config.json follows the newest checkpoint (what a resume continues)
+    if is_main_process():  # run_config.json follows the newest checkpoint (what a resume continues)
         RunDir(run.out_dir).write_run_config(run.cfg.run_options())
 
 
-def _is_main() -> bool:
-    import jax
-
-    return jax.process_index() == 0
-
-
-class _Reporter:
-    """metrics.jsonl, loss.png, the progress bar and the eval lines (process 0 only)."""
-
-    # loss.png is redrawn at most this often (seconds), and always at the end of the run: a plot
-    # costs ~0.5 s (plus ~2 s to import matplotlib once), which dominated short runs' evals.
-    PLOT_EVERY_S = 30.0
-
-    def __init__(self, run: ResolvedRun, resume_iter: Optional[int], initial: int):
-        from jaxgpt.train.metrics import MetricsLog
-
-        self.run, self.active = run, _is_main()
-        self.last_plot = time.monotonic()  # the run's first plot waits too: one point says little
-        self.metrics_path = RunDir(run.out_dir).metrics_path
-        self.log = MetricsLog(self.metrics_path, resume_iter=resume_iter) if self.active else None
-        self.bar = None
-        if self.active and run.cfg.progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=run.cfg.max_iters, initial=initial, unit="it", dynamic_ncols=True)
-
-    def event(self, event: Dict[str, Any]) -> None:
-        if self.log is not None:
-            self.log.write(event)
-
-    def line(self, text: str) -> None:
-        if not self.active:
-            return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def plot(self, final: bool = False) -> None:
-        if not self.active or (not final and time.monotonic() - self.last_plot < self.PLOT_EVERY_S):
-            return
-        self.last_plot = time.monotonic()
-        from jaxgpt.train.metrics import plot_losses
-
-        run = self.run
-        try:
-            plot_losses(self.metrics_path, RunDir(run.out_dir).loss_png,
-                        f"{run.corpus.name} / {run.cfg.tokenizer} / {run.model_config.num_params() / 1e6:.2f}M params")
-        except OSError as exc:  # a full disk: the plot is a convenience, the run goes on
-            print(f"warning: could not write {LOSS_PNG}: {exc.strerror or exc}", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, report: _Reporter, dropout_rng
+def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, report: Reporter, dropout_rng
              ) -> LoopState:
-    """Step 4: train to max_iters, evaluating and checkpointing every eval_interval."""
-    from jaxgpt.train.flops import device_peak_flops, mfu
-    import jax
-
+    """Step 4: train to max_iters. Each iteration runs the due hooks in their fixed order (divergence
+    watch, progress, evaluation, checkpoint, loss plot: jaxgpt.train.hooks), then one train step."""
     cfg = run.cfg
-    A, B, T = cfg.gradient_accumulation_steps, cfg.batch_size, cfg.block_size
-    tokens_per_iter = A * B * T
-    flops_per_token = run.model_config.flops_per_token(T)
-    peak_one, _ = device_peak_flops()
-    # Simulated CPU devices share one host's cores: a CPU's peak is per process, not per device.
-    peak_total = peak_one * (jax.process_count() if jax.devices()[0].platform == "cpu" else jax.device_count())
-    skip_eval_at = loop.iter_num if run.restored is not None else None  # logged before the checkpoint
-    watch = _DivergenceWatch()
-    t_last, tokens_since = time.time(), 0
+    first = loop.iter_num
+    hooks = loop_hooks(run, checkpointer, report, first_iter=first, diverged=TrainingDiverged,
+                       evaluate=lambda params: evaluate_metrics(run, steps, params),
+                       save=lambda state, val_loss: save_checkpoint(run, checkpointer, state, val_loss))
     while True:
-        it = loop.iter_num
-        if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != skip_eval_at:
-            watch.check(run, checkpointer)  # never evaluate, let alone checkpoint, a diverged state
-            metrics_now = evaluate_metrics(run, steps, loop.train_state.params)
-            losses = {split: m["loss"] for split, m in metrics_now.items()}
-            event, line = _eval_event_and_line(it, metrics_now)
-            report.event(event)
-            report.line(line)
-            improved = losses["val"] < loop.best_val
-            loop = dataclasses.replace(loop, best_val=min(loop.best_val, losses["val"]), last_val=losses["val"])
-            if it > 0 and (improved or cfg.always_save_checkpoint):
-                save_checkpoint(run, checkpointer, loop, losses["val"])
-            report.plot(final=it >= cfg.max_iters)
-            t_last, tokens_since = time.time(), 0  # keep eval time out of tokens/s
-        if it >= cfg.max_iters:
-            watch.check(run, checkpointer)
+        loop = run_due_hooks(hooks, loop, first, cfg.max_iters)
+        if loop.iter_num >= cfg.max_iters:
             return loop
         # Dispatch is asynchronous: while the device runs this step, the host goes on to draw and
         # place the next batch. The host waits for the device only at log and eval points.
-        batch = run.task.batches.train_batch(A, B, run.rows)
-        state, metrics = steps.train(loop.train_state, _global(run, batch), dropout_rng)
-        loop = dataclasses.replace(loop, train_state=state, iter_num=it + 1)
-        watch.update(metrics["loss"], loop.iter_num)
-        tokens_since += tokens_per_iter
-        if loop.iter_num % cfg.log_interval == 0 or loop.iter_num == cfg.max_iters:
-            watch.check(run, checkpointer)
-            loss = float(metrics["loss"])
-            tps = tokens_since / max(time.time() - t_last, 1e-9)
-            event = {"iter": loop.iter_num, "train_loss": loss, "lr": float(metrics["lr"]),
-                     "grad_norm": float(metrics["grad_norm"]), "tokens_per_sec": tps,
-                     "mfu": mfu(flops_per_token, tps, peak_total)}
-            report.event(event)
-            if report.bar is not None:
-                report.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{100 * event['mfu']:.1f}%")
-            t_last, tokens_since = time.time(), 0
-        if report.bar is not None:
-            report.bar.update(1)
-
-
-class _DivergenceWatch:
-    """Catches a NaN/inf loss at its iteration without a host sync per step: the first bad
-    iteration and its loss are kept on the device (two tiny asynchronous ops a step) and read at
-    log and eval points, so a diverged state is never evaluated or checkpointed."""
-
-    def __init__(self):
-        import jax.numpy as jnp
-
-        self.first_bad, self.bad_loss = jnp.int32(-1), jnp.float32(0.0)
-
-    def update(self, loss, iteration: int) -> None:
-        import jax.numpy as jnp
-
-        new = (self.first_bad < 0) & ~jnp.isfinite(loss)
-        self.first_bad = jnp.where(new, jnp.int32(iteration), self.first_bad)
-        self.bad_loss = jnp.where(new, loss.astype(jnp.float32), self.bad_loss)
-
-    def check(self, run: ResolvedRun, checkpointer) -> None:
-        first_bad = int(self.first_bad)
-        if first_bad < 0:
-            return
-        last_good = checkpointer.latest_step()
-        raise TrainingDiverged(
-            f"loss became {float(self.bad_loss)} at iteration {first_bad}; stopping. "
-            + (f"The last good checkpoint (iteration {last_good}) in {run.checkpoint_dir} is intact."
-               if last_good is not None else "No checkpoint was written yet."))
+        batch = run.task.batches.train_batch(cfg.gradient_accumulation_steps, cfg.batch_size, run.rows)
+        state, metrics = steps.train(loop.train_state, global_batch_of(run, batch), dropout_rng)
+        loop = dataclasses.replace(loop, train_state=state, iter_num=loop.iter_num + 1, step_metrics=metrics)
 
 
 # ------------------------------------------------------------------------------ the whole run
 
-def _header(run: ResolvedRun) -> None:
-    import jax
-
-    from jaxgpt.train.flops import device_peak_flops
-
-    cfg, prepared = run.cfg, run.prepared
-    data = run.task.describe or (f"{run.corpus.name} ({cfg.tokenizer}, vocab {prepared.tokenizer.vocab_size}, "
-                                 f"{len(prepared.train):,} train / {len(prepared.val):,} val tokens)")
-    print(f"jaxgpt: {run.model_config.num_params() / 1e6:.2f}M params | {data} | mesh "
-          f"{dict(run.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s) | "
-          f"{cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,} tokens/iter")
-    print(f"MFU peak: {device_peak_flops()[1]}")
-    for note in run.notes:
-        print(note)
-
-
 def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, Any]:
     """Run one training job (the steps in the module docstring); returns a summary dict. `setup`
     builds the task (default: pretraining); a task's `finish` hook runs last, under the lock."""
-    import jax
-
-    from jaxgpt.train.checkpoint import Checkpointer
+    from jaxgpt.train.checkpoint import Checkpointer  # orbax takes ~1 s to import: not on `import` (--help, errors)
 
     run = resolve_run(cfg, setup)
     cfg = run.cfg  # with a pretrained model's architecture filled in
     if jax.default_backend() == "cpu":  # a step's freed temporaries stay mapped (jaxgpt.train.host_memory)
-        from jaxgpt.train.host_memory import retain_freed_memory
-
         retain_freed_memory()
     init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.key(cfg.seed), 3)
-    is_main = _is_main()
+    is_main = is_main_process()
     if is_main:
-        _header(run)
+        print_header(run)
     if cfg.eval_only:  # reads only: no lock, nothing written
         loop = initial_loop_state(run, init_rng)
         steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
         losses = evaluate(run, steps, loop.train_state.params)
-        from jaxgpt.train.metrics import perplexity
-
         if is_main:
             print(f"eval: train {losses['train']:.4f}, val {losses['val']:.4f} (val ppl {perplexity(losses['val']):.2f})")
         return {"train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": perplexity(losses["val"]),
@@ -679,8 +509,7 @@ def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, An
             start_run_dir(run)
         loop = initial_loop_state(run, init_rng)
         steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
-        report = _Reporter(run, resume_iter=loop.iter_num if run.restored is not None else None,
-                           initial=loop.iter_num)
+        report = Reporter(run, resume_iter=loop.iter_num if run.restored is not None else None, initial=loop.iter_num)
         t_start = time.time()
         try:
             with Checkpointer(run.checkpoint_dir, keep_last=cfg.keep_checkpoints, keep_best=True) as checkpointer:
@@ -703,24 +532,5 @@ def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, An
         print(f"done: {loop.iter_num} iterations in {elapsed:.1f}s | best val loss {loop.best_val:.4f} | "
               f"checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")
         if cfg.num_samples > 0 and cfg.sample_tokens > 0:
-            summary["samples"] = _print_samples(run, loop.train_state.params, sample_rng)
+            summary["samples"] = print_samples(run, loop.train_state.params, sample_rng)
     return summary
-
-
-def _print_samples(run: ResolvedRun, params, rng) -> List[str]:
-    import jax
-
-    from jaxgpt.sample.decode import generate
-
-    tokenizer, cfg = run.prepared.tokenizer, run.cfg
-    start = [tokenizer.eot_id] if tokenizer.eot_id is not None else tokenizer.encode("\n")
-    prompt = np.array([start] * cfg.num_samples, dtype=np.int32)
-    out = generate(run.model_config, jax.device_get(params), prompt, cfg.sample_tokens, rng=rng, temperature=0.8,
-                   top_k=200)
-    texts = []
-    for row in np.asarray(out):
-        texts.append(tokenizer.decode([int(t) for t in row[len(start):]]))
-        print("-" * 40)
-        print(texts[-1])
-    print("-" * 40)
-    return texts
