@@ -16,7 +16,7 @@ from jaxgpt.data.corpus import BatchSampler
 from jaxgpt.data.sampler_state import int_fields, not_a_state, pcg64_words, restore_pcg64
 from jaxgpt.data.tokenizers import CharTokenizer
 from jaxgpt.files import fetch_once, read_json, write_json_atomic
-from jaxgpt.train.metrics import plot_loss_curves
+from jaxgpt.train.metrics import LossCurve, draw_loss_curves, plot_loss_curves, series_points
 from jaxgpt.train.run_dir import RUN_FILES, RunDir, RunDirError, RunDirLock, clear_run_files
 
 REFUSED_URL = "http://127.0.0.1:9/nothing"  # the discard port: refused at once, no network needed
@@ -170,3 +170,19 @@ def test_one_loss_curve_figure_for_a_run_and_for_several(tmp_path):
         plot_loss_curves([run.path], str(tmp_path / "x.png"), x_axis="steps")
     with pytest.raises(ValueError, match=r"no metrics.jsonl at"):
         plot_loss_curves([str(tmp_path / "nothing")], str(tmp_path / "y.png"))
+
+
+def test_loss_curve_series_are_log_lines_and_finite_evals():
+    events = [{"iter": 10, "train_loss": 3.0, "val_loss": 3.2}, {"iter": 5, "train_loss": 3.5},
+              {"iter": 0, "train_loss": 4.0, "val_loss": 4.1}, {"iter": 6, "train_loss": float("nan")},
+              {"iter": 15, "train_loss": 2.9, "val_loss": float("nan")}, {"iter": 20, "val_loss": 2.8}]
+    assert series_points(events, "train") == [(5, 3.5)]
+    assert series_points(events, "train_eval", scale=32) == [(0, 4.0), (320, 3.0)]
+    assert series_points(events, "val") == [(0, 4.1), (10, 3.2), (20, 2.8)]
+
+
+def test_loss_curve_figure_with_nothing_to_draw_is_still_written(tmp_path):
+    # a run's loss.png is redrawn while it trains: a run with no finite point yet gets empty axes, not an error
+    png = draw_loss_curves([LossCurve("", [{"iter": 0, "train_loss": float("nan")}])], tmp_path / "empty.png",
+                           log_x=True)
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

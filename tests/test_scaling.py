@@ -46,8 +46,9 @@ from jaxgpt.scale.fits import (
     flops,
     group_by_compute,
 )
-from jaxgpt.scale.plots import plot_compute_frontier, plot_isoflop, plot_loss_curves, plot_parametric_residuals
+from jaxgpt.scale.plots import plot_compute_frontier, plot_isoflop, plot_parametric_residuals
 from jaxgpt.scale.report import fit_all, write_fit_json
+from jaxgpt.train.metrics import LossCurve, draw_loss_curves
 
 # The law behind the approach-3 data: Epoch AI's refit of Chinchilla (Besiroglu et al. 2024),
 # a realistic shape where neither the N nor the D term dominates.
@@ -434,19 +435,19 @@ def test_plot_parametric_residuals(tmp_path, grid_data, grid_fit):
     assert_png(tmp_path / "residuals.png")
 
 
-def test_plot_loss_curves(tmp_path):
+def test_draw_loss_curves_of_a_sweep(tmp_path):
     curves = []
     for size in (1e6, 3e6, 1e7, 3e7):
         events = []
         for step in range(0, 2001, 100):
-            tokens = (step + 1) * 65536
-            train = TRUE_LAW.predict(size, tokens)
-            events.append({"iter": step, "tokens": tokens, "train_loss": train})  # a log line
+            train = TRUE_LAW.predict(size, (step + 1) * 65536)
+            events.append({"iter": step, "train_loss": train})  # a log line
             if step % 500 == 0:
-                events.append({"iter": step, "tokens": tokens, "train_loss": train, "val_loss": train * 1.02})
-        curves.append((f"N = {size:.0e}", events))
-    plot_loss_curves(curves, tmp_path / "val.png")
-    plot_loss_curves(curves, tmp_path / "train.png", x_key="iter", loss_key="train_loss", log_x=False)
+                events.append({"iter": step, "train_loss": train, "val_loss": train * 1.02})
+        curves.append(LossCurve(f"N = {size:.0e}", events, 65536))
+    # as the sweep draws loss_curves.png: val loss against tokens seen, log x (iteration 0 left out)
+    draw_loss_curves(curves, tmp_path / "val.png", series=("val",), x_axis="tokens", log_x=True, title="Loss curves")
+    draw_loss_curves(curves, tmp_path / "train.png", series=("train",), x_axis="iteration")
     assert_png(tmp_path / "val.png")
     assert_png(tmp_path / "train.png")
 
@@ -487,9 +488,9 @@ def _n_d_loss(**override):
     (lambda: fit_all([{"N": "big", "D": 1e8, "C": 6e14, "loss": 3.0}]), "N must be numbers"),
     (lambda: bootstrap_frontier(*frontier_runs(), confidence=1.5), "confidence must be in (0, 1), got 1.5"),
     (lambda: fit_all(isoflop_rows(), n_bootstrap=1), "n_bootstrap must be 0 (no intervals) or at least 2, got 1"),
-    (lambda: plot_loss_curves([], "/nonexistent-dir/unused.png"), "curves is empty"),
-    (lambda: plot_loss_curves([("run", [{"iter": 1, "train_loss": 3.0}])], "/nonexistent-dir/unused.png"),
-     "no curve has events with both 'iter' and 'val_loss'"),
+    (lambda: draw_loss_curves([], "/nonexistent-dir/unused.png"), "curves is empty"),
+    (lambda: draw_loss_curves([LossCurve("run", [])], "/nonexistent-dir/unused.png", series=("loss",)),
+     "series must name one or more of ('train', 'train_eval', 'val'), got ('loss',)"),
 ])
 def test_bad_input_raises_one_line_value_error(call, message):
     with pytest.raises(ValueError) as excinfo:

@@ -1,5 +1,6 @@
 """Plots of the scaling-law fits in jaxgpt.scale.fits: the compute frontier, isoFLOP profiles
-(Chinchilla approach 2), the parametric fit's residuals (approach 3), and many runs' loss curves.
+(Chinchilla approach 2) and the parametric fit's residuals (approach 3). A sweep's loss curves are
+the one loss-curve figure, jaxgpt.train.metrics.draw_loss_curves.
 
 Each takes the same plain arrays as its fit (fitting them itself when no fit is passed) and writes
 one PNG, drawn on matplotlib's Agg canvas (no pyplot, no display needed) and saved atomically
@@ -8,9 +9,8 @@ one PNG, drawn on matplotlib's Agg canvas (no pyplot, no display needed) and sav
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -167,40 +167,4 @@ def plot_parametric_residuals(n_params: ArrayLike, n_tokens: ArrayLike, loss: Ar
     ax_res.grid(which="both", alpha=0.25)
     fig.colorbar(points, ax=ax_res, label="training tokens D")
     fig.suptitle(title)
-    _save_png(fig, png_path)
-
-
-def plot_loss_curves(curves: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], png_path: str | os.PathLike, *,
-                     x_key: str | None = None, loss_key: str = "val_loss", log_x: bool = True,
-                     title: str = "Loss curves") -> None:
-    """Loss curves of many runs on one figure.
-
-    curves: (label, events) per run, events being metrics.jsonl dicts. x_key is "tokens" or "iter";
-    None picks "tokens" when every event carrying `loss_key` has it, else "iter". Events without
-    both keys (e.g. log lines when plotting val_loss) are skipped.
-    """
-    if len(curves) == 0:
-        raise ValueError("curves is empty: nothing to plot")
-    if x_key is None:
-        with_loss = [e for _, events in curves for e in events if loss_key in e]
-        x_key = "tokens" if with_loss and all("tokens" in e for e in with_loss) else "iter"
-    fig, (ax,) = _new_figure(width=8.0, height=5.0)
-    plotted = 0
-    for (label, events), color in zip(curves, _colors(len(curves))):
-        points = sorted((float(e[x_key]), float(e[loss_key])) for e in events if x_key in e and loss_key in e)
-        points = [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y) and (x > 0 or not log_x)]
-        if not points:
-            continue
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, "-", marker="o" if len(points) < 30 else None, ms=3, lw=1.4, color=color, label=str(label))
-        plotted += 1
-    if plotted == 0:
-        raise ValueError(f"no curve has events with both {x_key!r} and {loss_key!r}")
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel("training tokens seen" if x_key == "tokens" else "iteration (optimizer steps)")
-    ax.set_ylabel(f"{loss_key.replace('_loss', '').replace('_', ' ')} loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(which="both", alpha=0.25)
-    ax.legend(fontsize=8, ncol=2 if plotted > 8 else 1)
     _save_png(fig, png_path)

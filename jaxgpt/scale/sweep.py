@@ -246,7 +246,7 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
     Approach 3 starts L-BFGS from scaling.SMALL_INIT_GRID (162 starts) unless paper_grid, the
     paper's 4500 (minutes on a CPU)."""
     from jaxgpt.scale import fits as scaling, plots, report
-    from jaxgpt.train.metrics import read_metrics
+    from jaxgpt.train.metrics import LossCurve, draw_loss_curves, read_metrics
 
     fit_rows = [{"N": r["N"], "D": r["D"], "C": r["C"], "loss": r["best_val_loss"],
                  "budget": f"C={r['compute']:.0e}" if "compute" in r else f"D={r.get('tokens', 0):.0e}"}
@@ -276,11 +276,12 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
         events = read_metrics(RunDir(member_dir(out_dir, member)).metrics_path)
         per_iter = (member.options.get("gradient_accumulation_steps", 1) * member.options.get("batch_size", 12)
                     * member.options.get("block_size", 128))
-        evals = [{**e, "tokens": e["iter"] * per_iter} for e in events if "val_loss" in e and e["iter"] > 0]
+        evals = [e for e in events if "val_loss" in e and e["iter"] > 0]
         if evals:
-            curves.append((member.name, evals))
+            curves.append(LossCurve(member.name, evals, per_iter))
     if curves:
-        plots.plot_loss_curves(curves, os.path.join(out_dir, "loss_curves.png"), x_key="tokens")
+        draw_loss_curves(curves, os.path.join(out_dir, "loss_curves.png"), series=("val",), x_axis="tokens",
+                         log_x=True, title="Loss curves")
     return result
 
 

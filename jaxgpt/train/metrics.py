@@ -1,12 +1,13 @@
-"""metrics.jsonl (one JSON object per event) and the loss-curve figure drawn from it: the one
-plot_loss_curves that draws a run's loss.png (plot_losses) and `python -m jaxgpt.viz --what=loss`."""
+"""metrics.jsonl (one JSON object per event) and the one loss-curve figure drawn from such events:
+draw_loss_curves (runs in memory: a sweep's loss_curves.png) and plot_loss_curves, its reader of runs
+on disk (a run's loss.png through plot_losses, `python -m jaxgpt.viz --what=loss`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from jaxgpt.files import read_json_object, save_figure_atomic
 from jaxgpt.train.run_dir import METRICS_FILE, RunDir
@@ -78,15 +79,103 @@ def _run_files(path) -> Tuple[str, str]:
     return path, RunDir(os.path.dirname(os.path.abspath(path))).run_config_path
 
 
-def plot_loss_curves(metrics_paths_or_dirs, png_path, labels: Optional[Sequence[str]] = None, title: str = "",
-                     *, x_axis: str = "tokens", eval_train: bool = False) -> str:
-    """The loss-curve figure, of one run or several: train loss per logged batch (thin line) and
-    val loss at evals (markers), plus with eval_train the train loss at evals. x_axis="tokens":
-    tokens seen (iteration * tokens per iteration from each run's run_config.json; the iteration
-    for all runs if one has none); "iteration": the iteration. One run draws each series in its own
-    colour, several runs each run in its own. Written atomically; returns png_path."""
+class LossCurve(NamedTuple):
+    """One run's curve for draw_loss_curves: its legend label, its metrics events, and the tokens
+    per iteration that turn iterations into tokens seen (None when unknown)."""
+
+    label: str
+    events: Sequence[Mapping[str, Any]]
+    tokens_per_iter: Optional[int] = None
+
+
+# The series a run's events hold: train loss per logged batch, train loss at evals, val loss at evals.
+SERIES = ("train", "train_eval", "val")
+_SERIES_STYLE = {"train": ("-", dict(lw=1.0, alpha=0.55)), "train_eval": ("s-", dict(ms=4)),
+                 "val": ("o--", dict(ms=4))}  # (format, keywords) for ax.plot
+
+
+def series_points(events: Sequence[Mapping[str, Any]], series: str, scale: int = 1) -> List[Tuple[float, float]]:
+    """(iteration * scale, loss) of one series of a run's events, in x order. Log lines are the events
+    without val_loss; an eval whose val loss is not finite is left out whole; so is any non-finite loss."""
+    evals = [e for e in events if "val_loss" in e and math.isfinite(e["val_loss"])]
+    if series == "train":
+        rows, key = [e for e in events if "val_loss" not in e], "train_loss"
+    else:
+        rows, key = evals, "train_loss" if series == "train_eval" else "val_loss"
+    points = [(e["iter"] * scale, e[key]) for e in rows if math.isfinite(e.get(key, math.nan))]
+    return sorted(points, key=lambda point: point[0])
+
+
+def _series_label(series: str, drawn: Sequence[str]) -> str:
+    """A series' name in the legend (and on the y axis when it is drawn alone)."""
+    if series == "train":
+        return "train (batch)" if "train_eval" in drawn else "train"
+    return "train (eval)" if series == "train_eval" else "val"
+
+
+def draw_loss_curves(curves: Sequence[LossCurve], png_path, *, series: Sequence[str] = ("train", "val"),
+                     x_axis: str = "tokens", log_x: bool = False, title: str = "loss curves") -> str:
+    """The loss-curve figure: the chosen series (SERIES) of one run or many. x_axis="tokens": tokens
+    seen (iteration * tokens per iteration; the iteration for all runs if one has none); "iteration":
+    the iteration. log_x leaves out points at x <= 0. One run draws each series in its own colour,
+    several runs each run in its own; with one series the legend names the runs only. Written
+    atomically; returns png_path."""
+    if len(curves) == 0:
+        raise ValueError("curves is empty: nothing to plot")
     if x_axis not in ("tokens", "iteration"):
         raise ValueError(f"x_axis must be 'tokens' or 'iteration', got {x_axis!r}")
+    if not series or any(s not in SERIES for s in series):
+        raise ValueError(f"series must name one or more of {SERIES}, got {tuple(series)!r}")
+    by_tokens = x_axis == "tokens" and all(c.tokens_per_iter is not None for c in curves)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy (seconds): not with the training loop
+    from matplotlib.figure import Figure  # (matplotlib, as above)
+    from matplotlib.ticker import EngFormatter  # (matplotlib, as above)
+
+    fig = Figure(figsize=(8, 4.5), dpi=100, layout="tight")
+    FigureCanvasAgg(fig)  # an Agg canvas of its own: no pyplot state, no display
+    ax = fig.subplots()
+    colors = _run_colors(len(curves))
+    for i, curve in enumerate(curves):
+        prefix = f"{curve.label} " if curve.label else ""
+        for s in series:
+            points = series_points(curve.events, s, curve.tokens_per_iter if by_tokens else 1)
+            points = [(x, y) for x, y in points if x > 0 or not log_x]
+            if not points:
+                continue
+            label = curve.label if len(series) == 1 and curve.label else prefix + _series_label(s, series)
+            color = colors[SERIES.index(s)] if len(curves) == 1 else colors[i]
+            fmt, style = _SERIES_STYLE[s]
+            ax.plot(*zip(*points), fmt, color=color, label=label, **style)
+    if log_x:
+        ax.set_xscale("log")
+    if by_tokens and not log_x:  # a log axis keeps its own labels (10^5, 4x10^4), one style for all ticks
+        ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_xlabel("tokens seen" if by_tokens else "iteration")
+    ax.set_ylabel(f"{_series_label(series[0], series)} loss (nats/token)" if len(series) == 1
+                  else "cross-entropy loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(which="both", alpha=0.3)  # "both": a log x axis has minor ticks too
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, ncol=2 if len(ax.lines) > 8 else 1)
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    return save_figure_atomic(fig, os.fspath(png_path), format="png")
+
+
+def _run_colors(count: int) -> List[Any]:
+    """matplotlib's colour cycle, or a viridis gradient for more runs than it has colours (no two alike)."""
+    import matplotlib  # (heavy, as in draw_loss_curves)
+
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    if count <= len(cycle):
+        return cycle
+    return [matplotlib.colormaps["viridis"](0.9 * i / (count - 1)) for i in range(count)]  # 0.9: not the pale end
+
+
+def plot_loss_curves(metrics_paths_or_dirs, png_path, labels: Optional[Sequence[str]] = None, title: str = "",
+                     *, x_axis: str = "tokens", eval_train: bool = False) -> str:
+    """The loss-curve figure (draw_loss_curves) of runs on disk: train loss per logged batch and val
+    loss at evals, plus with eval_train the train loss at evals. Each path is a run directory or
+    its metrics.jsonl; tokens per iteration come from the run's run_config.json. Returns png_path."""
     if isinstance(metrics_paths_or_dirs, (str, os.PathLike)):
         metrics_paths_or_dirs = [metrics_paths_or_dirs]
     runs = []
@@ -99,48 +188,12 @@ def plot_loss_curves(metrics_paths_or_dirs, png_path, labels: Optional[Sequence[
         labels = [os.path.basename(os.path.normpath(os.fspath(p))) or os.fspath(p) for p in metrics_paths_or_dirs]
     if len(labels) != len(runs):
         raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
-    by_tokens = all(tpi is not None for _, tpi in runs)
-    import matplotlib  # heavy (seconds): imported when a figure is drawn, not with the training loop
+    import matplotlib  # (heavy, as in draw_loss_curves)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # (matplotlib, as above)
-    from matplotlib.ticker import EngFormatter  # (matplotlib, as above)
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, ((events, tpi), label) in enumerate(zip(runs, labels)):
-        # (train batches, train at evals, val): one run's in three colours, several runs' in one each
-        color = colors[:3] if len(runs) == 1 else [colors[i % len(colors)]] * 3
-        _draw_run(ax, events, tpi if by_tokens else 1, f"{label} " if label else "", color, eval_train)
-    if by_tokens:
-        ax.xaxis.set_major_formatter(EngFormatter())
-    ax.set_xlabel("tokens seen" if by_tokens else "iteration")
-    ax.set_ylabel("cross-entropy loss (nats/token)")
-    ax.set_title(title or "loss curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-        return save_figure_atomic(fig, os.fspath(png_path), format="png")
-    finally:
-        plt.close(fig)
-
-
-def _draw_run(ax, events: List[Dict], scale: int, prefix: str, color: Sequence[str], eval_train: bool) -> None:
-    """One run's series on ax: x is the iteration times `scale`; labels start with `prefix`."""
-    logs = [e for e in events if "val_loss" not in e and math.isfinite(e.get("train_loss", math.nan))]
-    evals = [e for e in events if "val_loss" in e and math.isfinite(e["val_loss"])]
-    if logs:
-        ax.plot([e["iter"] * scale for e in logs], [e["train_loss"] for e in logs], lw=1.0, alpha=0.55,
-                color=color[0], label=f"{prefix}train" + (" (batch)" if eval_train else ""))
-    evals_train = [e for e in evals if math.isfinite(e.get("train_loss", math.nan))] if eval_train else []
-    if evals_train:
-        ax.plot([e["iter"] * scale for e in evals_train], [e["train_loss"] for e in evals_train], "s-", ms=4,
-                color=color[1], label=f"{prefix}train (eval)")
-    if evals:
-        ax.plot([e["iter"] * scale for e in evals], [e["val_loss"] for e in evals], "o--", ms=4,
-                color=color[2], label=f"{prefix}val")
+    matplotlib.use("Agg")  # kept as it was: the process's backend is settled elsewhere, not in this figure
+    curves = [LossCurve(label, events, tpi) for label, (events, tpi) in zip(labels, runs)]
+    series = ("train", "train_eval", "val") if eval_train else ("train", "val")
+    return draw_loss_curves(curves, png_path, series=series, x_axis=x_axis, title=title or "loss curves")
 
 
 def plot_losses(metrics_path: str, png_path: str, title: str = "") -> None:
