@@ -1,7 +1,9 @@
 """The package's layout rules, read from its source with ast: the core never imports the course (nor
 at run time, in a fresh process), no module imports another module's private name, and no two
 modules import each other, directly or around a loop. Imports inside functions count: a lazy
-import is still an import. The last test feeds the checks made-up modules that break each rule."""
+import is still an import. A module's `if __name__ == "__main__":` block does not: it runs only when
+the module is the program (`python -m ...`), never when it is imported. The last test feeds the
+checks made-up modules that break each rule."""
 
 import ast
 import subprocess
@@ -37,11 +39,25 @@ def _absolute(name: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def is_main_block(node: ast.AST) -> bool:
+    """`if __name__ == "__main__":`"""
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__")
+
+
+def module_nodes(tree: ast.Module) -> List[ast.AST]:
+    """Every node of the module, less its `if __name__ == "__main__":` blocks."""
+    skipped = {id(sub) for node in tree.body if is_main_block(node) for sub in ast.walk(node)}
+    return [node for node in ast.walk(tree) if id(node) not in skipped]
+
+
 def imports_of(name: str, modules: Modules) -> List[Tuple[str, ast.AST]]:
     """(imported module, the import node) for every import of the package's own modules in `name`."""
     tree, is_package = modules[name]
     found = []
-    for node in ast.walk(tree):
+    for node in module_nodes(tree):
         if isinstance(node, ast.Import):
             found += [(alias.name, node) for alias in node.names if alias.name in modules]
         elif isinstance(node, ast.ImportFrom):
@@ -184,11 +200,16 @@ def test_the_checks_catch_what_they_look_for():
         "pkg.b": ("from .c import _secret", False),
         "pkg.c": ("from pkg import a", False),
         "pkg.__main__": ("import pkg.course.toy", False),
+        "pkg.tool": ("import pkg.d\n\nif __name__ == '__main__':\n    import pkg.d_cli", False),
+        "pkg.d_cli": ("import pkg.tool", False),  # the tool's __main__ block imports it: not a cycle
+        "pkg.d": ("import pkg.tool", False),  # a real cycle: tool <-> d
     }
     modules = {name: (ast.parse(src), is_package) for name, (src, is_package) in sources.items()}
     graph = import_graph(modules)
     assert graph["pkg.a"] == {"pkg.b", "pkg.course.toy"} and graph["pkg.b"] == {"pkg.c"}
     assert private_imports(modules) == ["pkg.a: pkg.b._hidden", "pkg.b: from pkg.c import _secret"]
-    assert import_cycles(graph) == [["pkg.a", "pkg.b", "pkg.c", "pkg.course.toy"]]  # a -> b -> c -> a, a <-> toy
+    assert graph["pkg.tool"] == {"pkg.d"}
+    assert import_cycles(graph) == [["pkg.a", "pkg.b", "pkg.c", "pkg.course.toy"],  # a -> b -> c -> a, a <-> toy
+                                    ["pkg.d", "pkg.tool"]]
     assert import_cycles({"x": {"y"}, "y": set()}) == []
     assert course_imports_in_core(modules, "pkg.course") == ["pkg.a imports pkg.course.toy"]  # __main__: an entry point

@@ -34,6 +34,7 @@ from jaxgpt.train.hooks import (LoopState, Reporter, is_main_process, loop_hooks
                                 run_due_hooks)
 from jaxgpt.train.host_memory import retain_freed_memory
 from jaxgpt.train.metrics import perplexity
+from jaxgpt.train.resolved import ResolvedRun, Restored
 from jaxgpt.train.run_dir import RunDir, RunDirLock, check_out_dir, clear_run_files
 from jaxgpt.train.step import init_train_state, make_eval_step, make_train_step
 
@@ -153,38 +154,6 @@ def prepare_data(cfg: TrainConfig):
 
 
 # ---------------------------------------------------------------------- step 1: resolve the run
-
-@dataclasses.dataclass(frozen=True)
-class Restored:
-    step: int
-    state: Any  # TrainState on the run's mesh
-    extra: Dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class ResolvedRun:
-    """Everything a run needs, validated; nothing has been written to out_dir yet."""
-    cfg: TrainConfig
-    corpus: Any
-    prepared: Any
-    model_config: Any
-    task: Any
-    mesh: Any
-    rows: slice
-    optimizer: Any
-    schedule: Callable
-    pretrained_params: Any
-    restored: Optional[Restored]
-    notes: List[str]
-
-    @property
-    def out_dir(self) -> str:
-        return self.cfg.out_dir
-
-    @property
-    def checkpoint_dir(self) -> str:
-        return _checkpoint_dir(self.cfg.out_dir)
-
 
 def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
     """A new run may not silently replace one that has checkpoints."""
