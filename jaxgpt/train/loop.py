@@ -355,13 +355,10 @@ def start_run_dir(run: ResolvedRun) -> None:
     """Under the lock: --overwrite's deletions, then the files a fresh run starts with."""
     cfg, run_dir = run.cfg, RunDir(run.cfg.out_dir)
     if run.restored is not None:  # a resumed run's files were checked in resolve_run and stay
-        later = [s for s in run_dir.checkpoint_steps() if s > run.restored.step]
-        if later:  # --resume_step: the run goes on from there; later steps are kept aside, not deleted
-            aside = run_dir.set_aside_dir
-            os.makedirs(aside, exist_ok=True)
-            for step in later:
-                os.replace(os.path.join(run.checkpoint_dir, str(step)), os.path.join(aside, f"{step}-{int(time.time())}"))
-            print(f"resume: continuing from checkpoint {run.restored.step}; later checkpoint(s) {later} moved to {aside}")
+        later = run_dir.set_aside_checkpoints_after(run.restored.step)  # --resume_step: kept aside, not deleted
+        if later:
+            print(f"resume: continuing from checkpoint {run.restored.step}; later checkpoint(s) {later} moved to "
+                  f"{run_dir.set_aside_dir}")
         return
     if cfg.overwrite:
         removed = clear_run_files(cfg.out_dir)

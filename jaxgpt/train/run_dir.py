@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from typing import Any, Dict, List, Optional
 
 from jaxgpt.cli import ConfigError
@@ -140,6 +141,17 @@ class RunDir:
     def checkpoint_steps(self) -> List[int]:
         """Steps of the committed checkpoints, ascending (orbax's temporary folders excluded)."""
         return committed_steps(self.checkpoint_dir)
+
+    def set_aside_checkpoints_after(self, step: int) -> List[int]:
+        """Move the checkpoints later than `step` into set_aside_dir (as `<step>-<unix time>`), so a
+        run resumed from `step` goes on from there without deleting them; returns their steps."""
+        later = [s for s in self.checkpoint_steps() if s > step]
+        if later:
+            os.makedirs(self.set_aside_dir, exist_ok=True)
+            stamp = int(time.time())
+            for s in later:
+                os.replace(os.path.join(self.checkpoint_dir, str(s)), os.path.join(self.set_aside_dir, f"{s}-{stamp}"))
+        return later
 
     def latest_step(self) -> Optional[int]:
         steps = self.checkpoint_steps()
