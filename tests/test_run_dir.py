@@ -61,7 +61,7 @@ def test_unreadable_metadata_is_one_line_naming_the_file(tmp_path):
 
 def test_checkpoint_steps_count_only_committed_folders(tmp_path):
     run = RunDir(tmp_path)
-    assert run.checkpoint_steps() == [] and run.latest_step() is None and run.best_step() is None
+    assert run.checkpoint_steps() == [] and run.latest_step() is None
     for name in ("10", "250", "30.orbax-checkpoint-tmp-1", "notes"):
         os.makedirs(os.path.join(run.checkpoint_dir, name))
     open(os.path.join(run.checkpoint_dir, "40"), "w").close()  # a file, not a step

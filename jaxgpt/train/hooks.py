@@ -27,7 +27,7 @@ import dataclasses
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +37,8 @@ from tqdm.auto import tqdm
 from jaxgpt.sample.decode import generate
 from jaxgpt.train.flops import device_peak_flops, mfu
 from jaxgpt.train.metrics import MetricsLog, perplexity, plot_losses
+from jaxgpt.train.resolved import ResolvedRun
 from jaxgpt.train.run_dir import LOSS_PNG, RunDir
-
-if TYPE_CHECKING:  # for annotations only: jaxgpt.train.loop imports this module
-    from jaxgpt.train.loop import ResolvedRun
 
 __all__ = ["LoopState", "Hook", "run_due_hooks", "loop_hooks", "Reporter", "DivergenceWatch", "Throughput",
            "eval_event_and_line", "is_main_process", "print_header", "print_samples"]

@@ -5,7 +5,7 @@ metadata, its checkpoint bookkeeping, and who may write it. No other module spel
     run.checkpoint_dir, run.metrics_path, run.loss_png, ...    # where each file is
     run.write_run_config(cfg.run_options()); run.read_run_config()   # ConfigError naming the file
     run.write_tokenizer(tok); run.read_tokenizer()                     # TokenizerError
-    run.checkpoint_steps(), run.latest_step(), run.best_step()
+    run.checkpoint_steps(), run.latest_step()      # the best step: jaxgpt.train.checkpoint (orbax's records)
 
 One writer at a time: `RunDirLock` takes an exclusive `fcntl.flock` on `<out_dir>/.lock`
 (jaxgpt.files.FileLock). The kernel drops the lock when its process dies, however it dies, so a
@@ -144,17 +144,6 @@ class RunDir:
     def latest_step(self) -> Optional[int]:
         steps = self.checkpoint_steps()
         return steps[-1] if steps else None
-
-    def best_step(self) -> Optional[int]:
-        """The step with the lowest recorded val_loss, else the latest (None without a checkpoint):
-        the "best" checkpoint that inference and a fine-tuning backbone read."""
-        if not self.checkpoint_steps():
-            return None
-        # orbax reads the recorded losses: heavy, and jaxgpt.train.checkpoint asks this module for its folder
-        from jaxgpt.train.checkpoint import Checkpointer
-
-        with Checkpointer(self.checkpoint_dir, read_only=True) as ckpt:
-            return ckpt.resolve_step(ckpt.best_step())
 
 
 def _nearest_existing(path: str) -> str:
