@@ -24,7 +24,7 @@ import os
 import urllib.error
 import urllib.request
 import zipfile
-from typing import Any, Callable, Dict, Iterator, Optional, Type
+from typing import Any, Callable, Dict, Optional, Type
 
 __all__ = ["AtomicFile", "atomic_write", "write_bytes_atomic", "write_json_atomic", "save_figure_atomic", "read_json",
            "read_json_object", "sha256_of_file", "fetch", "fetch_once", "FileLock", "temporary_path"]
@@ -239,7 +239,7 @@ class FileLock:
         return self
 
     def release(self) -> None:
-        import fcntl
+        import fcntl  # POSIX only, as in acquire
 
         if self._fd is None:
             return

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from etils import epath
 
-from jaxgpt.train.checkpoint import CheckpointError, Checkpointer, load_inference_params
+from jaxgpt.train.checkpoint import CheckpointError, Checkpointer, best_checkpoint_step, load_inference_params
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.model.gpt import GPT
 from jaxgpt.train.optim import make_optimizer
+from jaxgpt.train.run_dir import RunDir
 from jaxgpt.train.step import TrainState, create_train_state
 
 # A failed tensorstore read/write can leave a callback that fires on orbax's already-closed
@@ -100,6 +101,19 @@ def test_keep_last_without_best(tmp_path, states):
     for step, loss in [(1, 0.1), (2, 5.0), (3, 6.0)]:
         ckpt.save(step, states[1], {}, val_loss=loss)
     assert ckpt.all_steps() == [3]
+
+
+def test_best_checkpoint_step_of_a_run_directory(tmp_path, states):
+    """The lowest recorded val_loss, else the latest; None without a checkpoint."""
+    ranked, unranked = RunDir(tmp_path / "ranked"), RunDir(tmp_path / "unranked")
+    assert best_checkpoint_step(ranked.path) is None
+    with Checkpointer(ranked.checkpoint_dir, keep_best=True) as ckpt:
+        for step, loss in [(1, 3.0), (2, 1.0), (3, 2.0)]:
+            ckpt.save(step, states[1], {}, val_loss=loss)
+    with Checkpointer(unranked.checkpoint_dir) as ckpt:
+        for step in (1, 3):
+            ckpt.save(step, states[1], {})
+    assert (best_checkpoint_step(ranked.path), best_checkpoint_step(unranked.path)) == (2, 3)
 
 
 def test_nan_loss_never_best_and_existing_step_not_overwritten(tmp_path, states):

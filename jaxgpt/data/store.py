@@ -70,7 +70,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from jaxgpt.data.corpus import BatchSampler, DataError
-from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, TokenizerError, load_tokenizer
+from jaxgpt.data.tokenizers import Tokenizer, TokenizerError, load_tokenizer
 from jaxgpt.files import read_json_object, sha256_of_file
 
 FORMAT = "jaxgpt.shards"

@@ -25,7 +25,6 @@ from jaxgpt.data.store import (
     FORMAT_VERSION,
     LOCK_FILE,
     MANIFEST,
-    TOKENIZER_FILE,
     ShardedTokens,
     read_json_or_none,
     token_dtype,
@@ -47,6 +46,7 @@ from jaxgpt.data.store_write import (
 )
 from jaxgpt.data.tokenizers import (
     DEFAULT_BPE_VOCAB_SIZE,
+    TOKENIZER_FILE,
     BPETokenizer,
     Tokenizer,
     TokenizerError,

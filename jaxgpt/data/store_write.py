@@ -27,10 +27,9 @@ from jaxgpt.data.store import (
     PROGRESS_DIR,
     SHARD_FILE_RE,
     SPLITS,
-    TOKENIZER_FILE,
     read_json_or_none,
 )
-from jaxgpt.data.tokenizers import Tokenizer
+from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer
 from jaxgpt.files import AtomicFile, sha256_of_file, write_json_atomic
 
 _TMP_RE = re.compile(r"\.tmp\d+$")  # the temporaries of jaxgpt.files and of ShardWriter: <name>.tmp<pid>

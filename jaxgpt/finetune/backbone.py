@@ -14,13 +14,16 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Sequence
 
 from jaxgpt.cli import ConfigError
 from jaxgpt.model.config import GPTConfig
+from jaxgpt.model.pretrained import HUB_NAMES, PretrainedError, load_pretrained
 from jaxgpt.data.corpus import default_cache_dir
-from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, TokenizerError
+from jaxgpt.data.tokenizers import TOKENIZER_FILE, GPT2Tokenizer, Tokenizer, TokenizerError
 from jaxgpt.files import atomic_write
+from jaxgpt.train.config import TrainConfig
+from jaxgpt.train.loop import train
 from jaxgpt.train.run_dir import RunDir
 
 __all__ = ["Backbone", "load_backbone", "pretrained_backbone"]
@@ -35,6 +38,7 @@ class Backbone:
 
 
 def _from_run_dir(path: str) -> Backbone:
+    # orbax takes ~1 s to import; keeps --help fast
     from jaxgpt.train.checkpoint import CheckpointError, load_inference_params
 
     run_dir = RunDir(path)
@@ -54,9 +58,6 @@ def _from_run_dir(path: str) -> Backbone:
 
 def load_backbone(init_from: str) -> Backbone:
     """A train.py out_dir, or an HF GPT-2 directory / hub name."""
-    from jaxgpt.model.pretrained import HUB_NAMES, PretrainedError, load_pretrained
-    from jaxgpt.data.tokenizers import GPT2Tokenizer
-
     path = os.path.expanduser(init_from)
     if os.path.isdir(path) and RunDir(path).holds_a_run():
         return _from_run_dir(path)
@@ -75,9 +76,6 @@ def load_backbone(init_from: str) -> Backbone:
 
 def pretrained_backbone(cfg, train_texts: Sequence[str], notes: List[str]) -> Backbone:
     """`--init_from=pretrain`: the cached backbone for these options, pretrained first if absent."""
-    from jaxgpt.train.config import TrainConfig
-    from jaxgpt.train.loop import train
-
     cache = cfg.data_dir or default_cache_dir()
     if cfg.pretrain_dataset == "task":
         text = "\n".join(train_texts) + "\n"

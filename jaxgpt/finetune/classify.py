@@ -32,9 +32,12 @@ from jaxgpt.data.sampler_state import pcg64_words, restore_pcg64
 from jaxgpt.finetune.classify_data import Splits
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.model.gpt import GPT, cross_entropy_loss
+from jaxgpt.train import sharding
+from jaxgpt.train.metrics import read_metrics
 from jaxgpt.train.run_dir import RunDir
 from jaxgpt.train.tasks import Task
 from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
+from jaxgpt.viz.figures import plot_confusion_matrix
 
 __all__ = ["TRAINABLE", "POOLINGS", "Encoded", "encode_texts", "pool", "classifier_init", "classifier_logits",
            "classification_loss", "next_token_loss", "trainable_mask", "ClassifyBatches", "classification_metrics",
@@ -356,9 +359,7 @@ def _finish(labels: Sequence[str]):
     confusion_matrix.png."""
 
     def finish(run, steps, loop, log_event) -> Dict[str, Any]:
-        from jaxgpt.train.checkpoint import Checkpointer
-        from jaxgpt.train.metrics import read_metrics
-        from jaxgpt.train.sharding import with_shardings
+        from jaxgpt.train.checkpoint import Checkpointer  # orbax takes ~1 s to import; keeps --help fast
 
         params = loop.train_state.params
         best = None
@@ -366,8 +367,8 @@ def _finish(labels: Sequence[str]):
         with Checkpointer(run.checkpoint_dir, keep_best=True, read_only=True) as ckpt:
             best = ckpt.best_step()
             if best is not None and best != loop.iter_num:
-                abstract = with_shardings(jax.eval_shape(run.task.init_params, jax.random.key(0)),
-                                          jax.tree_util.tree_map(lambda x: x.sharding, params))
+                abstract = sharding.with_shardings(jax.eval_shape(run.task.init_params, jax.random.key(0)),
+                                                   jax.tree_util.tree_map(lambda x: x.sharding, params))
                 params = ckpt.restore_params(abstract, best)
         batch = run.task.batches.eval_batch("test", 0, run.cfg.batch_size, run.rows)
         result = steps.eval(params, _global(run, batch))
@@ -384,8 +385,6 @@ def _finish(labels: Sequence[str]):
         before = next((e.get("val_accuracy") for e in events if e.get("iter") == 0 and "val_accuracy" in e), None)
         best_val = next((e.get("val_accuracy") for e in events if e.get("iter") == event["checkpoint"]
                          and "val_accuracy" in e), None)
-        from jaxgpt.viz.figures import plot_confusion_matrix
-
         png = plot_confusion_matrix(confusion, list(labels), RunDir(run.out_dir).confusion_png,
                                     title=f"test split, checkpoint {event['checkpoint']} "
                                           f"(accuracy {test['accuracy']:.4f})")
@@ -400,8 +399,6 @@ def _finish(labels: Sequence[str]):
 
 
 def _global(run, batch):
-    from jaxgpt.train import sharding
-
     return tuple(sharding.global_batch(run.mesh, x) for x in batch)
 
 
@@ -410,7 +407,7 @@ def _global(run, batch):
 def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> List[Dict[str, float]]:
     """Label probabilities for each text, from a finetune.py classification run directory
     (its tokenizer, labels, pooling and the best-val checkpoint)."""
-    from jaxgpt.train.checkpoint import Checkpointer
+    from jaxgpt.train.checkpoint import Checkpointer  # orbax takes ~1 s to import; keeps --help fast
 
     run_dir = RunDir(out_dir)
     options = run_dir.read_run_config()

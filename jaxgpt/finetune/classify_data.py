@@ -24,7 +24,9 @@ import hashlib
 import io
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+import platform
+import sysconfig
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -197,9 +199,6 @@ def _table(path: str, text_column: str, label_column: str) -> LabeledTexts:
 
 def _cached(name: str, build, cache_dir: Optional[str]) -> LabeledTexts:
     """The embedded task, parsed once per interpreter's stdlib (a few seconds) and kept as JSON."""
-    import platform
-    import sysconfig
-
     key = hashlib.sha256(f"{name}|{platform.python_version()}|{sysconfig.get_paths()['stdlib']}".encode()).hexdigest()
     path = os.path.join(cache_dir or default_cache_dir(), "classify", f"{name}-{key[:12]}.json")
     if os.path.isfile(path):

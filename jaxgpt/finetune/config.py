@@ -12,11 +12,22 @@ architecture and tokenizer, the run's computation and length (jaxgpt.train.confi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Any, Dict, List, Optional
 
+import jax
+
 from jaxgpt.cli import ConfigError
+from jaxgpt.data.tokenizers import TokenizerError, build_tokenizer
+from jaxgpt.finetune import backbone as backbone_lib
+from jaxgpt.finetune import classify_data, instruct
+from jaxgpt.finetune.classify import classification_task, prepare_splits
+from jaxgpt.model.config import GPTConfig
 from jaxgpt.train.config import INVOCATION, TrainConfig, adopt_backbone, option_field
+from jaxgpt.train.loop import TaskSetup, check_resume_compatible, model_config_from_options
+from jaxgpt.train.run_dir import RunDir
 
 __all__ = ["FinetuneConfig", "SETUPS", "setup_for", "classify_setup", "fit_backbone"]
 
@@ -96,9 +107,6 @@ class FinetuneConfig(TrainConfig):
 
 def _resumed_tokenizer(cfg):
     """The tokenizer a resumed run was trained with (its out_dir's tokenizer.json)."""
-    from jaxgpt.data.tokenizers import TokenizerError
-    from jaxgpt.train.run_dir import RunDir
-
     try:
         return RunDir(cfg.out_dir).read_tokenizer()
     except (TokenizerError, OSError) as exc:
@@ -129,13 +137,6 @@ def fit_backbone(cfg: FinetuneConfig, backbone):
 
 def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, Any]]):
     """Data (validated first: a bad file fails before any pretraining), backbone, task."""
-    from jaxgpt.finetune import backbone as backbone_lib
-    from jaxgpt.finetune import classify_data
-    from jaxgpt.finetune.classify import classification_task, prepare_splits
-    from jaxgpt.model.config import GPTConfig
-    from jaxgpt.data.tokenizers import build_tokenizer
-    from jaxgpt.train.loop import TaskSetup, check_resume_compatible, model_config_from_options
-
     dataset = classify_data.EMBEDDED if cfg.dataset == "embedded" else cfg.dataset
     data = classify_data.load_labeled(dataset, cfg.text_column, cfg.label_column, cfg.data_dir or None)
     splits = classify_data.make_splits(data, cfg.data_seed, cfg.val_fraction, cfg.test_fraction, cfg.balance)
@@ -201,14 +202,6 @@ class _Source:
 def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, Any]]):
     """Records (validated first), backbone, the SFT task of jaxgpt.finetune.instruct; its finish writes
     responses.jsonl and the test metrics (test_exact_match for the embedded task)."""
-    import hashlib
-    import json
-
-    from jaxgpt.finetune import backbone as backbone_lib
-    from jaxgpt.finetune import instruct
-    from jaxgpt.model.config import GPTConfig
-    from jaxgpt.train.loop import TaskSetup, check_resume_compatible, model_config_from_options
-
     dataset = "embedded" if cfg.dataset in ("embedded", "stdlib_lines") else cfg.dataset
     options = dict(template=cfg.template, max_length=cfg.block_size, mask_prompt=cfg.mask_prompt,
                    split_seed=cfg.data_seed, n_per_kind=cfg.n_per_kind, cache_dir=cfg.data_dir or None)
@@ -238,8 +231,6 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
         check_resume_compatible(cfg, extra, corpus, prepared, notes)
 
     def finish(run, steps, loop, log_event):
-        import jax
-
         metrics = instruct.finish(run.model_config, loop.train_state.params, data, run.out_dir)
         log_event({"iter": loop.iter_num, **metrics})
         if jax.process_index() == 0:
@@ -256,9 +247,4 @@ SETUPS = {"classify": classify_setup, "sft": sft_setup}
 
 
 def setup_for(cfg: FinetuneConfig):
-    if cfg.task == "sft":
-        try:
-            import jaxgpt.finetune.instruct  # noqa: F401  (the SFT library; see its module docstring)
-        except ImportError:
-            raise ConfigError("--task=sft needs jaxgpt.finetune.instruct, which this build lacks") from None
     return SETUPS[cfg.task]

@@ -41,8 +41,9 @@ from jaxgpt.model.config import GPTConfig
 from jaxgpt.data.corpus import DataError
 from jaxgpt.data.sampler_state import int_fields, not_a_state
 from jaxgpt.files import atomic_write, read_json, write_json_atomic
-from jaxgpt.finetune.instruct_data import SPLITS, Record
+from jaxgpt.finetune.instruct_data import SPLITS, Record, resolve_records, split_records
 from jaxgpt.model.gpt import GPT
+from jaxgpt.sample.decode import generate
 from jaxgpt.train.run_dir import RESPONSES_FILE, SFT_CONFIG_FILE, RunDir
 from jaxgpt.train.tasks import Task, lm_loss, model_init
 from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
@@ -246,8 +247,6 @@ def load_sft_data(dataset: str = "embedded", tokenizer: Optional[Tokenizer] = No
     embedded ones are drawn with split_seed too), the 85/10/5 content split, the encoding.
     tokenizer: the backbone's; None builds a char vocabulary for them (char_tokenizer_for),
     for a model trained from scratch."""
-    from jaxgpt.finetune.instruct_data import resolve_records, split_records
-
     records, source = resolve_records(dataset, cache_dir, n_per_kind=n_per_kind, seed=split_seed)
     if tokenizer is None:
         tokenizer = char_tokenizer_for(records, template)
@@ -359,8 +358,6 @@ def respond(model_config: GPTConfig, params, tokenizer: Tokenizer, template: Tem
     batch_size by jaxgpt.sample.decode.generate (one compiled loop per batch, stopping at eos), cut
     at the first eos. Greedy by default. The last batch is filled up with copies so every batch
     has the same shape."""
-    from jaxgpt.sample.decode import generate
-
     ids = [tokenizer.encode(template.prompt(i, x)) for i, x in prompts]
     bs = max(1, min(batch_size, len(ids)))
     out: List[str] = []

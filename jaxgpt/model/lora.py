@@ -22,8 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgpt.model.config import GPTConfig
-
 __all__ = ["TARGETS", "init_adapters", "merge", "apply_unmerged"]
 
 # (module path inside a block, number of input dims of its kernel)

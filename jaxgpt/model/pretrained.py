@@ -34,7 +34,9 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
+import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
 
 from jaxgpt.model.config import GPTConfig, crop_block_size
 
@@ -319,12 +321,10 @@ def _read_state(directory: Path) -> Dict[str, np.ndarray]:
     safetensors_path = directory / "model.safetensors"
     bin_path = directory / "pytorch_model.bin"
     if safetensors_path.is_file():
-        from safetensors.numpy import load_file
-
         return dict(load_file(str(safetensors_path)))
     if bin_path.is_file():
         try:
-            import torch
+            import torch  # optional and heavy: only for pickled pytorch_model.bin checkpoints
         except ImportError as exc:
             raise ImportError(
                 f"{bin_path} is a pickled torch checkpoint: torch is needed to read it "
@@ -343,7 +343,7 @@ def _read_state(directory: Path) -> Dict[str, np.ndarray]:
 def _download(name: str) -> Path:
     hint = "pass a local directory with config.json and model.safetensors instead"
     try:
-        import huggingface_hub
+        import huggingface_hub  # optional: only to download a hub name
     except ImportError as exc:
         raise PretrainedDownloadError(
             f"could not download {name!r}: huggingface_hub is not installed; {hint}"
@@ -382,8 +382,6 @@ def load_pretrained(source, **config_overrides) -> Tuple[GPTConfig, Dict[str, An
     untied head gets a zero bias since GPT-2's lm_head has none. config_overrides may set
     dropout, compute_dtype, attn_impl, remat, and block_size (<= n_positions: crops wpe).
     """
-    import jax.numpy as jnp
-
     bad = sorted(set(config_overrides) - set(OVERRIDABLE))
     if bad:
         raise ValueError(f"load_pretrained cannot override {bad}; only {OVERRIDABLE}")
@@ -415,10 +413,10 @@ def load_pretrained(source, **config_overrides) -> Tuple[GPTConfig, Dict[str, An
         )
     params, config = crop_block_size(gpt2_state_to_params(state, config), config, block_size)
     config = config.replace(**config_overrides)
-    return config, _to_jax(params, jnp)
+    return config, _to_jax(params)
 
 
-def _to_jax(tree, jnp):
+def _to_jax(tree):
     if isinstance(tree, Mapping):
-        return {k: _to_jax(v, jnp) for k, v in tree.items()}
+        return {k: _to_jax(v) for k, v in tree.items()}
     return jnp.asarray(tree)

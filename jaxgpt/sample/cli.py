@@ -29,8 +29,14 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+import jax
+import numpy as np
+
 from jaxgpt.cli import CLIError, Option, main_guard, parse_args
-from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES
+from jaxgpt.data.tokenizers import build_tokenizer
+from jaxgpt.finetune.instruct import read_sft_config, respond
+from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES, load_pretrained
+from jaxgpt.sample.decode import generate_stream
 from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir
 
 SEPARATOR = "-" * 40
@@ -103,11 +109,9 @@ def _read_start(start: Optional[str]) -> Optional[str]:
 
 def _load(opts: Dict[str, Any]):
     """(GPTConfig, params, tokenizer) for --init_from."""
-    from jaxgpt.data.tokenizers import build_tokenizer
-
     source = opts["init_from"]
     if source == "resume":
-        from jaxgpt.train.checkpoint import load_inference_params
+        from jaxgpt.train.checkpoint import load_inference_params  # orbax takes ~1 s to import; keeps --help fast
 
         out_dir = opts["out_dir"]
         if not os.path.isdir(out_dir):
@@ -120,8 +124,6 @@ def _load(opts: Dict[str, Any]):
             config = config.replace(compute_dtype=opts["compute_dtype"], dropout=0.0)
         tokenizer = run_dir.read_tokenizer()
     else:
-        from jaxgpt.model.pretrained import load_pretrained
-
         if source not in PRETRAINED_NAMES and not os.path.isdir(source):
             raise CLIError(f"--init_from must be resume, one of {list(PRETRAINED_NAMES)} or a Hugging Face "
                            f"GPT-2 directory; {source!r} is none of these")
@@ -167,15 +169,7 @@ def main(argv: Sequence[str]) -> None:
     opts = parse_args(OPTIONS, argv, prog="sample.py", summary=__doc__.strip().split("\n\n")[0])
     _check_options(opts)
     start = _read_start(opts["start"])
-
-    import jax
-    import numpy as np
-
-    from jaxgpt.sample.decode import generate_stream
-
     if opts["instruction"] is not None:
-        from jaxgpt.finetune.instruct import read_sft_config
-
         template, eos_id = read_sft_config(opts["out_dir"])[:2]  # before loading: a plain run fails fast
         config, params, tokenizer = _load(opts)
         _ask(opts, config, params, tokenizer, template, eos_id)
@@ -224,10 +218,6 @@ def main(argv: Sequence[str]) -> None:
 
 def _ask(opts: Dict[str, Any], config, params, tokenizer, template, eos_id: int) -> None:
     """Print num_samples responses to --instruction/--input, each ended at eos."""
-    import jax
-
-    from jaxgpt.finetune.instruct import respond
-
     B = opts["num_samples"]
     responses = respond(config, params, tokenizer, template, eos_id, [(opts["instruction"], opts["input"] or "")] * B,
                         opts["max_new_tokens"], batch_size=B, temperature=opts["temperature"],

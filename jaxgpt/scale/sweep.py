@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import math
@@ -28,8 +29,13 @@ import sys
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+import jax
+
 from jaxgpt.cli import ConfigError, Option, read_config_file
 from jaxgpt.files import atomic_write, read_json, write_json_atomic
+from jaxgpt.train.config import config_from_sources
+from jaxgpt.train.loop import TrainingDiverged, config_from_argv, model_config_from_options, prepare_data, train
+from jaxgpt.train.metrics import LossCurve, draw_loss_curves, read_metrics
 from jaxgpt.train.run_dir import RunDir
 
 __all__ = ["Member", "SweepSpec", "expand", "shape_for_params", "run_member", "collect", "fit_and_plot",
@@ -123,9 +129,6 @@ def _fmt(x: float) -> str:
 
 def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
     """Every member of the grid, with its max_iters from the token (or compute) budget."""
-    from jaxgpt.train.config import config_from_sources
-    from jaxgpt.train.loop import model_config_from_options
-
     members = []
     lrs = spec.learning_rates or [None]
     seeds = spec.seeds or [None]
@@ -157,8 +160,6 @@ def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
 
 
 def _device() -> str:
-    import jax
-
     d = jax.devices()[0]
     return f"{d.platform}:{getattr(d, 'device_kind', '')}".rstrip(":")
 
@@ -166,9 +167,6 @@ def _device() -> str:
 def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = False) -> Dict[str, Any]:
     """Train one member through the shared loop (resuming it if it was interrupted); returns its
     results row, which is also written to <member dir>/result.json."""
-    from jaxgpt.train.config import config_from_sources
-    from jaxgpt.train.loop import TrainingDiverged, config_from_argv, train
-
     run_dir = member_dir(out_dir, member)
     result_path = _result_path(out_dir, member)
     if os.path.exists(result_path):
@@ -202,8 +200,6 @@ def _result_path(out_dir: str, member: Member) -> str:
 
 def results_row(member: Member, cfg, summary: Mapping[str, Any], seconds: float, vocab_size: int
                 ) -> Dict[str, Any]:
-    from jaxgpt.train.loop import model_config_from_options
-
     model_config = model_config_from_options(cfg, vocab_size)
     tokens = summary["iters"] * cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     n = non_embedding_params(model_config)
@@ -227,8 +223,6 @@ def collect(out_dir: str, members: Sequence[Member]) -> List[Dict[str, Any]]:
     columns = ["name", "N", "N_total", "D", "C", "flops_done", "best_val_loss", "final_val_loss", "seconds",
                "device", "tokens", "compute", "N_target"]
     lines = [columns] + [[r.get(c, "") for c in columns] for r in rows]
-    import io
-
     buf = io.StringIO()
     csv.writer(buf).writerows(lines)
     _write_atomic(os.path.join(out_dir, "runs.csv"), buf.getvalue())
@@ -245,8 +239,8 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
     """fit.json and the PNGs from the results rows (each fit only where the data supports it).
     Approach 3 starts L-BFGS from scaling.SMALL_INIT_GRID (162 starts) unless paper_grid, the
     paper's 4500 (minutes on a CPU)."""
+    # scipy and matplotlib take ~1 s to import: only the fit step needs them (workers run with --fit=False)
     from jaxgpt.scale import fits as scaling, plots, report
-    from jaxgpt.train.metrics import LossCurve, draw_loss_curves, read_metrics
 
     fit_rows = [{"N": r["N"], "D": r["D"], "C": r["C"], "loss": r["best_val_loss"],
                  "budget": f"C={r['compute']:.0e}" if "compute" in r else f"D={r.get('tokens', 0):.0e}"}
@@ -324,9 +318,6 @@ def select(members: Sequence[Member], worker: Optional[int], workers: int) -> Li
 
 def vocab_size_for(base: Mapping[str, Any]) -> int:
     """The tokenizer's vocabulary for the sweep's data (prepared once, cached, shared by members)."""
-    from jaxgpt.train.config import config_from_sources
-    from jaxgpt.train.loop import prepare_data
-
     _, prepared = prepare_data(config_from_sources(dict(base)))
     return prepared.tokenizer.vocab_size
 

@@ -32,7 +32,7 @@ from jaxgpt.model.families import family_for
 from jaxgpt.train.run_dir import CHECKPOINTS, RunDir, committed_steps
 from jaxgpt.train.step import TrainState
 
-__all__ = ["CheckpointError", "Checkpointer", "load_inference_params", "CHECKPOINT_SUBDIR"]
+__all__ = ["CheckpointError", "Checkpointer", "best_checkpoint_step", "load_inference_params", "CHECKPOINT_SUBDIR"]
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,16 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def best_checkpoint_step(out_dir) -> Optional[int]:
+    """The step of a run directory's checkpoint with the lowest recorded val_loss, else the latest
+    (None without a checkpoint): the "best" checkpoint that inference and a fine-tuning backbone read."""
+    run_dir = RunDir(out_dir)
+    if not run_dir.checkpoint_steps():
+        return None
+    with Checkpointer(run_dir.checkpoint_dir, read_only=True) as ckpt:
+        return ckpt.resolve_step(ckpt.best_step())
 
 
 def load_inference_params(out_dir, which: str = "latest") -> Tuple[GPTConfig, Any]:

@@ -25,8 +25,12 @@ from typing import Any, Callable, Dict, List, Optional
 import jax
 
 from jaxgpt.cli import ConfigError, parse_given
+from jaxgpt.data import corpus as data_lib
+from jaxgpt.data import store as shards
+from jaxgpt.data.tokenizers import TokenizerError
+from jaxgpt.model.config import check_attn_impl
 from jaxgpt.model.families import family_for
-from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES
+from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES, load_pretrained
 from jaxgpt.train import sharding
 from jaxgpt.train.config import (OPTIONS, TrainConfig, adopt_backbone, changed_run_options, config_from_sources,
                                fixed_on_resume, options_of, read_run_options)
@@ -34,9 +38,11 @@ from jaxgpt.train.hooks import (LoopState, Reporter, is_main_process, loop_hooks
                                 run_due_hooks)
 from jaxgpt.train.host_memory import retain_freed_memory
 from jaxgpt.train.metrics import perplexity
+from jaxgpt.train.optim import freeze, lr_schedule, make_optimizer, mup_lr_scales
 from jaxgpt.train.resolved import ResolvedRun, Restored
 from jaxgpt.train.run_dir import RunDir, RunDirLock, check_out_dir, clear_run_files
-from jaxgpt.train.step import init_train_state, make_eval_step, make_train_step
+from jaxgpt.train.step import abstract_train_state, init_train_state, make_eval_step, make_train_step
+from jaxgpt.train.tasks import language_modeling
 
 __all__ = ["TrainingDiverged", "ResolvedRun", "LoopState", "config_from_argv", "resolve_run", "train",
            "model_config_from_options", "prepare_data", "check_resume_compatible", "OPTIONS", "TrainConfig"]
@@ -84,6 +90,7 @@ def _unreadable(out_dir: str, step: int, exc: Exception) -> ConfigError:
 
 
 def _read_checkpoint_extra(out_dir: str, step: int) -> Dict[str, Any]:
+    # orbax takes ~1 s to import; keeps --help fast
     from jaxgpt.train.checkpoint import CheckpointError, Checkpointer
 
     try:
@@ -95,8 +102,6 @@ def _read_checkpoint_extra(out_dir: str, step: int) -> Dict[str, Any]:
 
 def _join_processes(cfg: TrainConfig) -> None:
     """Multi-host: must come before anything touches the devices (checkpoint reads included)."""
-    from jaxgpt.train import sharding
-
     sharding.initialize_distributed(cfg.coordinator_address or None,
                                     cfg.num_processes if cfg.coordinator_address else None,
                                     cfg.process_id if cfg.coordinator_address else None)
@@ -131,9 +136,6 @@ def model_config_from_options(cfg: TrainConfig, vocab_size: int):
 def prepare_data(cfg: TrainConfig):
     """(corpus, prepared data) for cfg: tokenized once into the cache, reused while unchanged.
     Shared by the trainer and bench.py."""
-    from jaxgpt.data import corpus as data_lib
-    from jaxgpt.data import store as shards
-
     if shards.is_sharded_store(cfg.dataset):  # prepared by `python -m jaxgpt.data.store`: its tokenizer is fixed
         store = shards.ShardedTokens(cfg.dataset)
         if store.tokenizer.name != cfg.tokenizer:
@@ -154,6 +156,7 @@ def prepare_data(cfg: TrainConfig):
 
 
 # ---------------------------------------------------------------------- step 1: resolve the run
+# (what it resolves, ResolvedRun and Restored, lives in jaxgpt.train.resolved: the hooks name it too)
 
 def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
     """A new run may not silently replace one that has checkpoints."""
@@ -197,8 +200,6 @@ def check_resume_compatible(cfg: TrainConfig, extra: Dict[str, Any], corpus, pre
                           "restore the original text or start a new --out_dir")
     tok_path = run_dir.tokenizer_path
     if os.path.exists(tok_path):
-        from jaxgpt.data.tokenizers import TokenizerError
-
         try:
             saved_tokenizer = run_dir.read_tokenizer()
         except TokenizerError as exc:
@@ -230,9 +231,6 @@ TaskSetupFn = Callable[[TrainConfig, List[str], Optional[Dict[str, Any]]], TaskS
 def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[Dict[str, Any]]) -> TaskSetup:
     """Pretraining's setup: the corpus (checked against a resumed run's), the model (fresh, or a
     pretrained GPT-2 with its architecture), next-token prediction."""
-    from jaxgpt.data import store as shards
-    from jaxgpt.train.tasks import language_modeling
-
     resuming = extra is not None
     pretrained = cfg.init_from in PRETRAINED_NAMES or (not resuming and os.path.isdir(cfg.init_from))
     corpus, prepared = prepare_data(cfg)
@@ -242,8 +240,6 @@ def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[
 
     pretrained_params = None
     if pretrained:
-        from jaxgpt.model.pretrained import load_pretrained
-
         base_cfg, pretrained_params = load_pretrained(cfg.init_from)
         if cfg.block_size > base_cfg.block_size:
             raise ConfigError(f"--block_size={cfg.block_size} exceeds the pretrained model's {base_cfg.block_size}")
@@ -273,8 +269,6 @@ def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[
 def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> ResolvedRun:
     """Step 1: validate and resolve everything; nothing is written to out_dir. `setup` builds the
     task (default: pretraining, language_modeling_setup)."""
-    from jaxgpt.train import sharding
-
     notes: List[str] = []
     check_out_dir(cfg.out_dir)
     resuming = cfg.init_from == "resume"
@@ -287,15 +281,8 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
         _check_fresh_start(cfg, notes)
     step = _resume_step(cfg) if resuming else None
     _join_processes(cfg)
-    from jaxgpt.model.config import check_attn_impl
-
     check_attn_impl(cfg.attn_impl)  # --attn_impl=cudnn without a GPU: refused before anything is written
     extra = _read_checkpoint_extra(cfg.out_dir, step) if resuming else None
-
-    import jax
-
-    from jaxgpt.train.optim import freeze, lr_schedule, make_optimizer, mup_lr_scales
-
     resolved = (setup or language_modeling_setup)(cfg, notes, extra)
     cfg, corpus, prepared, model_cfg, task = (resolved.cfg, resolved.corpus, resolved.prepared,
                                               resolved.model_config, resolved.task)
@@ -333,8 +320,8 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
 
 def _restore(cfg: TrainConfig, step: int, task, optimizer, mesh) -> Restored:
     """The checkpointed state, straight onto this run's mesh (whatever mesh wrote it)."""
+    # orbax takes ~1 s to import; keeps --help fast
     from jaxgpt.train.checkpoint import CheckpointError, Checkpointer
-    from jaxgpt.train.step import abstract_train_state
 
     abstract = abstract_train_state(task.init_params, optimizer, mesh)
     try:

@@ -1,5 +1,6 @@
-"""A resolved run: everything one training job needs, validated before anything is written
-(built by jaxgpt.train.loop.resolve_run; read by the loop and its hooks)."""
+"""What step 1 of a run (jaxgpt.train.loop.resolve_run) resolves: the ResolvedRun the loop and its
+hooks read, and the checkpoint state a resumed run Restored. Its own module so that both
+jaxgpt.train.loop and jaxgpt.train.hooks (which the loop imports) can name it without a cycle."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ metadata, its checkpoint bookkeeping, and who may write it. No other module spel
     run.checkpoint_dir, run.metrics_path, run.loss_png, ...    # where each file is
     run.write_run_config(cfg.run_options()); run.read_run_config()   # ConfigError naming the file
     run.write_tokenizer(tok); run.read_tokenizer()                     # TokenizerError
-    run.checkpoint_steps(), run.latest_step()   # the best-val step: jaxgpt.train.checkpoint.Checkpointer
+    run.checkpoint_steps(), run.latest_step()      # the best step: jaxgpt.train.checkpoint (orbax's records)
 
 One writer at a time: `RunDirLock` takes an exclusive `fcntl.flock` on `<out_dir>/.lock`
 (jaxgpt.files.FileLock). The kernel drops the lock when its process dies, however it dies, so a

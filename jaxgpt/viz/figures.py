@@ -22,13 +22,16 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import jax
 import numpy as np
 
 from jaxgpt.cli import CLIError, Option, parse_args
 from jaxgpt.files import save_figure_atomic
 from jaxgpt.model.families import family_for
+from jaxgpt.model.gpt import GPT
+from jaxgpt.sample.decode import generate
 from jaxgpt.train.metrics import plot_loss_curves, read_metrics, tokens_per_iter  # the first and last: re-exported
 from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir
 
@@ -49,10 +52,10 @@ DEFAULT_SETTINGS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
 # ----------------------------------------------------------------------------- helpers
 
 def _plt():
-    import matplotlib
+    import matplotlib  # heavy (~0.5 s): imported when a figure is drawn, not when the module is
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): the backend is chosen before pyplot loads
 
     return plt
 
@@ -103,10 +106,6 @@ def attention_weights(cfg, params, ids) -> np.ndarray:
     query t's distribution over keys 0..t (exact zeros above the diagonal). ids: (T,) or (B, T),
     T <= block_size.
     """
-    import jax
-
-    from jaxgpt.model.gpt import GPT
-
     if getattr(cfg, "model", "gpt") == "bigram":
         raise ValueError("a bigram has no attention: it reads only the last token")
     idx_BT = _as_ids(ids)
@@ -174,8 +173,6 @@ def plot_attention(weights, tokens: Sequence[str], png_path, layer: Optional[int
 def next_token_probs(cfg, params, ids, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
     """(probs (k,), token ids (k,)): the k most likely next tokens after ids (a (T,) prompt; only
     its last block_size tokens are read), most likely first. Probabilities are over the full vocab."""
-    import jax
-
     idx_BT = _as_ids(ids)[:1, -cfg.block_size:]
     model = family_for(cfg).module_for(cfg if getattr(cfg, "model", "gpt") == "bigram" else cfg.replace(dropout=0.0))
     logits = jax.jit(model.apply)({"params": params}, idx_BT)  # compiled: cheaper than op-by-op
@@ -218,10 +215,6 @@ def compare_decoding(cfg, params, tokenizer, prompt: str, png_path=None,
     """The same prompt continued under each setting (label, generate kwargs: temperature, top_k,
     top_p), each with the explicit key jax.random.key(seed); returns [(label, continuation)] and,
     with png_path, draws them as a text figure, one row per setting, prompt shown in front."""
-    import jax
-
-    from jaxgpt.sample.decode import generate
-
     prompt_ids = tokenizer.encode(prompt, allow_special=True)
     if not prompt_ids:
         raise ValueError(f"prompt {prompt!r} encodes to no tokens")
@@ -363,7 +356,7 @@ OPTIONS: Dict[str, Option] = {
 
 
 def _load_run(out_dir: str, which: str):
-    from jaxgpt.train.checkpoint import load_inference_params
+    from jaxgpt.train.checkpoint import load_inference_params  # orbax takes ~1 s to import; keeps --help fast
 
     run_dir = RunDir(out_dir)
     if not os.path.isfile(run_dir.tokenizer_path):
