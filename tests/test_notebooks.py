@@ -1,5 +1,6 @@
 """Every course notebook (notebooks/*.ipynb) runs end to end on CPU with its small settings
-(JAXGPT_NOTEBOOK_SMALL=1), one test per notebook so pytest-xdist spreads them; the committed
+(JAXGPT_NOTEBOOK_SMALL=1), one test per notebook so pytest-xdist spreads them, under Jupyter's inline
+matplotlib backend, and every cell that shows a figure has an image in its outputs; the committed
 files carry no outputs and equal what notebooks/build_notebooks.py writes."""
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from helpers import REPO
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "07", "08")
+# What a kernel started by Jupyter draws with: ipykernel's default backend, chosen here explicitly so
+# a caller's MPLBACKEND (Agg on a headless machine) cannot hide a library that switches it.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# A line that calls plt.show() or the notebooks' show(path) helper (a saved PNG shown with IPython's
+# Image), not the helper's own `def show(path):`.
+SHOWS_A_FIGURE = re.compile(r"^(?!\s*def\s).*(?:\bplt\.show\(|(?<![\w.])show\()", re.MULTILINE)
 
 
 def test_every_chapter_has_one_notebook():
@@ -49,7 +56,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXGPT_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("JAXGPT_NOTEBOOK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MPLBACKEND", INLINE_BACKEND)
     nb = nbformat.read(str(path), as_version=4)
     # the kernel inherits this environment (the suite's data cache and XLA compilation cache too)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
@@ -57,3 +64,30 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "CpuDevice" in text or "TFRT_CPU" in text  # the devices cell printed jax.devices()
+    assert not cells_without_their_figure(nb), (path.name, cells_without_their_figure(nb))
+
+
+def cells_without_their_figure(nb) -> list:
+    """The first line of each executed code cell that shows a figure but has no image in its outputs
+    (what a cell shows after a library switched the kernel's backend to Agg: nothing, silently)."""
+    return [cell.source.splitlines()[0] for cell in nb.cells
+            if cell.cell_type == "code" and SHOWS_A_FIGURE.search(cell.source)
+            and not any("image/png" in output.get("data", {}) for output in cell.outputs)]
+
+
+def test_the_figure_check_sees_plt_show_and_the_show_helper():
+    def code(source, outputs=()):
+        return nbformat.v4.new_code_cell(source, outputs=list(outputs))
+
+    image = nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})
+    printed = nbformat.v4.new_output("stream", text="done\n")
+    nb = nbformat.v4.new_notebook(cells=[
+        code("def show(path):\n    display(Image(filename=path))"),          # defines the helper: not a figure
+        code("fig, ax = plt.subplots()\nax.plot([1, 2]); plt.show()"),     # blank: listed
+        code("show(viz.plot_loss_curves([run], 'loss.png'))", [printed]),  # blank: listed
+        code("plt.show()", [image]),                                       # drawn
+        code("x = 1  # no figure here"),
+        nbformat.v4.new_markdown_cell("plt.show()"),
+    ])
+    assert cells_without_their_figure(nb) == ["fig, ax = plt.subplots()",
+                                              "show(viz.plot_loss_curves([run], 'loss.png'))"]

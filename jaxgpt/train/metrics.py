@@ -188,9 +188,6 @@ def plot_loss_curves(metrics_paths_or_dirs, png_path, labels: Optional[Sequence[
         labels = [os.path.basename(os.path.normpath(os.fspath(p))) or os.fspath(p) for p in metrics_paths_or_dirs]
     if len(labels) != len(runs):
         raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
-    import matplotlib  # (heavy, as in draw_loss_curves)
-
-    matplotlib.use("Agg")  # kept as it was: the process's backend is settled elsewhere, not in this figure
     curves = [LossCurve(label, events, tpi) for label, (events, tpi) in zip(labels, runs)]
     series = ("train", "train_eval", "val") if eval_train else ("train", "val")
     return draw_loss_curves(curves, png_path, series=series, x_axis=x_axis, title=title or "loss curves")

@@ -2,9 +2,11 @@
 loss curves over tokens seen, token embeddings by PCA, and a confusion matrix.
 
 Every function works in a notebook on (config, params, tokenizer) and writes a PNG atomically
-(jaxgpt.files.save_figure_atomic). The loss curves are jaxgpt.train.metrics.plot_loss_curves, the
-one that also draws a run's loss.png. The command line makes each figure
-from any train.py run directory (the confusion matrix from a finetune.py classification run):
+(jaxgpt.files.save_figure_atomic), drawn on a matplotlib Figure with an Agg canvas of its own: the
+process's backend (a notebook's inline one) is never changed. The loss curves are
+jaxgpt.train.metrics.plot_loss_curves, the one that also draws a run's loss.png. The command line
+makes each figure from any train.py run directory (the confusion matrix from a finetune.py
+classification run):
 
     python -m jaxgpt.viz --out_dir=RUN --what=attention --prompt="ROMEO:" --png=attn.png
     python -m jaxgpt.viz --out_dir=RUN --what=next_token --prompt="The cat"
@@ -51,24 +53,22 @@ DEFAULT_SETTINGS: Tuple[Tuple[str, Dict[str, Any]], ...] = (
 
 # ----------------------------------------------------------------------------- helpers
 
-def _plt():
-    import matplotlib  # heavy (~0.5 s): imported when a figure is drawn, not when the module is
+def _new_figure(figsize: Tuple[float, float], **figure_kwargs):
+    """A Figure on an Agg canvas of its own (dpi 100): no pyplot, so the process's matplotlib backend
+    (a notebook's inline one) is never changed and no figure is left open in pyplot's registry."""
+    from matplotlib.figure import Figure  # heavy (~0.5 s): imported when a figure is drawn, not when the module is
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # (matplotlib, as above)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after use("Agg"): the backend is chosen before pyplot loads
-
-    return plt
+    fig = Figure(figsize=figsize, dpi=100, **figure_kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save(fig, png_path) -> str:
-    """fig as a PNG at png_path, written atomically; the figure is closed."""
-    plt = _plt()
+    """fig as a PNG at png_path, written atomically (its folder made if missing)."""
     png_path = os.fspath(png_path)
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-        return save_figure_atomic(fig, png_path, format="png")
-    finally:
-        plt.close(fig)
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    return save_figure_atomic(fig, png_path, format="png")
 
 
 def token_label(tokenizer, token_id: int, max_chars: Optional[int] = None, quotes: bool = True) -> str:
@@ -126,7 +126,6 @@ def plot_attention(weights, tokens: Sequence[str], png_path, layer: Optional[int
     """Heatmaps of attention probabilities, one panel per (layer, head): rows are layers, columns
     heads. weights: (L, B, H, T, T) from attention_weights (or (L, H, T, T)); tokens: T strings
     for the axes (shortened). layer / head pick one row / column (None = all)."""
-    plt = _plt()
     w = np.asarray(weights, dtype=np.float32)
     if w.ndim == 5:
         w = w[:, batch_index]
@@ -143,8 +142,8 @@ def plot_attention(weights, tokens: Sequence[str], png_path, layer: Optional[int
     labels = [str(t) if len(str(t)) <= 8 else str(t)[:7] + "\u2026" for t in tokens]
     rows, cols = len(layers), len(heads)
     panel = min(4.5, max(2.6, 0.16 * T + 1.0))
-    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols + 1.2, panel * rows + 0.8), dpi=100,
-                             squeeze=False, constrained_layout=True)
+    fig = _new_figure((panel * cols + 1.2, panel * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     step = max(1, math.ceil(T / 32))  # at most ~32 labels per axis
     fontsize = 8 if T <= 16 else 6
     image = None
@@ -185,11 +184,11 @@ def next_token_probs(cfg, params, ids, k: int = 10) -> Tuple[np.ndarray, np.ndar
 def plot_next_token(probs_ids, tokenizer, png_path, prompt_text: str = "") -> str:
     """Horizontal bars of next-token probabilities (from next_token_probs), most likely on top,
     labelled with the repr-escaped token text."""
-    plt = _plt()
     probs, ids = (np.asarray(a) for a in probs_ids)
     labels = [token_label(tokenizer, i, max_chars=20) for i in ids]
     n = len(probs)
-    fig, ax = plt.subplots(figsize=(7, 0.38 * n + 1.6), dpi=100)
+    fig = _new_figure((7, 0.38 * n + 1.6))
+    ax = fig.subplots()
     y = np.arange(n)
     ax.barh(y, probs, color="tab:blue")
     ax.set_yticks(y)
@@ -238,7 +237,7 @@ def visible_whitespace(text: str) -> str:
 
 def _plot_texts(prompt: str, results: Sequence[Tuple[str, str]], png_path, width: int = 90,
                 max_lines: int = 8) -> str:
-    plt = _plt()
+    from matplotlib.lines import Line2D  # (matplotlib: heavy, as in _new_figure)
 
     def wrapped(text: str) -> List[str]:
         lines = []
@@ -251,7 +250,7 @@ def _plot_texts(prompt: str, results: Sequence[Tuple[str, str]], png_path, width
     blocks = [(label, wrapped(prompt + "\u2502" + visible_whitespace(text))) for label, text in results]
     heights = [len(lines) + 1.3 for _, lines in blocks]
     line_h = 0.2
-    fig = plt.figure(figsize=(0.085 * width + 2.2, line_h * sum(heights) + 0.9), dpi=100)
+    fig = _new_figure((0.085 * width + 2.2, line_h * sum(heights) + 0.9))
     fig.suptitle(f"one prompt, {len(results)} decoding settings (prompt \u2502 continuation)", fontsize=11)
     total = sum(heights)
     top = 1.0 - 0.6 / fig.get_figheight()
@@ -262,7 +261,7 @@ def _plot_texts(prompt: str, results: Sequence[Tuple[str, str]], png_path, width
         fig.text(0.01, y - 0.15 * frac - line_h / fig.get_figheight(), "\n".join(lines),
                  fontsize=9, fontfamily="monospace", va="top")
         y -= frac
-        fig.add_artist(plt.Line2D([0.01, 0.99], [y + 0.004, y + 0.004], color="0.8", lw=0.8))
+        fig.add_artist(Line2D([0.01, 0.99], [y + 0.004, y + 0.004], color="0.8", lw=0.8))
     return _save(fig, png_path)
 
 
@@ -273,7 +272,6 @@ def plot_embeddings(params, tokenizer, png_path, n: int = 100, counts=None, titl
     the tokenizer's vocabulary, centered); all tokens as faint dots, n annotated with their text:
     the n most frequent by counts (a (V,) array of token counts) or, without counts, the first n.
     Returns (coords (V, 2), annotated ids)."""
-    plt = _plt()
     # a GPT's wte, or a bigram's table (row a: the next-token logits after a, its "embedding")
     wte = np.asarray((params["wte"] if "wte" in params else params["table"])["embedding"], dtype=np.float64)
     V = min(wte.shape[0], tokenizer.vocab_size)
@@ -286,7 +284,8 @@ def plot_embeddings(params, tokenizer, png_path, n: int = 100, counts=None, titl
         chosen = np.argsort(-counts, kind="stable")[:n]
     else:
         chosen = np.arange(min(n, V))
-    fig, ax = plt.subplots(figsize=(9, 8), dpi=100)
+    fig = _new_figure((9, 8))
+    ax = fig.subplots()
     ax.scatter(coords[:, 0], coords[:, 1], s=4, color="0.75", label="all tokens")
     ax.scatter(coords[chosen, 0], coords[chosen, 1], s=10, color="tab:blue",
                label="most frequent" if counts is not None else f"first {len(chosen)}")
@@ -309,14 +308,14 @@ def plot_embeddings(params, tokenizer, png_path, n: int = 100, counts=None, titl
 def plot_confusion_matrix(matrix, labels: Sequence[str], png_path, title: str = "",
                           normalize: bool = False) -> str:
     """matrix[i, j] = count of true class i predicted as j, annotated in each cell."""
-    plt = _plt()
     m = np.asarray(matrix)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels):
         raise ValueError(f"matrix must be ({len(labels)}, {len(labels)}) for {len(labels)} labels, got {m.shape}")
     shown = m / np.maximum(m.sum(axis=1, keepdims=True), 1) if normalize else m
     k = len(labels)
     side = max(4.0, 0.7 * k + 2.0)
-    fig, ax = plt.subplots(figsize=(side + 1, side), dpi=100)
+    fig = _new_figure((side + 1, side))
+    ax = fig.subplots()
     image = ax.imshow(shown, cmap="Blues", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="fraction of true class" if normalize else "count")
     ax.set_xticks(range(k))
