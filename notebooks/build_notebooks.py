@@ -1,7 +1,7 @@
 """Writes the course notebooks (notebooks/NN_*.ipynb) from the cells below, without outputs.
 
-    python notebooks/build_notebooks.py          # rewrite every notebook
-    python notebooks/build_notebooks.py --check  # exit 1 if a committed notebook differs
+    python notebooks/build_notebooks.py          # rewrite every notebook (and the README's Colab links)
+    python notebooks/build_notebooks.py --check  # exit 1 if a committed notebook (or a link) differs
 
 The .ipynb files are committed (Colab opens them from GitHub); this script is their source, so a
 change to a notebook is a change here. tests/test_notebooks.py runs every notebook end to end with
@@ -10,6 +10,7 @@ JAXGPT_NOTEBOOK_SMALL=1 and checks that the committed files equal this script's 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import List, Tuple
@@ -17,10 +18,19 @@ from typing import List, Tuple
 import nbformat
 
 HERE = Path(__file__).resolve().parent
-# Placeholder: the GitHub owner the Colab badges and the install cell point at. Replace it with
-# the account that hosts jaxgpt (one constant, then rerun this script).
-GITHUB_OWNER = "OWNER"
-REPO_URL = f"https://github.com/{GITHUB_OWNER}/jaxgpt"
+# The repository's home (GitHub "owner/name"): the one place it is named. The Colab badges, the
+# links and the install cell all derive from it. "OWNER" is a placeholder while the project has no
+# public home: set the real owner here, then rerun this script.
+REPO_HOME = "OWNER/jaxgpt"
+PLACEHOLDER_OWNER = "OWNER"  # REPO_HOME's owner until then
+REPO_URL = f"https://github.com/{REPO_HOME}"
+# What the install cell installs from: nothing while the home is the placeholder (pip would fail on
+# it), and the cell then says in one line what to do.
+INSTALL_URL = "" if REPO_HOME.split("/")[0] == PLACEHOLDER_OWNER else REPO_URL
+COLAB_NOTEBOOKS = f"https://colab.research.google.com/github/{REPO_HOME}/blob/main/notebooks/"
+# Pages outside notebooks/ that link the notebooks on Colab: this script keeps their links on REPO_HOME.
+LINKING_PAGES = (HERE.parent / "README.md",)
+COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^/\s]+/[^/\s]+/blob/main/notebooks/")
 
 Cell = Tuple[str, str]  # ("md" | "code", source)
 
@@ -34,7 +44,12 @@ def code(text: str) -> Cell:
 
 
 def colab_url(name: str) -> str:
-    return f"https://colab.research.google.com/github/{GITHUB_OWNER}/jaxgpt/blob/main/notebooks/{name}.ipynb"
+    return f"{COLAB_NOTEBOOKS}{name}.ipynb"
+
+
+def with_current_home(text: str) -> str:
+    """`text` with every Colab link to a notebook pointing at REPO_HOME."""
+    return COLAB_LINK.sub(COLAB_NOTEBOOKS, text)
 
 
 def preamble(name: str, number: str, title_pt: str, what: str, small_settings: str) -> List[Cell]:
@@ -52,11 +67,15 @@ def preamble(name: str, number: str, title_pt: str, what: str, small_settings: s
 """),
         code(f"""
 # Install jaxgpt when it is missing (Colab); a local checkout has it already (pip install -e .).
+JAXGPT_HOME = "{INSTALL_URL}"  # the repository to install from, e.g. "https://github.com/<owner>/jaxgpt"
 try:
     import jaxgpt
 except ImportError:
+    if not JAXGPT_HOME:
+        raise SystemExit("jaxgpt is not installed and JAXGPT_HOME is not set: set JAXGPT_HOME = "
+                         "'https://github.com/<owner>/jaxgpt' in this cell, or run from a clone (pip install -e .)")
     import subprocess, sys
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "git+{REPO_URL}"])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"git+{{JAXGPT_HOME}}"])
     import jaxgpt
 """),
         code(f"""
@@ -314,8 +333,8 @@ metrics and resume included. It prints the count-based bigram's val loss beside 
     code("""
 from jaxgpt.train.loop import train
 
-run = train(TrainConfig(model="bigram", out_dir=os.path.join(WORK, "bigram"), learning_rate=0.1, min_lr=0.01,
-                        weight_decay=0.0, max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS,
+run = train(TrainConfig(model="bigram", dataset="stdlib", out_dir=os.path.join(WORK, "bigram"), learning_rate=0.1,
+                        min_lr=0.01, weight_decay=0.0, max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS,
                         warmup_iters=min(100, TRAIN_ITERS // 10), eval_interval=max(TRAIN_ITERS // 2, 1),
                         eval_iters=4 if SMALL else 20, progress=False, num_samples=0, overwrite=True))
 from jaxgpt.course.bigram import table_nll
@@ -528,7 +547,7 @@ from jaxgpt.data.tokenizers import load_tokenizer
 from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "attention-run")
-train(TrainConfig(out_dir=run_dir, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
+train(TrainConfig(out_dir=run_dir, dataset="stdlib", n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
                   max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS, warmup_iters=min(100, TRAIN_ITERS // 5),
                   eval_interval=TRAIN_ITERS, eval_iters=2 if SMALL else 20, progress=False, num_samples=0,
                   overwrite=True))
@@ -754,7 +773,7 @@ from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "pretrain")
 half = RUN_ITERS // 2
-options = dict(out_dir=run_dir, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
+options = dict(out_dir=run_dir, dataset="stdlib", n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
                max_iters=half, lr_decay_iters=RUN_ITERS, warmup_iters=min(100, RUN_ITERS // 5),
                eval_interval=half, eval_iters=2 if SMALL else 20, progress=False, num_samples=0)
 first = train(TrainConfig(**options, overwrite=True))
@@ -1016,7 +1035,7 @@ from jaxgpt.data.tokenizers import load_tokenizer
 from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "decoding-run")
-train(TrainConfig(out_dir=run_dir, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
+train(TrainConfig(out_dir=run_dir, dataset="stdlib", n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
                   max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS, warmup_iters=min(100, TRAIN_ITERS // 5),
                   eval_interval=TRAIN_ITERS, eval_iters=2 if SMALL else 20, progress=False, num_samples=0,
                   overwrite=True))
@@ -1139,6 +1158,14 @@ def main(argv: List[str]) -> int:
         else:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path}")
+    for page in LINKING_PAGES:
+        text = page.read_text(encoding="utf-8")
+        if with_current_home(text) != text:
+            if check:
+                stale.append(page.name)
+            else:
+                page.write_text(with_current_home(text), encoding="utf-8")
+                print(f"wrote {page} (Colab links)")
     if stale:
         print(f"out of date (run python notebooks/build_notebooks.py): {', '.join(stale)}", file=sys.stderr)
         return 1

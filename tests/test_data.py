@@ -1,21 +1,24 @@
-"""Corpora, prepare() and BatchSampler. No network: downloads use file:// or a refused local port.
-
-No file outside the repository is read: the Tiny Shakespeare checks run on a small stand-in file
-whose sha256 the test computes and patches in, and the prepare checks use the embedded corpus.
+"""Corpora, prepare() and BatchSampler. No network, and no file outside the repository is read:
+Tiny Shakespeare is the copy the package ships (an edited one is a copy in tmp_path, never the
+shipped file), and the prepare checks use the embedded corpus.
 """
 
 import hashlib
 import json
 import os
 import platform
-import shutil
+import socket
+import tomllib
 
 import numpy as np
 import pytest
 
 import jaxgpt.data.corpus
+from helpers import REPO
 from jaxgpt.data.corpus import (
+    SHAKESPEARE_CHARS,
     SHAKESPEARE_FILENAME,
+    SHAKESPEARE_SHA256,
     STDLIB_HEADER,
     STDLIB_MODULES,
     BatchSampler,
@@ -25,21 +28,17 @@ from jaxgpt.data.corpus import (
     load_prepared,
     prepare,
     resolve_corpus,
+    shakespeare_resource,
 )
-
-REFUSED_URL = "http://127.0.0.1:9/input.txt"  # discard port: connection refused at once
-STAND_IN = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 50
 
 
 @pytest.fixture
-def stand_in(tmp_path, monkeypatch):
-    """A small file standing in for Tiny Shakespeare: its sha256 becomes the expected one."""
-    path = tmp_path / "source" / "input.txt"
-    path.parent.mkdir()
-    path.write_text(STAND_IN, encoding="utf-8")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    monkeypatch.setattr(jaxgpt.data.corpus, "SHAKESPEARE_SHA256", digest)
-    return path, digest
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -96,41 +95,38 @@ def test_unknown_dataset_names_it_and_the_choices():
         resolve_corpus("openwebtext")
 
 
-def test_shakespeare_offline_error(tmp_path):
-    cache = tmp_path / "cache"
+def test_shakespeare_ships_in_the_package_and_needs_no_network(no_network, tmp_path):
+    cache = tmp_path / "cache"  # still accepted, no longer read or written
+    corpus = resolve_corpus("shakespeare", cache)
+    assert corpus.name == "shakespeare" and corpus.sha256 == SHAKESPEARE_SHA256
+    assert len(corpus.text) == SHAKESPEARE_CHARS and corpus.text.startswith("First Citizen:\nBefore we proceed")
+    assert len(set(corpus.text)) == 65  # nanoGPT's shakespeare_char vocabulary
+    assert hashlib.sha256(corpus.text.encode("utf-8")).hexdigest() == SHAKESPEARE_SHA256
+    shipped = os.path.join(os.path.dirname(jaxgpt.data.corpus.__file__), SHAKESPEARE_FILENAME)  # beside corpus.py
+    assert corpus.source == shipped == str(shakespeare_resource())
+    assert not cache.exists()
+
+
+def test_shakespeare_is_package_data_so_a_wheel_has_it():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert SHAKESPEARE_FILENAME in pyproject["tool"]["setuptools"]["package-data"]["jaxgpt.data"]
+
+
+def test_an_edited_shakespeare_is_refused_with_one_line(tmp_path, monkeypatch):
+    edited = tmp_path / SHAKESPEARE_FILENAME
+    data = shakespeare_resource().read_bytes()
+    edited.write_bytes(data.replace(b"First Citizen:", b"First Citizen;", 1))
+    monkeypatch.setattr(jaxgpt.data.corpus, "shakespeare_resource", lambda: edited)
     with pytest.raises(DataError) as err:
-        resolve_corpus("shakespeare", cache, shakespeare_url=REFUSED_URL, timeout=2)
+        resolve_corpus("shakespeare")
     msg = str(err.value)
-    assert msg.startswith("could not download Tiny Shakespeare (")
-    assert msg.endswith("pass the file's path instead, e.g. --dataset=/path/to/input.txt")
-    assert not (cache / SHAKESPEARE_FILENAME).exists()
-
-
-def test_shakespeare_cache_hit_needs_no_network(tmp_path, stand_in):
-    source, digest = stand_in
-    shutil.copyfile(source, tmp_path / SHAKESPEARE_FILENAME)
-    corpus = resolve_corpus("shakespeare", tmp_path, shakespeare_url=REFUSED_URL)
-    assert corpus.name == "shakespeare" and corpus.sha256 == digest
-    assert corpus.text == STAND_IN
-    # a corrupt cached copy is not trusted: it is fetched again (and here that fails)
-    (tmp_path / SHAKESPEARE_FILENAME).write_text("First Citizen:\n")
-    with pytest.raises(DataError, match="could not download"):
-        resolve_corpus("shakespeare", tmp_path, shakespeare_url=REFUSED_URL, timeout=2)
-
-
-def test_shakespeare_download_is_checksum_verified(tmp_path, stand_in):
-    source, digest = stand_in
-    wrong = tmp_path / "wrong.txt"
-    wrong.write_text("not shakespeare\n")
-    cache = tmp_path / "cache"
-    with pytest.raises(DataError, match="is not Tiny Shakespeare.*not kept"):
-        resolve_corpus("shakespeare", cache, shakespeare_url=wrong.as_uri())
-    assert not (cache / SHAKESPEARE_FILENAME).exists()
-    # a good "download" (file:// URL, no network) is kept in the cache and reused
-    corpus = resolve_corpus("shakespeare", cache, shakespeare_url=source.as_uri())
-    assert corpus.sha256 == digest
-    assert (cache / SHAKESPEARE_FILENAME).read_bytes() == source.read_bytes()
-    assert resolve_corpus("shakespeare", cache, shakespeare_url=REFUSED_URL).text == corpus.text
+    assert "\n" not in msg and msg.startswith(f"{edited} is not the Tiny Shakespeare jaxgpt ships (sha256 ")
+    assert f"expected {SHAKESPEARE_SHA256}" in msg and "reinstall jaxgpt" in msg
+    assert msg.endswith("e.g. --dataset=/path/to/edited.txt")
+    assert resolve_corpus(str(edited)).text.startswith("First Citizen;")  # what the message offers works
+    edited.unlink()
+    with pytest.raises(DataError, match=r"Tiny Shakespeare is missing from the installed jaxgpt \(.*reinstall jaxgpt"):
+        resolve_corpus("shakespeare")
 
 
 # ---- prepare -------------------------------------------------------------------------------------

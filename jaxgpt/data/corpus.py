@@ -1,12 +1,14 @@
 """Corpora, token files and batches (nanoGPT's prepare.py + get_batch, made reproducible).
 
-    corpus = resolve_corpus("stdlib")                      # or "shakespeare", a .txt path, a folder
+    corpus = resolve_corpus("shakespeare")                 # or "stdlib", a .txt path, a folder
     data = prepare(corpus, "bpe", "out/data", vocab_size=4096)   # train.bin/val.bin/tokenizer.json/meta.json
     sampler = BatchSampler(data.train, seed=1337)
     x_BT, y_BT = sampler.sample(batch_size=8, block_size=256)
     x_ABT, y_ABT = sampler.sample_accum(4, 8, 256)         # for gradient accumulation
 
 Split: by characters before encoding, like nanoGPT (train = text[:int(n * (1 - val_fraction))]).
+Built-in corpora, both offline: "shakespeare" (Tiny Shakespeare, shipped in this package as
+tinyshakespeare.txt and checked against its sha256) and "stdlib" (the running Python's own sources).
 Tokenizers: char vocabulary from the whole corpus (nanoGPT's way, so val has no unknown characters);
 bpe trained on the train split only (byte-level, so val always encodes); gpt2 is fixed.
 """
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import os
 import platform
 import sysconfig
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -36,16 +40,18 @@ from jaxgpt.data.tokenizers import (
     load_tokenizer,
     safe_chunks,
 )
-from jaxgpt.files import atomic_write, fetch_once, read_json, write_json_atomic
+from jaxgpt.files import atomic_write, read_json, write_json_atomic
 
 DATA_FORMAT_VERSION = 1
 META_FILE = "meta.json"  # a prepared-data folder's description, written last (after train.bin, val.bin)
 BUILTIN_DATASETS = ("stdlib", "shakespeare")
 
+# Tiny Shakespeare (public domain) ships inside this package (pyproject's package-data), so it
+# needs no network; SHAKESPEARE_URL is where the copy came from (karpathy/char-rnn), never fetched.
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 SHAKESPEARE_CHARS = 1_115_394
-SHAKESPEARE_FILENAME = "tinyshakespeare.txt"
+SHAKESPEARE_FILENAME = "tinyshakespeare.txt"  # in the jaxgpt.data package, beside this module
 
 # The "stdlib" corpus: these pure-Python modules of the running interpreter, in this order (about
 # 1.4 MB on CPython 3.11). Chosen to exist as plain files in every CPython >= 3.11 (modules that
@@ -87,7 +93,7 @@ class Corpus:
 
 
 def default_cache_dir() -> str:
-    """$JAXGPT_CACHE_DIR, else ~/.cache/jaxgpt (where the Tiny Shakespeare download is kept)."""
+    """$JAXGPT_CACHE_DIR, else ~/.cache/jaxgpt (prepared token files, fine-tuning downloads)."""
     return os.environ.get("JAXGPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxgpt")
 
 
@@ -132,17 +138,30 @@ def stdlib_corpus() -> Corpus:
     )
 
 
-def shakespeare_corpus(cache_dir: Optional[str] = None, url: str = SHAKESPEARE_URL, timeout: float = 10.0) -> Corpus:
-    """Tiny Shakespeare from `cache_dir`, downloading it there once (checksum-verified) if absent."""
-    cache_dir = default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
-    path = os.path.join(cache_dir, SHAKESPEARE_FILENAME)
-    hint = "pass the file's path instead, e.g. --dataset=/path/to/input.txt"
-    data = fetch_once(url, path, sha256=SHAKESPEARE_SHA256, what="Tiny Shakespeare", timeout=timeout,
-                      error=DataError, offline_hint=hint, wrong_hint=hint[0].upper() + hint[1:])
-    text = data.decode("utf-8")
+def shakespeare_resource() -> Traversable:
+    """The Tiny Shakespeare file this package ships (tests patch this function to read a copy)."""
+    return importlib.resources.files(__package__).joinpath(SHAKESPEARE_FILENAME)
+
+
+def shakespeare_corpus() -> Corpus:
+    """Tiny Shakespeare from the installed package (no network), refused unless its sha256 is
+    SHAKESPEARE_SHA256: an edited copy would silently change every run's data."""
+    resource = shakespeare_resource()
+    try:
+        data = resource.read_bytes()
+    except OSError as e:
+        raise DataError(f"Tiny Shakespeare is missing from the installed jaxgpt ({resource}: {e.strerror or e}): "
+                        "reinstall jaxgpt, or pass the text's path, e.g. --dataset=/path/to/input.txt") from None
+    got = hashlib.sha256(data).hexdigest()
+    if got != SHAKESPEARE_SHA256:
+        raise DataError(f"{resource} is not the Tiny Shakespeare jaxgpt ships (sha256 {got}, expected "
+                        f"{SHAKESPEARE_SHA256}): restore it (git checkout -- jaxgpt/data/{SHAKESPEARE_FILENAME} "
+                        "in a clone, or reinstall jaxgpt), or train on the edited text as a file of its own, "
+                        "e.g. --dataset=/path/to/edited.txt")
+    text = decode_utf8(data, str(resource))
     return Corpus(
         "shakespeare", text, SHAKESPEARE_SHA256,
-        f"Tiny Shakespeare ({len(text):,} characters, karpathy/char-rnn)", path,
+        f"Tiny Shakespeare ({len(text):,} characters, karpathy/char-rnn)", str(resource),
     )
 
 
@@ -165,22 +184,19 @@ def file_corpus(path: str | os.PathLike) -> Corpus:
     return Corpus(p.stem, text, hashlib.sha256(data).hexdigest(), f"{p.resolve()} ({len(text):,} characters)", str(p.resolve()))
 
 
-def resolve_corpus(
-    dataset: str,
-    cache_dir: Optional[str | os.PathLike] = None,
-    *,
-    shakespeare_url: str = SHAKESPEARE_URL,
-    timeout: float = 10.0,
-) -> Corpus:
-    """"stdlib", "shakespeare" (cached download), a text file path or a folder of .txt files.
+def resolve_corpus(dataset: str, cache_dir: Optional[str | os.PathLike] = None) -> Corpus:
+    """"shakespeare" (shipped in the package), "stdlib", a text file path or a folder of .txt files.
 
-    The built-in names win over a same-named file in the working directory (use ./name for that)."""
+    The built-in names win over a same-named file in the working directory (use ./name for that).
+    cache_dir is no longer read (Tiny Shakespeare used to be downloaded there); it stays accepted so
+    callers that pass their cache folder keep working."""
+    del cache_dir  # accepted for compatibility only: no built-in corpus is downloaded any more
     if not isinstance(dataset, str) or not dataset:
         raise DataError(f"dataset must be a non-empty string, got {dataset!r}")
     if dataset == "stdlib":
         return stdlib_corpus()
     if dataset == "shakespeare":
-        return shakespeare_corpus(None if cache_dir is None else os.fspath(cache_dir), shakespeare_url, timeout)
+        return shakespeare_corpus()
     path = os.path.expanduser(dataset)
     if os.path.exists(path):
         return file_corpus(path)

@@ -97,7 +97,8 @@ class TrainConfig:
     num_samples: int = option_field(2, "samples printed at the end of the run", scope=INVOCATION)
     sample_tokens: int = option_field(200, "tokens per end-of-run sample", scope=INVOCATION)
     # ---- data
-    dataset: str = option_field("stdlib", "stdlib (embedded, offline) | shakespeare | path to a .txt file or folder")
+    dataset: str = option_field("shakespeare", "shakespeare (Tiny Shakespeare, shipped, offline) | stdlib (this "
+                                               "Python's own sources, offline) | path to a .txt file or folder")
     tokenizer: str = option_field("char", "char | gpt2 | bpe", choices=("char", "gpt2", "bpe"))
     bpe_vocab_size: int = option_field(4096, "vocabulary size when tokenizer=bpe")
     data_dir: str = option_field("", "where prepared token files are cached (default ~/.cache/jaxgpt)",
