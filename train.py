@@ -1,7 +1,7 @@
 """Train a GPT: `python train.py [configs/NAME.py] [--key=value ...]` (see --help).
 
-With no arguments: a small character-level GPT on the embedded default corpus (Python's own
-standard-library source), a few minutes on 2 CPU cores, then a few samples.
+With no arguments: a small character-level GPT on Tiny Shakespeare (shipped with the package,
+offline), a few minutes on 2 CPU cores, then a few samples.
 """
 
 import sys

@@ -76,8 +76,8 @@ def architecture_options(after: str, **defaults):
 @dataclasses.dataclass(frozen=True)
 @architecture_options(after="bigram_smoothing", n_layer=4, n_head=4, n_embd=128)
 class TrainConfig:
-    # Defaults are the embedded default run: a small character-level GPT on Python's own standard
-    # library source, a few minutes on 2 CPU cores. Config files in configs/ override them.
+    # Defaults are the default run: a small character-level GPT on Tiny Shakespeare (shipped with the
+    # package), a few minutes on 2 CPU cores. Config files in configs/ override them.
     # ---- I/O
     out_dir: str = option_field("out", "run directory: checkpoints, metrics.jsonl, loss.png, config", scope=INVOCATION)
     eval_interval: int = option_field(250, "evaluate (and checkpoint) every N iterations")

@@ -1,0 +1,137 @@
+"""Run a scaling sweep: `python sweep.py configs/sweep_cpu.py --out_dir=DIR [--key=value ...]`.
+
+Each member of the config's grid trains through the same loop as train.py, into
+DIR/runs/<member>. Finished members are skipped and interrupted ones resume exactly, so the same
+command continues a sweep. Then DIR/runs.jsonl, DIR/runs.csv, DIR/fit.json (fitted laws with
+bootstrap intervals) and the plots are written. --workers=N runs members side by side in N
+processes, one device each (--platform says how to pin one: cpu, gpu or tpu); a member whose base
+options set dp/fsdp/tp takes the whole mesh instead (leave --workers=0).
+
+--task=coord_check writes the muP coordinate check (activation scales across widths after a few
+steps, muP vs standard parametrization) to DIR/coord_check.png; --task=lr_transfer trains each
+width at each learning rate under both parametrizations and writes DIR/lr_transfer.png and
+DIR/lr_transfer.jsonl (with a config file, on its data; else on a synthetic bigram stream).
+
+This module is sweep.py's command line (--help shows the first paragraph above).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from jaxgpt.cli import ConfigError, Option, parse_args
+from jaxgpt.files import atomic_write
+from jaxgpt.scale import mup, sweep
+from jaxgpt.train.config import config_from_sources
+from jaxgpt.train.loop import prepare_data
+
+OPTIONS = {
+    "out_dir": Option("sweep", "the sweep's directory (members in runs/, then runs.jsonl, fit.json, plots)"),
+    "task": Option("run", "run (train the grid, then fit) | fit (only collect and fit) | coord_check | lr_transfer",
+                   choices=("run", "fit", "coord_check", "lr_transfer")),
+    "widths": Option("64,128,256,512", "coord_check / lr_transfer: comma-separated widths", type=str),
+    "learning_rates": Option("1e-3,3e-3,1e-2,3e-2,1e-1", "lr_transfer: comma-separated learning rates", type=str),
+    "steps": Option(0, "coord_check / lr_transfer: training steps (0: 4 and 200)"),
+    "workers": Option(0, "processes running members side by side, one device each (0: members in turn, here)"),
+    "platform": Option("cpu", "how a worker is pinned to one device", choices=("cpu", "gpu", "tpu")),
+    "worker": Option(None, "(internal) this worker's index", type=int),
+    "fit": Option(True, "write fit.json and the plots when the members are done"),
+    "n_bootstrap": Option(100, "bootstrap resamples for the fits' intervals"),
+    "predict_at": Option("", "comma-separated FLOP budgets at which to report the compute-optimal N and D",
+                         type=str),
+    "paper_grid": Option(False, "fit approach 3 from the Chinchilla paper's 4500 starting points (minutes on a "
+                                "CPU) instead of 162"),
+    "progress": Option(False, "a progress bar per member"),
+}
+
+
+def positive_numbers(key: str, text: str, kind=float):
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = None
+    if values is None or any(v <= 0 for v in values):
+        raise ConfigError(f"--{key} must be comma-separated positive numbers, got {text!r}")
+    return values
+
+
+def mup_check(opts, configs) -> None:
+    """The muP checks: activation scales across widths, and the best lr across widths."""
+    out_dir, widths = opts["out_dir"], positive_numbers("widths", opts["widths"], int)
+    tokens = None
+    if configs:  # train on the sweep's data (its train split), as the members do
+        _, prepared = prepare_data(config_from_sources(sweep.SweepSpec.from_file(configs[0]).base))
+        tokens = prepared.train
+    os.makedirs(out_dir, exist_ok=True)
+    if opts["task"] == "coord_check":
+        steps = opts["steps"] or 4
+        records = [r for p in ("sp", "mup") for r in mup.coord_check(widths, p, steps, tokens=tokens, seeds=(0, 1))]
+        path = os.path.join(out_dir, "coord_check.png")
+        mup.plot_coord_check(records, path)
+        for p in ("sp", "mup"):
+            print(f"{p}: slope of log|logits| vs log(width) after {steps} steps: "
+                  f"{mup.coord_slope(records, p, 'logits'):+.2f}")
+    else:
+        steps, lrs = opts["steps"] or 200, positive_numbers("learning_rates", opts["learning_rates"])
+        records = {p: mup.lr_transfer(widths, lrs, p, steps, tokens=tokens) for p in ("sp", "mup")}
+        with atomic_write(os.path.join(out_dir, "lr_transfer.jsonl")) as f:
+            for p, rows in records.items():
+                for row in rows:
+                    f.write(json.dumps({"parametrization": p, **row}) + "\n")
+        path = os.path.join(out_dir, "lr_transfer.png")
+        mup.plot_lr_transfer(records["sp"], records["mup"], path)
+        for p, rows in records.items():
+            best = {}
+            for row in rows:
+                if row["final_loss"] == row["final_loss"] and row["final_loss"] < best.get(row["width"], (9e9,))[0]:
+                    best[row["width"]] = (row["final_loss"], row["lr"])
+            print(f"{p}: best lr by width: " + ", ".join(f"{w}: {lr:g}" for w, (_, lr) in sorted(best.items())))
+    print(f"wrote {path}")
+
+
+def main(argv: Sequence[str]) -> None:
+    configs = [a for a in argv if not a.startswith("-")]
+    flags = [a for a in argv if a.startswith("-")]
+    opts = parse_args(OPTIONS, flags, "sweep.py", __doc__.strip().split("\n\n")[0])
+    out_dir = opts["out_dir"]
+    for key in ("workers", "n_bootstrap"):
+        if opts[key] < 0:
+            raise ConfigError(f"--{key} must be >= 0, got {opts[key]}")
+    if not out_dir.strip():
+        raise ConfigError("--out_dir must name a directory, got an empty string")
+    budgets = positive_numbers("predict_at", opts["predict_at"]) if opts["predict_at"] else []
+    if opts["task"] in ("coord_check", "lr_transfer"):
+        mup_check(opts, configs)
+        return
+    if len(configs) != 1:
+        raise ConfigError("give one sweep config file, e.g. python sweep.py configs/sweep_cpu.py --out_dir=DIR")
+    spec = sweep.SweepSpec.from_file(configs[0])
+    vocab = sweep.vocab_size_for(spec.base)
+    members = sweep.expand(spec, vocab)
+    if opts["task"] == "run":
+        os.makedirs(out_dir, exist_ok=True)
+        if opts["workers"] > 0 and opts["worker"] is None:
+            sweep.run_workers(configs[0], [f for f in flags if not f.startswith(("--workers", "--fit"))],
+                              opts["workers"], lambda i: sweep.pinned_env(opts["platform"], i))
+        else:
+            todo = sweep.select(members, opts["worker"], max(opts["workers"], 1))
+            done = set(sweep.done_members(out_dir, todo))
+            for i, member in enumerate(todo, 1):
+                state = "done, skipped" if member.name in done else "training"
+                print(f"[{i}/{len(todo)}] {member.name}: {state}", flush=True)
+                row = sweep.run_member(member, out_dir, vocab, progress=opts["progress"])
+                outcome = (f"diverged: {row['diverged']}" if row.get("diverged")
+                           else f"best val {row['best_val_loss']:.4f}")
+                print(f"    N={row['N']:,} D={row['D']:,} C={row['C']:.2e} {outcome} ({row['seconds']:.0f} s)",
+                      flush=True)
+    if opts["worker"] is not None or not opts["fit"]:
+        return
+    rows = sweep.collect(out_dir, members)
+    print(f"{len(rows)} of {len(members)} members finished: {os.path.join(out_dir, 'runs.jsonl')}")
+    result = sweep.fit_and_plot(out_dir, rows, members, budgets, n_bootstrap=opts["n_bootstrap"],
+                                paper_grid=opts["paper_grid"])
+    print(f"fits: {os.path.join(out_dir, 'fit.json')} ({', '.join(sorted(k for k in result if k != 'skipped'))})")
+    for name, why in (result.get("skipped") or {}).items():
+        print(f"  skipped {name}: {why}")
