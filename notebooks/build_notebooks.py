@@ -32,7 +32,9 @@ COLAB_NOTEBOOKS = f"https://colab.research.google.com/github/{REPO_HOME}/blob/ma
 LINKING_PAGES = (HERE.parent / "README.md",)
 COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^/\s]+/[^/\s]+/blob/main/notebooks/")
 
-Cell = Tuple[str, str]  # ("md" | "code", source)
+Cell = Tuple[str, str]  # ("md" | "code" | "parameters", source)
+# The tag papermill (and scripts/run_course.py) looks for: the one code cell that holds the settings.
+PARAMETERS_TAG = "parameters"
 
 
 def md(text: str) -> Cell:
@@ -41,6 +43,32 @@ def md(text: str) -> Cell:
 
 def code(text: str) -> Cell:
     return ("code", text.strip("\n"))
+
+
+def parameters(text: str) -> Cell:
+    """The notebook's settings cell, tagged "parameters": a tool that sets them inserts its values
+    right after it."""
+    return ("parameters", text.strip("\n"))
+
+
+def results(entries: str) -> List[Cell]:
+    """The notebook's closing cells: `chapter_results`, a dict of the chapter's key numbers (entries:
+    the dict's body), printed as one JSON line that scripts/run_course.py and the tests read."""
+    return [
+        md("""
+## Results
+
+The chapter's key numbers, in one dict (`scripts/run_course.py` collects every chapter's):
+"""),
+        code(f"""
+import json
+
+chapter_results = {{
+{entries.strip(chr(10))}
+}}
+print("chapter_results:", json.dumps(chapter_results))
+"""),
+    ]
 
 
 def colab_url(name: str) -> str:
@@ -52,8 +80,13 @@ def with_current_home(text: str) -> str:
     return COLAB_LINK.sub(COLAB_NOTEBOOKS, text)
 
 
+# The parameter of the chapters that read a corpus (the library's --dataset values).
+CORPUS_SETTING = 'CORPUS = "stdlib"  # the corpus read: stdlib or shakespeare (both shipped, offline), or a .txt path\n'
+
+
 def preamble(name: str, number: str, title_pt: str, what: str, small_settings: str) -> List[Cell]:
-    """Title (the course chapter in Portuguese), badge, install cell, settings, devices."""
+    """Title (the course chapter in Portuguese), badge, install cell, the parameters cell (SMALL,
+    WORK, then small_settings: the chapter's sizes and data paths), devices."""
     return [
         md(f"""
 # Capítulo {number} — {title_pt}
@@ -78,14 +111,14 @@ except ImportError:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"git+{{JAXGPT_HOME}}"])
     import jaxgpt
 """),
-        code(f"""
+        parameters(f"""
 import os, tempfile
 
+# The chapter's settings, in the cell tagged "parameters" (papermill's convention; scripts/run_course.py sets them).
 # One switch for small settings: the test suite runs every notebook with JAXGPT_NOTEBOOK_SMALL=1
 # (seconds on a CPU). Leave it unset for the chapter's real settings.
 SMALL = os.environ.get("JAXGPT_NOTEBOOK_SMALL", "0") == "1"
-WORK = os.environ.get("JAXGPT_NOTEBOOK_DIR") or tempfile.mkdtemp(prefix="jaxgpt-{number}-")
-os.makedirs(WORK, exist_ok=True)
+WORK = os.environ.get("JAXGPT_NOTEBOOK_DIR") or tempfile.mkdtemp(prefix="jaxgpt-{number}-")  # runs and figures
 {small_settings}
 """),
         code("""
@@ -93,6 +126,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+os.makedirs(WORK, exist_ok=True)
 print("JAX", jax.__version__, "on", jax.default_backend(), "->", jax.devices())
 """),
     ]
@@ -207,7 +241,10 @@ The library does the same thing from the command line; each later chapter shows 
 | figures of a run | `python -m jaxgpt.viz --out_dir=out --what=attention` |
 | the tests | `python -m pytest -n 2` |
 """),
-]
+] + results("""
+    "max_weight_error": float(jnp.abs(w - w_true).max()),   # gradient descent's w against the true one
+    "gpt_parameters": int(n),
+""")
 
 # --------------------------------------------------------------------------------- 01
 
@@ -217,13 +254,13 @@ nb01 = preamble(NB01, "01", "O que é um LLM",
                 "counts which token follows which (a bigram). Here it is counted, then learned by "
                 "gradient descent, on the same corpus and tokenizer as the GPT of later chapters "
                 "(`jaxgpt.course.bigram`).",
-                "TRAIN_ITERS = 30 if SMALL else 1000") + [
+                CORPUS_SETTING + "TRAIN_ITERS = 30 if SMALL else 1000") + [
     code("""
 from jaxgpt.train.config import TrainConfig
 from jaxgpt.train.loop import prepare_data
 
 # The embedded corpus (Python's own standard-library source, offline) and the char tokenizer.
-corpus, data = prepare_data(TrainConfig(dataset="stdlib", tokenizer="char"))
+corpus, data = prepare_data(TrainConfig(dataset=CORPUS, tokenizer="char"))
 tok = data.tokenizer
 V = tok.vocab_size
 print(f"{corpus.name}: {len(data.train):,} train / {len(data.val):,} val tokens, vocabulary {V}")
@@ -333,10 +370,11 @@ metrics and resume included. It prints the count-based bigram's val loss beside 
     code("""
 from jaxgpt.train.loop import train
 
-run = train(TrainConfig(model="bigram", dataset="stdlib", out_dir=os.path.join(WORK, "bigram"), learning_rate=0.1,
+run = train(TrainConfig(model="bigram", dataset=CORPUS, out_dir=os.path.join(WORK, "bigram"), learning_rate=0.1,
                         min_lr=0.01, weight_decay=0.0, max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS,
                         warmup_iters=min(100, TRAIN_ITERS // 10), eval_interval=max(TRAIN_ITERS // 2, 1),
-                        eval_iters=4 if SMALL else 20, progress=False, num_samples=0, overwrite=True))
+                        eval_iters=4 if SMALL else 20, progress=False, num_samples=0, overwrite=True,
+                        quiet_header=True))
 from jaxgpt.course.bigram import table_nll
 from jaxgpt.train.checkpoint import load_inference_params
 
@@ -352,7 +390,11 @@ the full settings (`python train.py configs/bigram.py`, 1000 iterations) the lea
 2.468 nats on every val pair, the count-based one at 2.462; the default GPT (`python train.py`, 0.81M
 parameters, 1000 iterations) reaches 1.916.
 """),
-]
+] + results("""
+    "counted_bigram_val_loss": float(count_val),   # add-1 smoothing, every val pair
+    "learned_bigram_val_loss": float(exact),       # the library's loop, every val pair
+    "uniform_val_loss": float(np.log(V)),
+""")
 
 # --------------------------------------------------------------------------------- 02
 
@@ -360,11 +402,11 @@ NB02 = "02_texto_vira_numero"
 nb02 = preamble(NB02, "02", "Texto vira número",
                 "Text becomes numbers: word, character and BPE tokenization; token embeddings plus "
                 "position embeddings; and the sliding-window (x, y) pairs a language model trains on.",
-                "TEXT_CHARS = 20_000 if SMALL else 400_000\nBPE_VOCAB = 300 if SMALL else 1024") + [
+                CORPUS_SETTING + "TEXT_CHARS = 20_000 if SMALL else 400_000\nBPE_VOCAB = 300 if SMALL else 1024") + [
     code("""
 from jaxgpt.data.corpus import resolve_corpus
 
-text = resolve_corpus("stdlib").text[:TEXT_CHARS]
+text = resolve_corpus(CORPUS).text[:TEXT_CHARS]
 sample = text[1000:1200]
 print(sample)
 """),
@@ -443,7 +485,12 @@ assert (xs[:, 1:] == ys[:, :-1]).all()
 assert (BatchSampler(np.asarray(tokens), seed=0).sample(4, T)[0] == xs).all()   # same seed, same batch
 print(xs.shape, ys.shape)
 """),
-]
+] + results("""
+    "char_vocab": int(char_tok.vocab_size), "bpe_vocab": int(bpe_tok.vocab_size),
+    "gpt2_vocab": int(gpt2_tok.vocab_size),
+    "bpe_chars_per_token": len(sample) / len(bpe_tok.encode(sample)),   # compression of the sample above
+    "gpt2_chars_per_token": len(sample) / len(gpt2_tok.encode(sample)),
+""")
 
 # --------------------------------------------------------------------------------- 03
 
@@ -452,7 +499,7 @@ nb03 = preamble(NB03, "03", "Atenção",
                 "Attention by hand: scaled dot-product attention, the causal mask, several heads. "
                 "Then the same numbers from jaxgpt's GPT (its own attention, recorded while it runs), "
                 "and heatmaps of a trained model's attention.",
-                "TRAIN_ITERS = 20 if SMALL else 600") + [
+                CORPUS_SETTING + "TRAIN_ITERS = 20 if SMALL else 600") + [
     code("""
 # Exact float32 matmuls everywhere (TPUs default to bfloat16 passes), so the checks below hold to 1e-5.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -547,10 +594,11 @@ from jaxgpt.data.tokenizers import load_tokenizer
 from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "attention-run")
-train(TrainConfig(out_dir=run_dir, dataset="stdlib", n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
-                  max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS, warmup_iters=min(100, TRAIN_ITERS // 5),
-                  eval_interval=TRAIN_ITERS, eval_iters=2 if SMALL else 20, progress=False, num_samples=0,
-                  overwrite=True))
+run = train(TrainConfig(out_dir=run_dir, dataset=CORPUS, n_layer=2, n_head=4, n_embd=64, block_size=64,
+                        batch_size=16, max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS,
+                        warmup_iters=min(100, TRAIN_ITERS // 5), eval_interval=TRAIN_ITERS,
+                        eval_iters=2 if SMALL else 20, progress=False, num_samples=0, overwrite=True,
+                        quiet_header=True))
 run_cfg, run_params = load_inference_params(run_dir)
 tok = load_tokenizer(os.path.join(run_dir, "tokenizer.json"))
 prompt = "def add(a, b):"
@@ -562,7 +610,11 @@ labels = [viz.token_label(tok, i, quotes=False) for i in ids]
     code("""
 show(viz.plot_attention(weights, labels, os.path.join(WORK, "attention.png"), title="attention of a small GPT"))
 """),
-]
+] + results("""
+    "max_weight_difference": float(jnp.abs(w_BHTT - library_w[0]).max()),   # by hand against the library
+    "max_output_difference": float(jnp.abs(out_BTD - library_out).max()),
+    "trained_val_loss": float(run["best_val_loss"]),
+""")
 
 # --------------------------------------------------------------------------------- 04
 
@@ -682,7 +734,12 @@ assert by_hand == param_count(params) == cfg.num_params(non_embedding=False)
 for name in ("wte", "wpe", "h_0", "ln_f"):
     print(f"{name:5s} {param_count(params[name]):8,}")
 """),
-]
+] + results("""
+    "max_logit_difference": float(jnp.abs(ours - theirs).max()),   # the hand-written GPT against the library
+    "max_grad_difference": float(worst),
+    "hand_gpt_loss": float(cross_entropy_loss(gpt_batch(params, ids_BT), targets_BT)),   # untrained: about ln V
+    "parameters": int(by_hand),
+""")
 
 # --------------------------------------------------------------------------------- 05
 
@@ -691,7 +748,7 @@ nb05 = preamble(NB05, "05", "Pré-treinamento",
                 "Pretraining: the training loop written out (the shared, jit-compiled train step; an "
                 "explicit loop over batches), the loss curve and perplexity, greedy generation, then "
                 "the library's loop with checkpoints, resume and sampling.",
-                "HAND_ITERS = 20 if SMALL else 300\nRUN_ITERS = 20 if SMALL else 1000") + [
+                CORPUS_SETTING + "HAND_ITERS = 20 if SMALL else 300\nRUN_ITERS = 20 if SMALL else 1000") + [
     code("""
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.train.optim import lr_schedule, make_optimizer
@@ -700,7 +757,7 @@ from jaxgpt.train.tasks import language_modeling
 from jaxgpt.train.step import create_train_state, make_eval_step, make_train_step
 from jaxgpt.train.loop import prepare_data
 
-corpus, data = prepare_data(TrainConfig(dataset="stdlib", tokenizer="char"))
+corpus, data = prepare_data(TrainConfig(dataset=CORPUS, tokenizer="char"))
 tok = data.tokenizer
 cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=64)
 task = language_modeling(cfg, data, seed=0)      # init_params, loss, batches: pure functions + a sampler
@@ -773,9 +830,9 @@ from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "pretrain")
 half = RUN_ITERS // 2
-options = dict(out_dir=run_dir, dataset="stdlib", n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
+options = dict(out_dir=run_dir, dataset=CORPUS, n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
                max_iters=half, lr_decay_iters=RUN_ITERS, warmup_iters=min(100, RUN_ITERS // 5),
-               eval_interval=half, eval_iters=2 if SMALL else 20, progress=False, num_samples=0)
+               eval_interval=half, eval_iters=2 if SMALL else 20, progress=False, num_samples=0, quiet_header=True)
 first = train(TrainConfig(**options, overwrite=True))
 # ... later (or after a crash): continue the same run where its last checkpoint stopped
 second = train(TrainConfig(**{**options, "max_iters": RUN_ITERS}, init_from="resume"))
@@ -789,7 +846,11 @@ show(viz.plot_loss_curves([run_dir], os.path.join(WORK, "loss.png")))   # python
 run_cfg, run_params = load_inference_params(run_dir)
 print(tok.decode([int(t) for t in generate(run_cfg, run_params, [prompt], 80, temperature=0)[0]]))
 """),
-]
+] + results("""
+    "hand_loop_val_loss": float(vals[-1]),
+    "val_loss": float(evals[-1]["val_loss"]),
+    "val_ppl": float(evals[-1]["val_ppl"]),
+""")
 
 # --------------------------------------------------------------------------------- 06
 
@@ -801,10 +862,12 @@ nb06 = preamble(NB06, "06", "Fine-tuning",
                 "(`finetune.py`, `jaxgpt.finetune.classify`).",
                 "# sms_spam (the course's data) is downloaded once; the small settings use the embedded,\n"
                 "# offline task: is a line of the standard library code or prose?\n"
-                "DATASET = \"stdlib_lines\" if SMALL else \"sms_spam\"\n"
+                "SMS_PATH = None  # a local copy of the UCI SMS Spam Collection (SMSSpamCollection); None: download\n"
+                "DATASET = SMS_PATH or (\"stdlib_lines\" if SMALL else \"sms_spam\")\n"
                 "# the small settings skip the backbone's pretraining (a whole extra run)\n"
                 "INIT_FROM = \"scratch\" if SMALL else \"pretrain\"\n"
                 "PRETRAIN_ITERS = 300\n"
+                "PRETRAIN_CORPUS = \"stdlib\"  # the backbone's corpus: stdlib, shakespeare or a .txt path\n"
                 "FT_ITERS = 10 if SMALL else 300") + [
     code("""
 from jaxgpt.finetune import classify_data
@@ -874,12 +937,12 @@ from jaxgpt.finetune.config import FinetuneConfig, setup_for
 from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "classify")
-ft = FinetuneConfig(task="classify", dataset=DATASET, init_from=INIT_FROM, pretrain_dataset="stdlib",
+ft = FinetuneConfig(task="classify", dataset=DATASET, init_from=INIT_FROM, pretrain_dataset=PRETRAIN_CORPUS,
                     pretrain_iters=PRETRAIN_ITERS, n_layer=2, n_head=4, n_embd=64, block_size=64,
                     trainable="last_block", batch_size=16, max_iters=FT_ITERS, lr_decay_iters=FT_ITERS,
                     warmup_iters=min(20, FT_ITERS // 5), learning_rate=5e-4, min_lr=5e-5,
                     eval_interval=max(FT_ITERS // 2, 1), eval_iters=2 if SMALL else 8, out_dir=run_dir,
-                    overwrite=True, progress=False)
+                    overwrite=True, progress=False, quiet_header=True)
 summary = train(ft, setup_for(ft))
 """),
     md("""
@@ -902,7 +965,10 @@ texts = ["def __init__(self, x):", "Return the number of items in the list."] if
 for text, probs in zip(texts, classify_texts(run_dir, texts)):
     print(f"{text!r:45} {probs}")
 """),
-]
+] + results("""
+    "dataset": data.name,
+    "test_accuracy": float(test["test_accuracy"]),
+""")
 
 # --------------------------------------------------------------------------------- 07
 
@@ -912,6 +978,8 @@ nb07 = preamble(NB07, "07", "Instruction tuning",
                 "template, and the loss counts only the response tokens. The mask by hand, checked "
                 "against jaxgpt.finetune.instruct's batches and loss, then a fine-tuning run through the "
                 "shared loop (`finetune.py --task=sft`).",
+                "INSTRUCTIONS_PATH = None  # a JSON/JSONL file of instruction records; None: the embedded ones\n"
+                "DATASET = INSTRUCTIONS_PATH or \"embedded\"\n"
                 "N_PER_KIND = 50 if SMALL else 1000      # embedded examples per instruction kind\n"
                 "SFT_ITERS = 10 if SMALL else 1500") + [
     code("""
@@ -920,7 +988,7 @@ from jaxgpt.finetune import instruct_data
 
 # Rule-made instructions with one checkable answer each (offline); the course's
 # instruction-data.json works the same way (dataset="instruction-data").
-records, source = instruct_data.resolve_records("embedded", n_per_kind=N_PER_KIND, seed=123)
+records, source = instruct_data.resolve_records(DATASET, n_per_kind=N_PER_KIND, seed=123)
 template = instruct.TEMPLATES["short"]
 for r in records[:4]:
     print(repr(template.prompt(r.instruction, r.input) + r.output))
@@ -986,11 +1054,11 @@ from jaxgpt.finetune.config import FinetuneConfig, setup_for
 from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "sft")
-ft = FinetuneConfig(task="sft", dataset="embedded", init_from="scratch", n_per_kind=N_PER_KIND, template="short",
+ft = FinetuneConfig(task="sft", dataset=DATASET, init_from="scratch", n_per_kind=N_PER_KIND, template="short",
                     block_size=96, n_layer=2, n_head=4, n_embd=64, batch_size=16, max_iters=SFT_ITERS,
                     lr_decay_iters=SFT_ITERS, warmup_iters=min(100, SFT_ITERS // 5), learning_rate=2e-3,
                     min_lr=2e-4, eval_interval=max(SFT_ITERS // 2, 1), eval_iters=2 if SMALL else 4,
-                    out_dir=run_dir, overwrite=True, progress=False)
+                    out_dir=run_dir, overwrite=True, progress=False, quiet_header=True)
 summary = train(ft, setup_for(ft))
 """),
     code("""
@@ -1018,7 +1086,12 @@ answer, = instruct.respond(run_cfg, run_params, run_tok, template, instruct.eos_
                            [(question.instruction, question.input)], max_new_tokens=40)
 print(f"{question.instruction!r} {question.input!r} -> {answer!r} (expected {question.output!r})")
 """),
-]
+] + results("""
+    "test_loss": float(summary["test_loss"]),
+    # embedded records carry a kind and the run scores them; a file of records without kinds: scored here
+    "exact_match": float(summary.get("test_exact_match", np.mean([r["generated"].strip() == r["expected"].strip()
+                                                                  for r in responses]))),
+""")
 
 # --------------------------------------------------------------------------------- 08
 
@@ -1026,7 +1099,7 @@ NB08 = "08_extras"
 nb08 = preamble(NB08, "08", "Extras",
                 "Decoding experiments: the next-token distribution, temperature, top-k and top-p, "
                 "and the same prompt under each of them.",
-                "TRAIN_ITERS = 20 if SMALL else 1000\nN_DRAWS = 200 if SMALL else 10_000") + [
+                CORPUS_SETTING + "TRAIN_ITERS = 20 if SMALL else 1000\nN_DRAWS = 200 if SMALL else 10_000") + [
     code("""
 from jaxgpt.viz import figures as viz
 from jaxgpt.train.checkpoint import load_inference_params
@@ -1035,10 +1108,11 @@ from jaxgpt.data.tokenizers import load_tokenizer
 from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "decoding-run")
-train(TrainConfig(out_dir=run_dir, dataset="stdlib", n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=16,
-                  max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS, warmup_iters=min(100, TRAIN_ITERS // 5),
-                  eval_interval=TRAIN_ITERS, eval_iters=2 if SMALL else 20, progress=False, num_samples=0,
-                  overwrite=True))
+run = train(TrainConfig(out_dir=run_dir, dataset=CORPUS, n_layer=2, n_head=4, n_embd=64, block_size=64,
+                        batch_size=16, max_iters=TRAIN_ITERS, lr_decay_iters=TRAIN_ITERS,
+                        warmup_iters=min(100, TRAIN_ITERS // 5), eval_interval=TRAIN_ITERS,
+                        eval_iters=2 if SMALL else 20, progress=False, num_samples=0, overwrite=True,
+                        quiet_header=True))
 cfg, params = load_inference_params(run_dir)
 tok = load_tokenizer(os.path.join(run_dir, "tokenizer.json"))
 prompt = "    def __init__(self"
@@ -1125,7 +1199,12 @@ for label, text in results:
     print(f"{label:18s} {text[:70]!r}")
 show(os.path.join(WORK, "decoding.png"))
 """),
-]
+] + results("""
+    "trained_val_loss": float(run["best_val_loss"]),
+    "top_token_probability": float(probs[0]),
+    "top_k_5_kept": int(kept_k.sum()), "top_p_0.9_kept": int(kept_p.sum()),
+    "max_draw_frequency_error": max(abs(float(freq[i]) - float(jax.nn.softmax(logits_V)[i])) for i in top_ids[:5]),
+""")
 
 NOTEBOOKS = {NB00: nb00, NB01: nb01, NB02: nb02, NB03: nb03, NB04: nb04, NB05: nb05, NB06: nb06, NB07: nb07, NB08: nb08}
 
@@ -1136,6 +1215,8 @@ def build(cells: List[Cell]) -> nbformat.NotebookNode:
                    "language_info": {"name": "python"}, "colab": {"provenance": []}}
     for i, (kind, source) in enumerate(cells):
         cell = nbformat.v4.new_markdown_cell(source) if kind == "md" else nbformat.v4.new_code_cell(source)
+        if kind == "parameters":
+            cell.metadata["tags"] = [PARAMETERS_TAG]
         cell["id"] = f"cell-{i:02d}"  # stable ids: the files only change when the cells do
         nb.cells.append(cell)
     nbformat.validate(nb)

@@ -99,7 +99,7 @@ def pretrained_backbone(cfg, train_texts: Sequence[str], notes: List[str]) -> Ba
         print(f"pretraining the backbone on {cfg.pretrain_dataset} ({cfg.pretrain_iters} iterations, cached in "
               f"{out_dir})", flush=True)
         train(TrainConfig(out_dir=out_dir, overwrite=os.path.isdir(out_dir), progress=cfg.progress, num_samples=0,
-                          data_dir=cfg.data_dir, always_save_checkpoint=True, **options))
+                          quiet_header=cfg.quiet_header, data_dir=cfg.data_dir, always_save_checkpoint=True, **options))
     else:
         notes.append(f"backbone: reusing {out_dir} (pretrained on {cfg.pretrain_dataset})")
     backbone = _from_run_dir(out_dir)

@@ -94,6 +94,8 @@ class TrainConfig:
     overwrite: bool = option_field(False, "replace the run in out_dir (after everything else is validated)",
                                    scope=INVOCATION)
     progress: bool = option_field(True, "show a progress bar", scope=INVOCATION)
+    quiet_header: bool = option_field(False, "leave the mesh/devices and MFU-peak lines out of the run's header (the "
+                                             "course notebooks do)", scope=INVOCATION)
     num_samples: int = option_field(2, "samples printed at the end of the run", scope=INVOCATION)
     sample_tokens: int = option_field(200, "tokens per end-of-run sample", scope=INVOCATION)
     # ---- data

@@ -291,13 +291,18 @@ class Reporter:
 # ------------------------------------------------------------------ the run's first and last words
 
 def print_header(run: ResolvedRun) -> None:
+    """The run's first lines: model size, data, mesh and devices, tokens per iteration, then the MFU
+    peak and the run's notes. With cfg.quiet_header (the course notebooks) the mesh/devices part and
+    the MFU-peak line are left out: a learner cannot use them."""
     cfg, prepared = run.cfg, run.prepared
     data = run.task.describe or (f"{run.corpus.name} ({cfg.tokenizer}, vocab {prepared.tokenizer.vocab_size}, "
                                  f"{len(prepared.train):,} train / {len(prepared.val):,} val tokens)")
-    print(f"jaxgpt: {run.model_config.num_params() / 1e6:.2f}M params | {data} | mesh "
-          f"{dict(run.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s) | "
+    mesh = "" if cfg.quiet_header else (f"mesh {dict(run.mesh.shape)} on {jax.device_count()} "
+                                        f"{jax.devices()[0].platform} device(s) | ")
+    print(f"jaxgpt: {run.model_config.num_params() / 1e6:.2f}M params | {data} | {mesh}"
           f"{cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,} tokens/iter")
-    print(f"MFU peak: {device_peak_flops()[1]}")
+    if not cfg.quiet_header:
+        print(f"MFU peak: {device_peak_flops()[1]}")
     for note in run.notes:
         print(note)
 
