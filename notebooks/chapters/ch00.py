@@ -304,10 +304,11 @@ assert jnp.allclose(s_BTS, q_BTK @ k_BSK.transpose(0, 2, 1), atol=1e-5)
 print("Exercise 1: correct")
 
 w_try = jnp.array([0.5, -1.0, 2.0])
-if loss_grad(w_try, X, Y) is None:
+X_small, Y_small = X[:1000], Y[:1000]     # a thousand rows: float32 sums stay exact enough to compare
+if loss_grad(w_try, X_small, Y_small) is None:
     print("Exercise 2 not answered yet: checking the reference solution")
     exec(codecs.decode({_hidden(SOLUTION_2)}, "rot13"))
-assert jnp.allclose(loss_grad(w_try, X, Y), jax.grad(loss)(w_try, X, Y), rtol=1e-4, atol=1e-5)
+assert jnp.allclose(loss_grad(w_try, X_small, Y_small), jax.grad(loss)(w_try, X_small, Y_small), rtol=1e-4, atol=1e-5)
 print("Exercise 2: correct")
 """),
 ] + results("""
