@@ -31,7 +31,8 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # The keys of each chapter's chapter_results (its last code cell).
 RESULT_KEYS = {
     "00": {"max_weight_error", "gpt_parameters"},
-    "01": {"counted_bigram_val_loss", "learned_bigram_val_loss", "uniform_val_loss"},
+    "01": {"counted_bigram_val_loss", "learned_bigram_val_loss", "uniform_val_loss", "finetune_10_steps_scratch_loss",
+           "finetune_10_steps_pretrained_loss", "instruction_tuned_response_loss"},
     "02": {"char_vocab", "bpe_vocab", "gpt2_vocab", "bpe_chars_per_token", "gpt2_chars_per_token"},
     "03": {"max_weight_difference", "max_output_difference", "trained_val_loss"},
     "04": {"max_logit_difference", "max_grad_difference", "hand_gpt_loss", "parameters"},
