@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import chex
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets
 
 from jaxgpt.data.sampler_state import not_a_state, pcg64_words, restore_pcg64
 from jaxgpt.data.tokenizers import (

@@ -19,7 +19,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets
 
 from jaxgpt.data.corpus import DataError
 from jaxgpt.data.sources import DocumentSource, first_line

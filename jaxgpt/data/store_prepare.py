@@ -14,7 +14,7 @@ import shutil
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets
 
 from jaxgpt.data.corpus import DataError
 from jaxgpt.data.sources import DocumentSource, open_source

@@ -140,8 +140,6 @@ characters of the plays, shipped inside jaxgpt, offline) with a **character toke
 65 distinct characters is a token. The same corpus and tokenizer serve the GPT of later chapters.
 """),
     code("""
-import warnings
-warnings.filterwarnings("ignore", message="IProgress not found")   # tqdm's notice in a bare Jupyter
 from jaxgpt.train.config import TrainConfig
 from jaxgpt.train.loop import prepare_data
 

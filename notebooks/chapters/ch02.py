@@ -30,8 +30,6 @@ Here is the text the whole course reads: Tiny Shakespeare, about a million chara
 read a single line, every piece of this text needs a number.
 """),
     code("""
-import warnings
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's note about Jupyter widgets
 from jaxgpt.data.corpus import resolve_corpus
 
 text = resolve_corpus(CORPUS).text

@@ -50,8 +50,6 @@ They are random (no training yet): the mechanics are what we are after, not the 
 with their shape (chapter 00): `x_TD` is T tokens of width D.
 """),
     code("""
-import warnings
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's note about Jupyter widgets
 from jaxgpt.data.corpus import resolve_corpus
 
 text = resolve_corpus("shakespeare").text
