@@ -34,7 +34,7 @@ RESULT_KEYS = {
     "01": {"counted_bigram_val_loss", "learned_bigram_val_loss", "uniform_val_loss"},
     "02": {"char_vocab", "bpe_vocab", "gpt2_vocab", "bpe_chars_per_token", "gpt2_chars_per_token"},
     "03": {"max_weight_difference", "max_output_difference", "trained_val_loss"},
-    "04": {"max_logit_difference", "max_grad_difference", "hand_gpt_loss", "parameters"},
+    "04": {"max_logit_difference", "max_grad_difference", "untrained_loss", "hand_gpt_val_loss", "parameters"},
     "05": {"hand_loop_val_loss", "val_loss", "val_ppl"},
     "06": {"dataset", "test_accuracy"},
     "07": {"test_loss", "exact_match"},
