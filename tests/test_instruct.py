@@ -16,7 +16,8 @@ import pytest
 
 from jaxgpt.finetune import instruct
 from jaxgpt.finetune import instruct_data
-from jaxgpt.train.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
+from jaxgpt.train.checkpoint import Checkpointer
+from jaxgpt.train.run_dir import CHECKPOINTS
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.data.corpus import DataError
 from jaxgpt.finetune.instruct_data import Record
@@ -283,7 +284,7 @@ def test_sample_instruction_applies_the_saved_template(tmp_path, capsys, monkeyp
     data = _data()
     cfg, params = _model(data, seed=3)
     params = jax.tree_util.tree_map(lambda x: x * 6.0 if x.ndim == 2 else x, params)  # livelier output
-    with Checkpointer(tmp_path / CHECKPOINT_SUBDIR) as ckpt:
+    with Checkpointer(tmp_path / CHECKPOINTS) as ckpt:
         ckpt.save(1, create_train_state(params, optax.adamw(1e-3)), {"model_config": cfg.to_dict(), "iter_num": 1})
     data.tokenizer.save(tmp_path / "tokenizer.json")
     instruct.save_sft_config(str(tmp_path), data)

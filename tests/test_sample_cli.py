@@ -17,7 +17,8 @@ import optax
 import pytest
 import safetensors.numpy
 
-from jaxgpt.train.checkpoint import CHECKPOINT_SUBDIR, Checkpointer
+from jaxgpt.train.checkpoint import Checkpointer
+from jaxgpt.train.run_dir import CHECKPOINTS
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.model.gpt import GPT
 from jaxgpt.model.pretrained import load_pretrained
@@ -86,7 +87,7 @@ def run_dir(tmp_path_factory) -> Path:
     params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     params = jax.tree_util.tree_map(lambda x: x * 8.0 if x.ndim == 2 else x, params)  # livelier samples
     out_dir = tmp_path_factory.mktemp("run")
-    with Checkpointer(out_dir / CHECKPOINT_SUBDIR) as ckpt:
+    with Checkpointer(out_dir / CHECKPOINTS) as ckpt:
         ckpt.save(7, create_train_state(params, optax.adamw(1e-3)), {"model_config": cfg.to_dict(), "iter_num": 7})
     tok.save(out_dir / "tokenizer.json")
     return out_dir

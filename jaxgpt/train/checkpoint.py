@@ -29,14 +29,13 @@ from orbax.checkpoint import checkpoint_managers as ocp_managers
 
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.model.families import family_for
-from jaxgpt.train.run_dir import CHECKPOINTS, RunDir, committed_steps
+from jaxgpt.train.run_dir import RunDir, committed_steps
 from jaxgpt.train.step import TrainState
 
-__all__ = ["CheckpointError", "Checkpointer", "best_checkpoint_step", "load_inference_params", "CHECKPOINT_SUBDIR"]
+__all__ = ["CheckpointError", "Checkpointer", "best_checkpoint_step", "load_inference_params"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUBDIR = CHECKPOINTS  # the run directory's name for them (jaxgpt.train.run_dir), kept importable here
 _ITEMS = ("params", "train", "extra")
 
 

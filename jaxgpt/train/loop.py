@@ -58,17 +58,8 @@ class TrainingDiverged(RuntimeError):
 
 # ------------------------------------------------------------------------------- configuration
 
-def _checkpoint_dir(out_dir: str) -> str:
-    return RunDir(out_dir).checkpoint_dir
-
-
-def checkpoint_steps(out_dir: str) -> List[int]:
-    """Steps of the committed checkpoints in out_dir (orbax's temporary folders excluded)."""
-    return RunDir(out_dir).checkpoint_steps()
-
-
 def _resume_step(cfg: TrainConfig) -> int:
-    steps = checkpoint_steps(cfg.out_dir)
+    steps = RunDir(cfg.out_dir).checkpoint_steps()
     if not os.path.isdir(cfg.out_dir):
         raise ConfigError(f"--init_from=resume but --out_dir={cfg.out_dir} does not exist")
     if not steps:
@@ -83,7 +74,7 @@ def _resume_step(cfg: TrainConfig) -> int:
 
 def _unreadable(out_dir: str, step: int, exc: Exception) -> ConfigError:
     """A corrupt checkpoint's error, offering the intact-looking earlier steps."""
-    earlier = [s for s in checkpoint_steps(out_dir) if s < step]
+    earlier = [s for s in RunDir(out_dir).checkpoint_steps() if s < step]
     hint = (f"; earlier checkpoint(s) {earlier}: pass --resume_step={earlier[-1]} to continue from one"
             if earlier else "")
     return ConfigError(f"{exc}{hint}")
@@ -94,7 +85,7 @@ def _read_checkpoint_extra(out_dir: str, step: int) -> Dict[str, Any]:
     from jaxgpt.train.checkpoint import CheckpointError, Checkpointer
 
     try:
-        with Checkpointer(_checkpoint_dir(out_dir), keep_best=False, read_only=True) as ckpt:
+        with Checkpointer(RunDir(out_dir).checkpoint_dir, keep_best=False, read_only=True) as ckpt:
             return ckpt.restore_extra(step)
     except CheckpointError as exc:
         raise _unreadable(out_dir, step, exc) from None
@@ -160,10 +151,10 @@ def prepare_data(cfg: TrainConfig):
 
 def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
     """A new run may not silently replace one that has checkpoints."""
-    steps = checkpoint_steps(cfg.out_dir)
     if cfg.overwrite or cfg.eval_only:
         return
     run_dir = RunDir(cfg.out_dir)
+    steps = run_dir.checkpoint_steps()
     if not steps:
         if os.path.exists(run_dir.run_config_path):
             notes.append(f"note: {cfg.out_dir} held no checkpoint; starting that run over")
@@ -311,7 +302,7 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
         except (TypeError, ValueError):
             saved_model = None
         if saved_model != model_cfg:
-            raise ConfigError(f"the checkpoint in {_checkpoint_dir(cfg.out_dir)} was trained with another model config; "
+            raise ConfigError(f"the checkpoint in {RunDir(cfg.out_dir).checkpoint_dir} was trained with another model config; "
                               "start a new --out_dir or use the same options")
         restored = _restore(cfg, step, task, optimizer, mesh)
     return ResolvedRun(cfg, corpus, prepared, model_cfg, task, mesh, rows, optimizer, schedule, pretrained_params,
@@ -325,7 +316,7 @@ def _restore(cfg: TrainConfig, step: int, task, optimizer, mesh) -> Restored:
 
     abstract = abstract_train_state(task.init_params, optimizer, mesh)
     try:
-        with Checkpointer(_checkpoint_dir(cfg.out_dir), keep_best=False, read_only=True) as ckpt:
+        with Checkpointer(RunDir(cfg.out_dir).checkpoint_dir, keep_best=False, read_only=True) as ckpt:
             state, extra = ckpt.restore(abstract, step)
     except CheckpointError as exc:
         raise _unreadable(cfg.out_dir, step, exc) from None
@@ -473,7 +464,7 @@ def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, An
         # every process joins the hook's evaluations; only process 0's report writes
         finished = (run.task.finish(run, steps, loop, report.event) or {}) if run.task.finish else {}
     except BaseException:
-        if is_main and not checkpoint_steps(cfg.out_dir):
+        if is_main and not RunDir(cfg.out_dir).checkpoint_steps():
             lock.remove_created_dir()  # a new run that failed before its first checkpoint leaves nothing
         raise
     finally:
