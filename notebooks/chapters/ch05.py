@@ -18,10 +18,10 @@ CELLS = preamble(NAME, "05", "Pré-treinamento",
                 'CORPUS = "shakespeare"  # the corpus read: shakespeare or stdlib (both shipped, offline), or a .txt path\n'
                 "HAND_ITERS = 20 if SMALL else 300  # steps of the hand-written loop (a small model)\n"
                 "RUN_ITERS = 20 if SMALL else 2000  # steps of the course model (jaxgpt's loop)\n"
-                "# Where the course model is saved (a train.py run directory): chapters 06-08 can start from it.\n"
-                "# Default ~/.cache/jaxgpt/course-model; small settings keep it inside WORK, away from the real one.\n"
-                'COURSE_MODEL_DIR = os.environ.get("JAXGPT_COURSE_MODEL_DIR") or os.path.join('
-                'WORK if SMALL else os.path.join(os.path.expanduser("~"), ".cache", "jaxgpt"), "course-model")') + [
+                "# Where the course model is saved (a train.py run directory): chapters 06-08 start from it.\n"
+                "# Default ~/.cache/jaxgpt/course-model ($JAXGPT_COURSE_MODEL_DIR moves it); small settings keep it in WORK.\n"
+                "from jaxgpt.course.model import course_model_dir\n"
+                "COURSE_MODEL_DIR = course_model_dir(WORK, SMALL)") + [
     md("""
 ## 1. The fuel: Tiny Shakespeare, one character per token
 
@@ -155,8 +155,9 @@ assert loss_per_char(state.params, line) < loss_per_char(state.params, shuffled)
 
 The same step in jaxgpt's loop, `jaxgpt.train.loop.train` (what `python train.py` runs), which also
 evaluates, checkpoints (Orbax), writes `metrics.jsonl` and `loss.png`, and resumes exactly. The model
-is nanoGPT's CPU Shakespeare model: 4 blocks, 4 heads, width 128, a 64-character window (0.8M
-parameters). We train half the steps, then continue the same run from its checkpoint, as after an
+is nanoGPT's CPU Shakespeare model: 4 blocks, 4 heads, width 128 (0.8M parameters), with a
+128-character window at batch 6 instead of 64 at batch 12: the same characters per step, and room for
+a whole SMS in chapter 06 (`jaxgpt.course.model` keeps the recipe for the chapters that rebuild it). We train half the steps, then continue the same run from its checkpoint, as after an
 interruption: `init_from="resume"` restores the parameters, the optimizer state and the data
 sampler, so the second half continues exactly where the first stopped.
 
@@ -172,13 +173,13 @@ from jaxgpt.train.checkpoint import load_inference_params
 from jaxgpt.train.metrics import read_metrics
 from jaxgpt.train.loop import train
 
+from jaxgpt.course.model import course_model_options
+
+# nanoGPT's CPU Shakespeare recipe with a 128-character context at batch 6 (the same tokens per step):
+# long enough for chapter 06 to read a whole SMS
 half = RUN_ITERS // 2
-options = dict(out_dir=COURSE_MODEL_DIR, dataset=CORPUS, tokenizer="char",
-               n_layer=2 if SMALL else 4, n_head=4, n_embd=64 if SMALL else 128, block_size=64, batch_size=12,
-               dropout=0.0, bias=False, gelu="exact", learning_rate=1e-3, min_lr=1e-4, beta2=0.99,
-               max_iters=half, lr_decay_iters=RUN_ITERS, warmup_iters=min(100, RUN_ITERS // 5),
-               eval_interval=max(1, RUN_ITERS // 4), eval_iters=2 if SMALL else 20,
-               progress=False, num_samples=0, quiet_header=True)
+options = dict(out_dir=COURSE_MODEL_DIR, max_iters=half, **course_model_options(RUN_ITERS, SMALL, CORPUS))
+print({k: v for k, v in options.items() if k not in ("progress", "num_samples", "quiet_header")})
 first = train(TrainConfig(**options, overwrite=True))
 # ... later (or after a crash): continue the same run where its last checkpoint stopped
 second = train(TrainConfig(**{**options, "max_iters": RUN_ITERS}, init_from="resume"))
@@ -285,12 +286,12 @@ million characters; GPT-2 took days on many accelerators for billions of tokens.
 once is therefore a **foundation** to reuse: chapter 06 adapts the course model to classify text,
 chapter 07 teaches it to follow instructions, each far cheaper than pretraining. jaxgpt loads the
 public GPT-2 weights the same way (`train.py --init_from=gpt2`, `jaxgpt.model.pretrained`), and
-`--init_from=<run dir>` starts from any run, such as the course model in `COURSE_MODEL_DIR`.
+`finetune.py --init_from=<run dir>` starts from any run, such as the course model in `COURSE_MODEL_DIR`.
 """),
     code("""
 gpt2_small = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
 print(f"the course model: {run_cfg.num_params():,} parameters | GPT-2 small: {gpt2_small.num_params():,}")
-print("start a later chapter (or train.py) from it:", f"--init_from={COURSE_MODEL_DIR}")
+print("fine-tune it (chapters 06-07):", f"python finetune.py --init_from={COURSE_MODEL_DIR} ...")
 """),
     md("""
 ## Summary
