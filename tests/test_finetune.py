@@ -8,6 +8,7 @@ import pytest
 from jaxgpt.model import lora
 from jaxgpt.finetune.classify import (classification_loss, classification_metrics, classifier_init, classifier_logits,
                              encode_texts, next_token_loss, pool, targets_for, trainable_mask)
+from jaxgpt.finetune.backbone import Backbone, extend_char_vocab
 from jaxgpt.finetune.classify_data import LabeledTexts, make_splits
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.data.corpus import DataError
@@ -224,3 +225,20 @@ def test_a_label_missing_from_train_is_refused():
             assert "'rare'" in str(exc) and "train split lacks" in str(exc)
             refused += 1
     assert refused > 0
+
+
+def test_extending_a_char_backbone_keeps_its_predictions_and_mean_initializes_the_new_rows():
+    for tied in (True, False):
+        cfg = GPTConfig(vocab_size=4, block_size=8, n_layer=1, n_head=2, n_embd=16, tie_embeddings=tied)
+        params = jax.tree_util.tree_map(np.asarray, GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+        wider = extend_char_vocab(Backbone(cfg, params, CharTokenizer("?abc"), "b"), "ab9c1 ")
+        assert wider.tokenizer.chars == "?abc 19" and wider.model_config.vocab_size == 7
+        rows = np.asarray(wider.params["wte"]["embedding"])
+        np.testing.assert_array_equal(rows[:4], params["wte"]["embedding"])
+        np.testing.assert_allclose(rows[4:], np.broadcast_to(params["wte"]["embedding"].mean(0), (3, 16)), rtol=1e-6)
+        tokens = jnp.asarray([[1, 2, 3, 0]])
+        old = GPT(cfg).apply({"params": params}, tokens)
+        new = GPT(wider.model_config).apply({"params": wider.params}, tokens)
+        # the old tokens' logits are computed from the same rows and columns: equal up to float32 summation order
+        np.testing.assert_allclose(new[..., :4], old, rtol=1e-5, atol=1e-6)
+        assert extend_char_vocab(wider, "abc") is wider  # nothing new: unchanged

@@ -183,13 +183,49 @@ def test_tokenizer_that_does_not_fit_the_backbone(capsys, target, csv_path, char
             f"--init_from={char_backbone}", "--block_size=64")
 
 
-def test_a_char_backbone_fine_tunes_and_reports_unknown_characters(capsys, tmp_path, csv_path, char_backbone):
+def test_a_char_backbone_learns_new_characters_or_reads_them_as_unknown(capsys, tmp_path, csv_path, char_backbone):
     path = write_csv(tmp_path / "odd.csv", [(t + " ☃✈", l) for t, l in spam_rows(40)])
-    code, out, err = run(capsys, finetune_script, f"--out_dir={tmp_path / 'o'}", f"--dataset={path}", *TINY,
-                         f"--init_from={char_backbone}", "--max_iters=2")
+    base = [f"--dataset={path}", *TINY, f"--init_from={char_backbone}", "--max_iters=2"]
+    code, out, err = run(capsys, finetune_script, f"--out_dir={tmp_path / 'o'}", *base)
+    assert code == 0, err
+    assert "2 new characters '☃✈' (mean-initialized)" in out and "not in the backbone's char vocabulary" not in out
+    assert "☃✈" in json.loads((tmp_path / "o" / "tokenizer.json").read_text(encoding="utf-8"))["chars"]
+    code, out, err = run(capsys, finetune_script, f"--out_dir={tmp_path / 'u'}", *base, "--extend_vocab=False")
     assert code == 0, err
     # 2 unseen characters in each of 40 texts, read as '?' (or the vocabulary's first character)
     assert "note: 80 characters are not in the backbone's char vocabulary" in out
+
+
+def test_adapting_the_backbone_on_the_task_texts_is_cached(capsys, tmp_path, csv_path, char_backbone):
+    args = [f"--dataset={csv_path}", *TINY, f"--init_from={char_backbone}", "--max_iters=2", "--adapt_iters=3",
+            "--pretrain_batch_size=4", f"--data_dir={tmp_path / 'cache'}"]
+    code, out, err = run(capsys, finetune_script, f"--out_dir={tmp_path / 'a'}", *args)
+    assert code == 0, err
+    assert "adapting the backbone to the task's texts (3 iterations" in out
+    adapted = [d for d in os.listdir(tmp_path / "cache" / "backbones") if d.startswith("adapted-")]
+    assert len(adapted) == 1
+    events = read_metrics(str(tmp_path / "cache" / "backbones" / adapted[0] / "metrics.jsonl"))
+    assert max(e["iter"] for e in events) == 3
+    code, out, err = run(capsys, finetune_script, f"--out_dir={tmp_path / 'b'}", *args)
+    assert code == 0, err
+    assert "reusing" in out and "adapting the backbone" not in out
+
+
+def test_sft_from_a_char_backbone_that_lacks_the_instructions_characters(capsys, tmp_path, target, char_backbone):
+    args = [os.path.join(REPO, "configs", "finetune_sft.py"), f"--init_from={char_backbone}", "--n_per_kind=20",
+            "--batch_size=8", "--eval_iters=1", "--max_iters=2", "--eval_interval=2", "--lr_decay_iters=2",
+            "--warmup_iters=1", "--block_size=32", "--progress=False"]
+    code, out, err = run(capsys, finetune_script, *args, f"--out_dir={tmp_path / 'sft'}")
+    assert code == 0, err
+    assert "new characters" in out and "(mean-initialized)" in out  # at least the end marker is new
+    line = one_line_exit_2(run(capsys, finetune_script, *args, f"--out_dir={target}", "--overwrite=True",
+                               "--extend_vocab=False"), "drop --extend_vocab=False to give them ids")
+    assert "the backbone's char vocabulary lacks" in line
+
+
+def test_adapt_iters_needs_a_classifier_with_a_backbone(capsys, target, csv_path):
+    refused(capsys, target, "--adapt_iters adapts a classifier's backbone", f"--dataset={csv_path}",
+            "--adapt_iters=5")  # TINY trains from scratch
 
 
 def test_sft_demo_runs_through_the_shared_loop(capsys, tmp_path):

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import jax
 
 from jaxgpt.cli import ConfigError
-from jaxgpt.data.tokenizers import TokenizerError, build_tokenizer
+from jaxgpt.data.tokenizers import CharTokenizer, TokenizerError, build_tokenizer
 from jaxgpt.finetune import backbone as backbone_lib
 from jaxgpt.finetune import classify_data, instruct
 from jaxgpt.finetune.classify import classification_task, prepare_splits
@@ -74,6 +74,13 @@ class FinetuneConfig(TrainConfig):
     pretrain_iters: int = option_field(300, "init_from=pretrain: pretraining iterations", scope=INVOCATION)
     pretrain_batch_size: int = option_field(32, "init_from=pretrain: pretraining batch size", scope=INVOCATION)
     pretrain_dropout: float = option_field(0.0, "init_from=pretrain: pretraining dropout", scope=INVOCATION)
+    adapt_iters: int = option_field(0, "classify: next-token training of the backbone on the train texts (labels "
+                                       "unused) before the head is trained, ULMFiT's second stage; 0 = none",
+                                    scope=INVOCATION)
+    adapt_learning_rate: float = option_field(1e-3, "classify: the adaptation's peak learning rate", scope=INVOCATION)
+    extend_vocab: bool = option_field(True, "a char backbone gains ids for the task's characters it lacks (rows "
+                                            "initialized to the mean embedding); False: classify reads them as "
+                                            "'?', sft refuses")
     template: str = option_field("short", "sft: the prompt template: alpaca | short | compact | a format string")
     mask_prompt: bool = option_field(True, "sft: the loss counts response tokens only (False: the prompt too)")
     n_per_kind: int = option_field(1000, "sft: embedded examples per instruction kind")
@@ -81,7 +88,7 @@ class FinetuneConfig(TrainConfig):
                                      "no training", scope=INVOCATION)
 
     EXTRA_FIXED_ON_RESUME = ("task", "text_column", "label_column", "test_fraction", "data_seed", "balance",
-                             "pooling", "trainable", "lora_rank", "template", "mask_prompt", "n_per_kind")
+                             "extend_vocab", "pooling", "trainable", "lora_rank", "template", "mask_prompt", "n_per_kind")
 
     def _validate(self) -> None:
         super()._validate()
@@ -96,6 +103,11 @@ class FinetuneConfig(TrainConfig):
         if not 0.0 < self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"--test_fraction={self.test_fraction} must be in (0, 1) and leave a train split with "
                               f"--val_fraction={self.val_fraction}")
+        if self.adapt_iters < 0 or not self.adapt_learning_rate > 0:
+            raise ConfigError("--adapt_iters must be >= 0 and --adapt_learning_rate > 0")
+        if self.adapt_iters and (self.task != "classify" or self.init_from in ("scratch", "resume")):
+            raise ConfigError("--adapt_iters adapts a classifier's backbone (--task=classify, --init_from=pretrain, a "
+                              "run directory or GPT-2): drop it here")
         if self.pretrain_iters < 1 or self.pretrain_batch_size < 1:
             raise ConfigError("--pretrain_iters and --pretrain_batch_size must be >= 1")
         if not 0.0 <= self.pretrain_dropout < 1.0:
@@ -157,6 +169,10 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
             backbone = backbone_lib.pretrained_backbone(cfg, train_texts, notes)
         else:
             backbone = backbone_lib.load_backbone(cfg.init_from)
+        if cfg.extend_vocab:
+            backbone = backbone_lib.extend_char_vocab(backbone, "".join(train_texts))
+        if cfg.adapt_iters:
+            backbone = backbone_lib.adapted_backbone(cfg, backbone, train_texts, notes)
         cfg, model_config, params = fit_backbone(cfg, backbone)
         tokenizer, description = backbone.tokenizer, backbone.description
     meta = {"source": data.source, "source_sha256": data.sha256, "dataset": data.name, "description": data.description}
@@ -217,10 +233,19 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
         tokenizer = data.tokenizer
         model_config = model_config_from_options(cfg, tokenizer.vocab_size)
     else:
-        instruct.load_sft_data(dataset, None, **options)  # the data is checked before the backbone loads
+        own = instruct.load_sft_data(dataset, None, **options)  # the data is checked before the backbone loads
         backbone = backbone_lib.load_backbone(cfg.init_from)
+        if cfg.extend_vocab:  # the records' characters and the end-of-response marker
+            backbone = backbone_lib.extend_char_vocab(backbone, own.tokenizer.chars)
+        elif isinstance(backbone.tokenizer, CharTokenizer):
+            lacking = sorted(set(own.tokenizer.chars) - set(backbone.tokenizer.chars))
+            if lacking:
+                raise ConfigError(f"the backbone's char vocabulary lacks {len(lacking)} character(s) of the instructions "
+                                  f"and the end marker ({', '.join(map(repr, lacking[:8]))}): drop "
+                                  "--extend_vocab=False to give them ids")
         cfg, model_config, params = fit_backbone(cfg, backbone)
         tokenizer = backbone.tokenizer
+        notes.append(f"backbone: {backbone.description}")
         data = instruct.load_sft_data(dataset, tokenizer, **options)
     source = data.source
     records = [dataclasses.astuple(r) for split in ("train", "val", "test") for r in data.records[split]]

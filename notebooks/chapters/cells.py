@@ -3,6 +3,7 @@ cell constructors (md, code, parameters, results) and the opening cells of a cha
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 from typing import List, Tuple
@@ -59,6 +60,13 @@ chapter_results = {{
 print("chapter_results:", json.dumps(chapter_results))
 """),
     ]
+
+
+def hidden(solution: str) -> str:
+    """A Python literal of `solution` rot13-encoded: an exercise's checking cell runs the reference
+    solution from it (`exec(codecs.decode(<literal>, "rot13"))`) when the learner's answer is still a
+    stub, without printing it where the learner reads (the collapsed <details> block explains it)."""
+    return repr(codecs.encode(solution.strip("\n"), "rot13"))
 
 
 def colab_url(name: str) -> str:
