@@ -39,7 +39,8 @@ RESULT_KEYS = {
     "04": {"max_logit_difference", "max_grad_difference", "untrained_loss", "hand_gpt_val_loss", "parameters"},
     "05": {"hand_loop_val_loss", "val_loss", "val_ppl", "course_model_iters", "greedy_repeated_fraction",
            "sampled_repeated_fraction"},
-    "06": {"dataset", "test_accuracy"},
+    "06": {"dataset", "chosen_start", "test_accuracy", "scratch_test_accuracy", "course_model_test_accuracy",
+           "adapted_test_accuracy", "seconds"},
     "07": {"test_loss", "exact_match"},
     "08": {"trained_val_loss", "top_token_probability", "top_k_5_kept", "top_p_0.9_kept", "max_draw_frequency_error"},
 }
