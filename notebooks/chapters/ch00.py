@@ -1,8 +1,6 @@
 """Chapter 00's cells (00_passo_zero.ipynb)."""
 
-import codecs
-
-from chapters.cells import code, md, preamble, results
+from chapters.cells import code, hidden, md, preamble, results
 
 NAME = "00_passo_zero"
 
@@ -18,10 +16,6 @@ def loss_grad(w, x, y):
     # d/dw mean((x w - y)^2) = 2/N x^T (x w - y)
     return 2.0 / x.shape[0] * x.T @ (x @ w - y)
 '''
-
-
-def _hidden(solution: str) -> str:
-    return repr(codecs.encode(solution.strip("\n"), "rot13"))
 
 
 CELLS = preamble(NAME, "00", "Passo zero",
@@ -296,7 +290,7 @@ q_BTK = jax.random.normal(jax.random.key(10), (2, 5, 4))
 k_BSK = jax.random.normal(jax.random.key(11), (2, 7, 4))
 if scores_BTS(q_BTK, k_BSK) is None:
     print("Exercise 1 not answered yet: checking the reference solution")
-    exec(codecs.decode({_hidden(SOLUTION_1)}, "rot13"))
+    exec(codecs.decode({hidden(SOLUTION_1)}, "rot13"))
 s_BTS = scores_BTS(q_BTK, k_BSK)
 assert s_BTS.shape == (2, 5, 7), s_BTS.shape
 assert jnp.allclose(s_BTS[1, 3, 6], q_BTK[1, 3] @ k_BSK[1, 6], atol=1e-5)
@@ -307,7 +301,7 @@ w_try = jnp.array([0.5, -1.0, 2.0])
 X_small, Y_small = X[:1000], Y[:1000]     # a thousand rows: float32 sums stay exact enough to compare
 if loss_grad(w_try, X_small, Y_small) is None:
     print("Exercise 2 not answered yet: checking the reference solution")
-    exec(codecs.decode({_hidden(SOLUTION_2)}, "rot13"))
+    exec(codecs.decode({hidden(SOLUTION_2)}, "rot13"))
 assert jnp.allclose(loss_grad(w_try, X_small, Y_small), jax.grad(loss)(w_try, X_small, Y_small), rtol=1e-4, atol=1e-5)
 print("Exercise 2: correct")
 """),

@@ -1,8 +1,6 @@
 """Chapter 01's cells (01_o_que_e_um_llm.ipynb)."""
 
-import codecs
-
-from chapters.cells import code, md, preamble, results
+from chapters.cells import code, hidden, md, preamble, results
 
 NAME = "01_o_que_e_um_llm"
 
@@ -18,10 +16,6 @@ def causal_mask(T):
     # row t = query position t; column s = key position s; True where s <= t
     return jnp.tril(jnp.ones((T, T), dtype=bool))
 '''
-
-
-def _hidden(solution: str) -> str:
-    return repr(codecs.encode(solution.strip("\n"), "rot13"))
 
 
 CELLS = preamble(NAME, "01", "O que é um LLM",
@@ -561,7 +555,7 @@ import codecs
 
 if add_k_prob(1, 2, 1.0, 3) is None:
     print("Exercise 1 not answered yet: checking the reference solution")
-    exec(codecs.decode({_hidden(SOLUTION_1)}, "rot13"))
+    exec(codecs.decode({hidden(SOLUTION_1)}, "rot13"))
 a, b = int(tok.encode("e")[0]), int(tok.encode(" ")[0])
 for k in (0.5, 1.0):
     mine = add_k_prob(dense[a, b], dense[a].sum(), k, V)
@@ -571,7 +565,7 @@ print(f"Exercise 1: correct (P(' ' | 'e') = {{add_k_prob(dense[a, b], dense[a].s
 
 if causal_mask(3) is None:
     print("Exercise 2 not answered yet: checking the reference solution")
-    exec(codecs.decode({_hidden(SOLUTION_2)}, "rot13"))
+    exec(codecs.decode({hidden(SOLUTION_2)}, "rot13"))
 m = np.asarray(causal_mask(T_demo))
 assert m.shape == (T_demo, T_demo) and m.dtype == bool
 assert (m == decoder_mask.astype(bool)).all()            # section 6's decoder mask

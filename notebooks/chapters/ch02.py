@@ -1,8 +1,28 @@
 """Chapter 02's cells (02_texto_vira_numero.ipynb)."""
 
-from chapters.cells import code, md, preamble, results
+from chapters.cells import code, hidden, md, preamble, results
 
 NAME = "02_texto_vira_numero"
+
+# The exercises' reference solutions: shown in a collapsed <details> block, and carried rot13-encoded
+# in the checking cell, which runs them only while the learner's cell is still the stub.
+SOLUTION_1 = '''
+def make_char_tokenizer(corpus):
+    vocab = sorted(set(corpus))
+    stoi = {ch: i for i, ch in enumerate(vocab)}
+    unk = len(vocab)
+    encode = lambda s: [stoi.get(ch, unk) for ch in s]
+    decode = lambda ids: "".join(vocab[i] if i < unk else "\\ufffd" for i in ids)
+    return encode, decode, unk + 1
+'''
+SOLUTION_2 = '''
+def bpe_encode(word, merges):
+    toks = tuple(word)
+    for pair in merges:
+        toks = merge(toks, pair)
+    return list(toks)
+'''
+
 CELLS = preamble(NAME, "02", "Texto vira número", """
 A model computes with numbers, not letters. This chapter turns Tiny Shakespeare into the numbers a
 GPT reads, one step at a time.
@@ -353,19 +373,13 @@ if same:
 - jaxgpt offers `char`, `bpe` and `gpt2`: more tokens in the vocabulary, fewer tokens per text.
 - An **embedding** is a row lookup in a (V, D) table; GPT-2 adds a (block_size, D) position table.
 - One window of T + 1 tokens gives T **context -> next token** examples; a batch is B windows.
-
+"""),
+    md(f"""
 ## Exercises
 
-Each exercise has a cell where your answer goes, then a cell that checks it. The notebook ships with
-a working answer in each answer cell, under the line `# solution (try it yourself first)`, so that
-it runs from top to bottom: to practise, delete what is under that line, write your own, and rerun
-the check. The solution is also explained in the collapsed block.
-
-### Exercise 1: a character tokenizer that never fails
-
-Write `make_char_tokenizer(corpus)` returning `(encode, decode, vocab_size)`, where `encode` maps
-any character missing from `corpus` to one extra id `<unk>` (the last id) and `decode` writes that id
-as `"�"`. Known text must round-trip exactly.
+**Exercise 1: a character tokenizer that never fails.** Write `make_char_tokenizer(corpus)` returning
+`(encode, decode, vocab_size)`, where `encode` maps any character missing from `corpus` to one extra
+id `<unk>` (the last id) and `decode` writes that id as `"�"`. Known text must round-trip exactly.
 
 <details><summary>Solution</summary>
 
@@ -374,43 +388,15 @@ more than the number of characters. `encode` uses `stoi.get(ch, unk)`; `decode` 
 vocabulary, with `"�"` for the extra id.
 
 ```python
-def make_char_tokenizer(corpus):
-    vocab = sorted(set(corpus))
-    stoi = {ch: i for i, ch in enumerate(vocab)}
-    unk = len(vocab)
-    encode = lambda s: [stoi.get(ch, unk) for ch in s]
-    decode = lambda ids: "".join(vocab[i] if i < unk else "\\ufffd" for i in ids)
-    return encode, decode, unk + 1
+# solution (try it yourself first)
+{SOLUTION_1.strip(chr(10))}
 ```
 </details>
-"""),
-    code("""
-# Exercise 1: your answer.
-# solution (try it yourself first)
-def make_char_tokenizer(corpus):
-    vocab = sorted(set(corpus))
-    stoi = {ch: i for i, ch in enumerate(vocab)}
-    unk = len(vocab)
-    encode = lambda s: [stoi.get(ch, unk) for ch in s]
-    decode = lambda ids: "".join(vocab[i] if i < unk else "\\ufffd" for i in ids)
-    return encode, decode, unk + 1
-"""),
-    code("""
-# Check exercise 1
-enc1, dec1, size1 = make_char_tokenizer(text)
-assert size1 == len(set(text)) + 1, "vocab_size: the characters plus one <unk>"
-assert dec1(enc1(text[:500])) == text[:500], "known text must round-trip"
-ids1 = enc1("café")
-assert len(ids1) == 4 and ids1[-1] == size1 - 1 and all(0 <= i < size1 for i in ids1), ids1
-assert dec1(ids1) == "caf\\ufffd", dec1(ids1)
-print("exercise 1: correct")
-"""),
-    md("""
-### Exercise 2: encode a new word with the learned merges
 
-Write `bpe_encode(word, merges)`: start from the word's characters and apply the learned `merges`
-(the list of pairs from section 4) **in the order they were learned**, each to the whole word. It
-must work for words the merges never saw, like `" thee"` or `" Citizens"`.
+**Exercise 2: encode a new word with the learned merges.** Write `bpe_encode(word, merges)`: start
+from the word's characters and apply the learned `merges` (the list of pairs from section 4) **in the
+order they were learned**, each to the whole word. It must work for words the merges never saw, like
+`" thee"` or `" Citizens"`.
 
 <details><summary>Solution</summary>
 
@@ -418,34 +404,47 @@ Order matters: a later merge may use a token an earlier one made (`' t' + 'he'` 
 and `'he'` first). The section 4 helper `merge(toks, pair)` already merges one pair everywhere, so:
 
 ```python
-def bpe_encode(word, merges):
-    toks = tuple(word)
-    for pair in merges:
-        toks = merge(toks, pair)
-    return list(toks)
+# solution (try it yourself first)
+{SOLUTION_2.strip(chr(10))}
 ```
 </details>
 """),
     code("""
-# Exercise 2: your answer.
-# solution (try it yourself first)
+# Your answers: replace the bodies (as given, they return None: the check then runs the reference solution).
+def make_char_tokenizer(corpus):
+    return None
+
 def bpe_encode(word, merges):
-    toks = tuple(word)
-    for pair in merges:
-        toks = merge(toks, pair)
-    return list(toks)
+    return None
 """),
-    code("""
-# Check exercise 2
+    code(f"""
+# Checks your answers. A stub that still returns None is replaced by the reference solution
+# (the collapsed blocks above; here rot13-encoded, so that it does not spoil the exercise).
+import codecs
+
+if make_char_tokenizer("ab") is None:
+    print("Exercise 1 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_1)}, "rot13"))
+enc1, dec1, size1 = make_char_tokenizer(text)
+assert size1 == len(set(text)) + 1, "vocab_size: the characters plus one <unk>"
+assert dec1(enc1(text[:500])) == text[:500], "known text must round-trip"
+ids1 = enc1("café")
+assert len(ids1) == 4 and ids1[-1] == size1 - 1 and all(0 <= i < size1 for i in ids1), ids1
+assert dec1(ids1) == "caf\\ufffd", dec1(ids1)
+print("Exercise 1: correct")
+
+if bpe_encode(" the", merges) is None:
+    print("Exercise 2 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_2)}, "rot13"))
 for word in (" thee", " Citizens", " the", "First", " people"):
     got = bpe_encode(word, merges)
-    assert "".join(got) == word, f"the tokens must spell the word: {got}"
+    assert "".join(got) == word, f"the tokens must spell the word: {{got}}"
     # fully merged: no two neighbours form a learned pair
-    assert not any((a, b) in merges for a, b in zip(got, got[1:])), f"{word!r}: a learned merge is left: {got}"
-    print(f"{word!r:12} -> {got}")
+    assert not any((a, b) in merges for a, b in zip(got, got[1:])), f"{{word!r}}: a learned merge is left: {{got}}"
+    print(f"{{word!r:12}} -> {{got}}")
 for w in list(word_counts)[:50]:                     # on the training words it agrees with the loop of section 4
     assert bpe_encode(w, merges) == list(pieces[w]), w
-print("exercise 2: correct")
+print("Exercise 2: correct")
 """),
 ] + results("""
     "char_vocab": int(char_tok.vocab_size), "bpe_vocab": int(bpe_tok.vocab_size),

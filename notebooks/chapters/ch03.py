@@ -1,8 +1,22 @@
 """Chapter 03's cells (03_atencao.ipynb)."""
 
-from chapters.cells import code, md, preamble, results, show_png
+from chapters.cells import code, hidden, md, preamble, results, show_png
 
 NAME = "03_atencao"
+
+# The exercises' reference solutions: shown in a collapsed <details> block, and carried rot13-encoded
+# in the checking cell, which runs them only while the learner's cell is still the stub.
+SOLUTION_1 = '''
+def mask_after_softmax(scores_TT):
+    w_TT = jax.nn.softmax(scores_TT, axis=-1)
+    w_TT = jnp.where(jnp.tril(jnp.ones(scores_TT.shape, bool)), w_TT, 0.0)
+    return w_TT / w_TT.sum(axis=-1, keepdims=True)
+'''
+SOLUTION_2 = '''
+def attention_parameters(D, H):
+    return 3 * D * D + 3 * D + D * D + D
+'''
+
 CELLS = preamble(NAME, "03", "Atenção", """
 To guess the next word a model must look back at the words before it, and some matter more than
 others. **Attention** is how a transformer decides which ones, and mixes them. This chapter builds
@@ -398,19 +412,14 @@ this is what the projections learned because it helps predict the next character
 - **Dropout** zeroes random weights in training only, scaling the rest by 1/(1 - p).
 - **Multi-head** attention runs H heads on a (T, H, K) layout (`vmap`, no loop) and mixes them with
   an output projection; jaxgpt's `CausalSelfAttention` is exactly this, with the projections fused.
-
+"""),
+    md(f"""
 ## Exercises
 
-Each exercise has a cell where your answer goes, then a cell that checks it. The notebook ships with
-a working answer in each answer cell, under the line `# solution (try it yourself first)`, so that
-it runs from top to bottom: to practise, delete what is under that line, write your own, and rerun
-the check. The solution is also explained in the collapsed block.
-
-### Exercise 1: the mask after the softmax
-
-Another way to hide the future: take the softmax of the **unmasked** scores, set the weights above
-the diagonal to 0, then divide each row by its new sum. Write `mask_after_softmax(scores_TT)` doing
-that. The check compares it with the -inf version of section 4: are they equal, and why?
+**Exercise 1: the mask after the softmax.** Another way to hide the future: take the softmax of the
+**unmasked** scores, set the weights above the diagonal to 0, then divide each row by its new sum.
+Write `mask_after_softmax(scores_TT)` doing that. The check compares it with the -inf version of
+section 4: are they equal, and why?
 
 <details><summary>Solution</summary>
 
@@ -420,38 +429,14 @@ alone, i.e. the -inf version (exp(-inf) = 0). It costs a second pass, which is w
 used.
 
 ```python
-def mask_after_softmax(scores_TT):
-    w_TT = jax.nn.softmax(scores_TT, axis=-1)
-    w_TT = jnp.where(jnp.tril(jnp.ones(scores_TT.shape, bool)), w_TT, 0.0)
-    return w_TT / w_TT.sum(axis=-1, keepdims=True)
+# solution (try it yourself first)
+{SOLUTION_1.strip(chr(10))}
 ```
 </details>
-"""),
-    code("""
-# Exercise 1: your answer.
-# solution (try it yourself first)
-def mask_after_softmax(scores_TT):
-    w_TT = jax.nn.softmax(scores_TT, axis=-1)
-    w_TT = jnp.where(jnp.tril(jnp.ones(scores_TT.shape, bool)), w_TT, 0.0)
-    return w_TT / w_TT.sum(axis=-1, keepdims=True)
-"""),
-    code("""
-# Check exercise 1
-scores_check = jax.random.normal(jax.random.key(10), (6, 6)) * 3
-mine = mask_after_softmax(scores_check)
-assert mine.shape == (6, 6)
-assert float(jnp.abs(jnp.triu(mine, 1)).max()) == 0.0, "no weight on the future"
-np.testing.assert_allclose(mine.sum(-1), 1.0, rtol=1e-6)
-minus_inf = jax.nn.softmax(jnp.where(jnp.tril(jnp.ones((6, 6), bool)), scores_check, -jnp.inf), axis=-1)
-np.testing.assert_allclose(mine, minus_inf, rtol=1e-5, atol=1e-7)
-print("exercise 1: correct, the same weights as the -inf mask")
-"""),
-    md("""
-### Exercise 2: how many numbers does attention learn?
 
-Write `attention_parameters(D, H)`: the number of parameters of one jaxgpt attention layer of width D
-with H heads (K = D / H) and biases, as in section 7 (`c_attn` and `c_proj`). The check counts the
-library's own parameter arrays for a few sizes.
+**Exercise 2: how many numbers does attention learn?** Write `attention_parameters(D, H)`: the number
+of parameters of one jaxgpt attention layer of width D with H heads (K = D / H) and biases, as in
+section 7 (`c_attn` and `c_proj`). The check counts the library's own parameter arrays for a few sizes.
 
 <details><summary>Solution</summary>
 
@@ -460,26 +445,46 @@ library's own parameter arrays for a few sizes.
 means narrower heads, not more parameters.
 
 ```python
-def attention_parameters(D, H):
-    return 3 * D * D + 3 * D + D * D + D
+# solution (try it yourself first)
+{SOLUTION_2.strip(chr(10))}
 ```
 </details>
 """),
     code("""
-# Exercise 2: your answer.
-# solution (try it yourself first)
+# Your answers: replace the bodies (as given, they return None: the check then runs the reference solution).
+def mask_after_softmax(scores_TT):
+    return None
+
 def attention_parameters(D, H):
-    return 3 * D * D + 3 * D + D * D + D
+    return None
 """),
-    code("""
-# Check exercise 2
+    code(f"""
+# Checks your answers. A stub that still returns None is replaced by the reference solution
+# (the collapsed blocks above; here rot13-encoded, so that it does not spoil the exercise).
+import codecs
+
+scores_check = jax.random.normal(jax.random.key(10), (6, 6)) * 3
+if mask_after_softmax(scores_check) is None:
+    print("Exercise 1 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_1)}, "rot13"))
+mine = mask_after_softmax(scores_check)
+assert mine.shape == (6, 6)
+assert float(jnp.abs(jnp.triu(mine, 1)).max()) == 0.0, "no weight on the future"
+np.testing.assert_allclose(mine.sum(-1), 1.0, rtol=1e-6)
+minus_inf = jax.nn.softmax(jnp.where(jnp.tril(jnp.ones((6, 6), bool)), scores_check, -jnp.inf), axis=-1)
+np.testing.assert_allclose(mine, minus_inf, rtol=1e-5, atol=1e-7)
+print("Exercise 1: correct, the same weights as the -inf mask")
+
+if attention_parameters(32, 4) is None:
+    print("Exercise 2 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_2)}, "rot13"))
 for D_check, H_check in ((32, 4), (64, 4), (48, 6), (64, 1)):
     layer_cfg = GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=H_check, n_embd=D_check)
     layer_params = CausalSelfAttention(layer_cfg).init(jax.random.key(0), jnp.zeros((1, 8, D_check)), None, True)["params"]
     count = sum(a.size for a in jax.tree_util.tree_leaves(layer_params))
     assert attention_parameters(D_check, H_check) == count, (D_check, H_check, attention_parameters(D_check, H_check), count)
-    print(f"D={D_check:3d} H={H_check}: {count:,} parameters")
-print("exercise 2: correct")
+    print(f"D={{D_check:3d}} H={{H_check}}: {{count:,}} parameters")
+print("Exercise 2: correct")
 """),
 ] + results("""
     "heads_loop_vs_vmap_difference": heads_difference,                       # section 6

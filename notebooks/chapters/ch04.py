@@ -1,8 +1,21 @@
 """Chapter 04's cells (04_gpt_do_zero.ipynb)."""
 
-from chapters.cells import code, md, preamble, results
+from chapters.cells import code, hidden, md, preamble, results
 
 NAME = "04_gpt_do_zero"
+
+# The exercises' reference solutions: shown in a collapsed <details> block, and carried rot13-encoded
+# in the checking cell, which runs them only while the learner's cell is still the stub.
+SOLUTION_1 = '''
+def count_parameters(V, T, L, D):
+    return V * D + T * D + L * (12 * D * D + 13 * D) + 2 * D
+'''
+SOLUTION_2 = '''
+def next_char_probabilities(params, text):
+    ids_T = jnp.asarray(tok.encode(text)[-block_size:])
+    return np.asarray(jax.nn.softmax(gpt(params, ids_T)[-1]))
+'''
+
 CELLS = preamble(NAME, "04", "GPT do zero",
                 "**What you will learn**\n\n"
                 "- what a GPT is made of, in the order the data flows: token and position embeddings, "
@@ -384,7 +397,8 @@ print(f"our GPT: {cfg.num_params():,} parameters | GPT-2 small: {gpt2_small.num_
 - Most parameters sit in the blocks' matrices (12D² per block) and in the embedding table.
 - Trained for a few hundred steps on Tiny Shakespeare, it already writes names, line breaks and
   English-looking words, one character at a time.
-
+"""),
+    md(f"""
 ## Exercises
 
 **Exercise 1: count the parameters of a bigger GPT.** Write `count_parameters(V, T, L, D)`, the total
@@ -398,8 +412,8 @@ Each block holds attention 4D² + 4D, MLP 8D² + 5D and two LayerNorms 4D, so 12
 embeddings add V·D + T·D and the final LayerNorm 2D:
 
 ```python
-def count_parameters(V, T, L, D):
-    return V * D + T * D + L * (12 * D * D + 13 * D) + 2 * D
+# solution (try it yourself first)
+{SOLUTION_1.strip(chr(10))}
 ```
 </details>
 
@@ -412,38 +426,42 @@ characters after "ROMEO".
 <details><summary>Solution</summary>
 
 ```python
-def next_char_probabilities(params, text):
-    ids_T = jnp.asarray(tok.encode(text)[-block_size:])
-    return np.asarray(jax.nn.softmax(gpt(params, ids_T)[-1]))
+# solution (try it yourself first)
+{SOLUTION_2.strip(chr(10))}
 ```
 </details>
 """),
     code("""
-# Your answers. The cell holds the reference solutions so that the notebook runs from top to bottom:
-# try each exercise yourself first, then replace the body between the markers with your own and rerun
-# the checks below.
-# ---- solution (try it yourself first) ----
+# Your answers: replace the bodies (as given, they return None: the check then runs the reference solution).
 def count_parameters(V, T, L, D):
-    return V * D + T * D + L * (12 * D * D + 13 * D) + 2 * D
+    return None
 
 def next_char_probabilities(params, text):
-    ids_T = jnp.asarray(tok.encode(text)[-block_size:])
-    return np.asarray(jax.nn.softmax(gpt(params, ids_T)[-1]))
-# ---- end of solution ----
+    return None
 """),
-    code("""
-# Check exercise 1: the library's count, on sizes from ours to GPT-2 small
+    code(f"""
+# Checks your answers. A stub that still returns None is replaced by the reference solution
+# (the collapsed blocks above; here rot13-encoded, so that it does not spoil the exercise).
+import codecs
+
+# Exercise 1: the library's count, on sizes from ours to GPT-2 small
+if count_parameters(65, 64, 2, 64) is None:
+    print("Exercise 1 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_1)}, "rot13"))
 for V_, T_, L_, D_ in [(65, 64, 2, 64), (65, 256, 6, 384), (50257, 1024, 12, 768)]:
     expected = GPTConfig(vocab_size=V_, block_size=T_, n_layer=L_, n_head=4, n_embd=D_).num_params(non_embedding=False)
     assert count_parameters(V_, T_, L_, D_) == expected, (V_, T_, L_, D_, count_parameters(V_, T_, L_, D_), expected)
-print("exercise 1: correct (GPT-2 small:", f"{count_parameters(50257, 1024, 12, 768):,} parameters)")
+print("Exercise 1: correct (GPT-2 small:", f"{{count_parameters(50257, 1024, 12, 768):,}} parameters)")
 
-# Check exercise 2: a distribution, whose top character is greedy decoding's
+# Exercise 2: a distribution, whose top character is greedy decoding's
+if next_char_probabilities(trained, "ROMEO") is None:
+    print("Exercise 2 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_2)}, "rot13"))
 probs = np.asarray(next_char_probabilities(trained, "ROMEO"))
 assert probs.shape == (cfg.vocab_size,) and abs(float(probs.sum()) - 1) < 1e-4 and (probs >= 0).all()
 assert tok.decode([int(probs.argmax())]) == generate_by_hand(trained, "ROMEO", 1)[-1]
 top5 = np.argsort(probs)[::-1][:5]
-print("exercise 2: correct; after 'ROMEO':", ", ".join(f"{tok.decode([int(i)])!r} {probs[i]:.2f}" for i in top5))
+print("Exercise 2: correct; after 'ROMEO':", ", ".join(f"{{tok.decode([int(i)])!r}} {{probs[i]:.2f}}" for i in top5))
 """),
 ] + results("""
     "max_logit_difference": max_logit_difference,   # the hand-written GPT against the library

@@ -1,8 +1,22 @@
 """Chapter 05's cells (05_pre_treinamento.ipynb)."""
 
-from chapters.cells import code, md, preamble, results, show_png
+from chapters.cells import code, hidden, md, preamble, results, show_png
 
 NAME = "05_pre_treinamento"
+
+# The exercises' reference solutions: shown in a collapsed <details> block, and carried rot13-encoded
+# in the checking cell, which runs them only while the learner's cell is still the stub.
+SOLUTION_1 = '''
+def my_cross_entropy(logits_BTV, targets_BT):
+    logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
+    return -jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1).mean()
+'''
+SOLUTION_2 = '''
+def keep_top_k(logits_V, k):
+    kth = jnp.sort(logits_V)[-k]
+    return jnp.where(logits_V >= kth, logits_V, -jnp.inf)
+'''
+
 CELLS = preamble(NAME, "05", "Pré-treinamento",
                 "**What you will learn**\n\n"
                 "- how a language model is measured: the probability of a text, cross-entropy and "
@@ -304,7 +318,8 @@ print("fine-tune it (chapters 06-07):", f"python finetune.py --init_from={COURSE
   exact resume, and saved in `COURSE_MODEL_DIR` for the chapters that follow.
 - Decoding turns probabilities into text: greedy is deterministic and falls into loops; temperature,
   top-k and top-p sample, trading safety for variety.
-
+"""),
+    md(f"""
 ## Exercises
 
 **Exercise 1: cross-entropy by hand.** Write `my_cross_entropy(logits_BTV, targets_BT)`: the mean over
@@ -314,9 +329,8 @@ every position of −log softmax(logits)[target]. The check compares it with the
 <details><summary>Solution</summary>
 
 ```python
-def my_cross_entropy(logits_BTV, targets_BT):
-    logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
-    return -jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1).mean()
+# solution (try it yourself first)
+{SOLUTION_1.strip(chr(10))}
 ```
 </details>
 
@@ -328,43 +342,45 @@ next-character logits.
 <details><summary>Solution</summary>
 
 ```python
-def keep_top_k(logits_V, k):
-    kth = jnp.sort(logits_V)[-k]
-    return jnp.where(logits_V >= kth, logits_V, -jnp.inf)
+# solution (try it yourself first)
+{SOLUTION_2.strip(chr(10))}
 ```
 </details>
 """),
     code("""
-# Your answers. The cell holds the reference solutions so that the notebook runs from top to bottom:
-# try each exercise yourself first, then replace the body between the markers with your own and rerun
-# the checks below.
-# ---- solution (try it yourself first) ----
+# Your answers: replace the bodies (as given, they return None: the check then runs the reference solution).
 def my_cross_entropy(logits_BTV, targets_BT):
-    logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
-    return -jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1).mean()
+    return None
 
 def keep_top_k(logits_V, k):
-    kth = jnp.sort(logits_V)[-k]
-    return jnp.where(logits_V >= kth, logits_V, -jnp.inf)
-# ---- end of solution ----
+    return None
 """),
-    code("""
+    code(f"""
+# Checks your answers. A stub that still returns None is replaced by the reference solution
+# (the collapsed blocks above; here rot13-encoded, so that it does not spoil the exercise).
+import codecs
 from jaxgpt.model.gpt import cross_entropy_loss
 from jaxgpt.sample.filters import top_k_filter
 
-# Check exercise 1: the library's loss on random logits, ln V on uniform ones
+# Exercise 1: the library's loss on random logits, ln V on uniform ones
 logits = jax.random.normal(jax.random.key(5), (2, 8, tok.vocab_size)) * 3
 targets = jax.random.randint(jax.random.key(6), (2, 8), 0, tok.vocab_size)
+if my_cross_entropy(logits, targets) is None:
+    print("Exercise 1 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_1)}, "rot13"))
 np.testing.assert_allclose(float(my_cross_entropy(logits, targets)), float(cross_entropy_loss(logits, targets)), rtol=1e-5)
 np.testing.assert_allclose(float(my_cross_entropy(jnp.zeros_like(logits), targets)), np.log(tok.vocab_size), rtol=1e-5)
-print("exercise 1: correct")
+print("Exercise 1: correct")
 
-# Check exercise 2: the library's filter, on random logits and on the course model's next-character logits
+# Exercise 2: the library's filter, on random logits and on the course model's next-character logits
+if keep_top_k(logits[0, 0], 1) is None:
+    print("Exercise 2 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_2)}, "rot13"))
 for k in (1, 5, 20):
     np.testing.assert_array_equal(np.asarray(keep_top_k(logits[0, 0], k)), np.asarray(top_k_filter(logits[0, 0], k)))
-next_logits_V = GPT(run_cfg).apply({"params": run_params}, jnp.asarray([prompt]))[0, -1]
+next_logits_V = GPT(run_cfg).apply({{"params": run_params}}, jnp.asarray([prompt]))[0, -1]
 kept = jnp.isfinite(keep_top_k(next_logits_V, 5))
-print("exercise 2: correct; after 'ROMEO:\\\\n' top-5 keeps", [tok.decode([int(i)]) for i in np.flatnonzero(kept)])
+print("Exercise 2: correct; after 'ROMEO:\\\\n' top-5 keeps", [tok.decode([int(i)]) for i in np.flatnonzero(kept)])
 """),
 ] + results("""
     "hand_loop_val_loss": float(vals[-1]),
