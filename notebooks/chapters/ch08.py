@@ -539,6 +539,7 @@ def ctrl_penalty(logits_V, previous_ids, penalty):
 </details>
 """),
     code("""
+# solution
 # Your answers. The cell holds the reference solutions so that the notebook runs from top to bottom:
 # try each exercise yourself first, then replace the body between the markers with your own and rerun
 # the checks below.
