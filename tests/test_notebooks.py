@@ -42,7 +42,9 @@ RESULT_KEYS = {
     "06": {"dataset", "chosen_start", "test_accuracy", "scratch_test_accuracy", "course_model_test_accuracy",
            "adapted_test_accuracy", "seconds"},
     "07": {"test_loss", "exact_match"},
-    "08": {"trained_val_loss", "top_token_probability", "top_k_5_kept", "top_p_0.9_kept", "max_draw_frequency_error"},
+    "08": {"kv_cache_speedup", "naive_tokens_per_s", "cached_tokens_per_s", "greedy_repeated_fraction",
+           "sampled_repeated_fraction", "penalized_repeated_fraction", "unknown_word_fraction", "top_token_probability",
+           "top_k_5_kept", "top_p_0.9_kept", "max_draw_frequency_error"},
 }
 # A line that calls plt.show() or the notebooks' show(path) helper (a saved PNG shown with IPython's
 # Image), not the helper's own `def show(path):`.
