@@ -1,6 +1,18 @@
 """Chapter 08's cells (08_extras.ipynb)."""
 
-from chapters.cells import code, md, preamble, results, show_png
+from chapters.cells import code, hidden, md, preamble, results, show_png
+
+SOLUTION_1 = """
+def kv_cache_bytes(cfg, batch, capacity, bytes_per_value=4):
+    # keys and values (2) x layers x sequences x positions x width (heads x head size)
+    return 2 * cfg.n_layer * batch * capacity * cfg.n_embd * bytes_per_value
+"""
+SOLUTION_2 = """
+def ctrl_penalty(logits_V, previous_ids, penalty):
+    seen_V = jnp.zeros(logits_V.shape, bool).at[jnp.asarray(previous_ids)].set(True)
+    penalized_V = jnp.where(logits_V > 0, logits_V / penalty, logits_V * penalty)
+    return jnp.where(seen_V, penalized_V, logits_V)
+"""
 
 NAME = "08_extras"
 CELLS = preamble(NAME, "08", "Extras",
@@ -539,30 +551,32 @@ def ctrl_penalty(logits_V, previous_ids, penalty):
 </details>
 """),
     code("""
-# solution
-# Your answers. The cell holds the reference solutions so that the notebook runs from top to bottom:
-# try each exercise yourself first, then replace the body between the markers with your own and rerun
-# the checks below.
-# ---- solution (try it yourself first) ----
+# Your answers: replace the bodies (as given, they return None: the check then runs the reference solution).
 def kv_cache_bytes(cfg, batch, capacity, bytes_per_value=4):
-    return 2 * cfg.n_layer * batch * capacity * cfg.n_embd * bytes_per_value
+    return None
 
 def ctrl_penalty(logits_V, previous_ids, penalty):
-    seen_V = jnp.zeros(logits_V.shape, bool).at[jnp.asarray(previous_ids)].set(True)
-    penalized_V = jnp.where(logits_V > 0, logits_V / penalty, logits_V * penalty)
-    return jnp.where(seen_V, penalized_V, logits_V)
-# ---- end of solution ----
+    return None
 """),
-    code("""
+    code(f"""
+# Checks your answers. A stub that still returns None is replaced by the reference solution
+# (the collapsed blocks above; here rot13-encoded, so that it does not spoil the exercise).
+import codecs
 from jaxgpt.model.config import GPTConfig
 
+if kv_cache_bytes(cfg, 1, 1) is None:
+    print("Exercise 1 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_1)}, "rot13"))
+if ctrl_penalty(logits_V, [0], 2.0) is None:
+    print("Exercise 2 not answered yet: checking the reference solution")
+    exec(codecs.decode({hidden(SOLUTION_2)}, "rot13"))
 # Check exercise 1: the arrays init_kv_cache allocates
 for batch, capacity in ((1, cfg.block_size), (3, 16)):
     allocated = sum(k.nbytes + v.nbytes for k, v in init_kv_cache(cfg, batch, capacity))
     assert kv_cache_bytes(cfg, batch, capacity) == allocated, (batch, capacity, allocated)
 gpt2_small = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
 print(f"exercise 1: correct; GPT-2 small's cache for one 1024-token sequence: "
-      f"{kv_cache_bytes(gpt2_small, 1, 1024) / 2**20:.0f} MiB in float32")
+      f"{{kv_cache_bytes(gpt2_small, 1, 1024) / 2**20:.0f}} MiB in float32")
 
 # Check exercise 2: seen tokens less likely (both signs), others unchanged, penalty 1 changes nothing
 logits = jnp.asarray([2.0, -1.0, 0.5, 3.0, -2.0])
@@ -573,8 +587,8 @@ penalized = ctrl_penalty(logits_V, ids, 1.5)
 assert bool(jnp.all(penalized[jnp.asarray(ids)] < logits_V[jnp.asarray(ids)]))
 top = int(jnp.argmax(logits_V))
 p_after = float(jax.nn.softmax(ctrl_penalty(logits_V, [top], 3.0))[top])
-print(f"exercise 2: correct; after 'ROMEO:\\\\n', {tok.decode([top])!r} (already used, say) drops from "
-      f"p = {float(probs_V[top]):.3f} to {p_after:.3f} with penalty 3")
+print(f"exercise 2: correct; after 'ROMEO:\\\\n', {{tok.decode([top])!r}} (already used, say) drops from "
+      f"p = {{float(probs_V[top]):.3f}} to {{p_after:.3f}} with penalty 3")
 """),
 ] + results("""
     "kv_cache_speedup": float(kv_cache_speedup),
