@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxgpt.model import lora
 from jaxgpt.finetune.classify import (classification_loss, classification_metrics, classifier_init, classifier_logits,
-                             encode_texts, next_token_loss, pool, targets_for, trainable_mask)
+                             cut_to, encode_texts, next_token_loss, pool, targets_for, trainable_mask)
 from jaxgpt.finetune.backbone import Backbone, extend_char_vocab
 from jaxgpt.finetune.classify_data import LabeledTexts, make_splits
 from jaxgpt.model.config import GPTConfig
@@ -242,3 +243,44 @@ def test_extending_a_char_backbone_keeps_its_predictions_and_mean_initializes_th
         # the old tokens' logits are computed from the same rows and columns: equal up to float32 summation order
         np.testing.assert_allclose(new[..., :4], old, rtol=1e-5, atol=1e-6)
         assert extend_char_vocab(wider, "abc") is wider  # nothing new: unchanged
+
+
+def test_max_pooling_with_the_next_token_loss_keeps_finite_gradients():
+    """jnp.max's gradient divides by the count of positions equal to the max; XLA:CPU without
+    optimizations (the suite's flags) recomputed h with other rounding for that comparison and
+    the second step's gradients were nan. pool() gathers at the argmax instead."""
+    cfg = GPTConfig(vocab_size=90, block_size=128, n_layer=2, n_head=4, n_embd=64)
+    params = classifier_init(cfg, 2, "all", 8, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    tokens, targets = np.zeros((16, 128), np.int32), np.full((16, 128), -1, np.int32)
+    for i, n in enumerate(rng.integers(20, 100, 16)):
+        tokens[i, :n], targets[i, :n] = rng.integers(1, 90, n), i % 2
+    loss = classification_loss(GPT(cfg), 2, "max", 1.0, lm_loss_weight=0.5)
+    opt = optax.adamw(3e-3)
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(lambda q: loss(q, (jnp.asarray(tokens), jnp.asarray(targets)), jax.random.key(1))[0])(p)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, g
+
+    state = opt.init(params)
+    for _ in range(3):
+        params, state, grads = step(params, state)
+        assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+    h_BTD = jax.random.normal(jax.random.key(3), (2, 5, 4))
+    mask_BT = jnp.arange(5)[None, :] < jnp.array([[5], [2]])
+    grad = jax.grad(lambda h: pool(h, mask_BT, "max").sum())(h_BTD)  # one 1 per (row, feature), at the max
+    np.testing.assert_array_equal(grad.sum(axis=1), np.ones((2, 4)))
+    np.testing.assert_array_equal(grad[1, 2:], 0.0)
+
+
+def test_long_texts_keep_their_head_their_tail_or_both():
+    tok = CharTokenizer("abcdefghij")
+    for long_text, kept in (("head", "abcd"), ("tail", "ghij"), ("head_tail", "abij")):
+        enc = encode_texts(tok, ["abcdefghij", "abc"], 4, long_text)
+        assert tok.decode(enc.tokens_NT[0].tolist()) == kept and enc.truncated == 1
+        assert enc.tokens_NT[1, :3].tolist() == [0, 1, 2] and enc.lengths_N.tolist() == [4, 3]
+    assert cut_to(list(range(7)), 5, "head_tail") == [0, 1, 4, 5, 6]
+    with pytest.raises(ValueError, match="long_text must be one of"):
+        cut_to(list(range(7)), 5, "middle")

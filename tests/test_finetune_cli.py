@@ -223,6 +223,13 @@ def test_sft_from_a_char_backbone_that_lacks_the_instructions_characters(capsys,
     assert "the backbone's char vocabulary lacks" in line
 
 
+def test_a_run_never_writes_over_the_backbone_it_starts_from(capsys, csv_path, char_backbone):
+    before = digest(char_backbone)
+    line = one_line_exit_2(run(capsys, finetune_script, f"--out_dir={char_backbone}", "--overwrite=True", *TINY,
+                               f"--dataset={csv_path}", f"--init_from={char_backbone}/"), "are the same directory")
+    assert "choose another --out_dir" in line and digest(char_backbone) == before
+
+
 def test_adapt_iters_needs_a_classifier_with_a_backbone(capsys, target, csv_path):
     refused(capsys, target, "--adapt_iters adapts a classifier's backbone", f"--dataset={csv_path}",
             "--adapt_iters=5")  # TINY trains from scratch

@@ -40,7 +40,7 @@ RESULT_KEYS = {
     "05": {"hand_loop_val_loss", "val_loss", "val_ppl", "course_model_iters", "greedy_repeated_fraction",
            "sampled_repeated_fraction"},
     "06": {"dataset", "chosen_start", "test_accuracy", "scratch_test_accuracy", "course_model_test_accuracy",
-           "adapted_test_accuracy", "seconds"},
+           "adapted_test_accuracy", "scratch_seconds", "course_model_seconds", "adapted_seconds"},
     "07": {"test_loss", "exact_match"},
     "08": {"kv_cache_speedup", "naive_tokens_per_s", "cached_tokens_per_s", "greedy_repeated_fraction",
            "sampled_repeated_fraction", "penalized_repeated_fraction", "unknown_word_fraction", "top_token_probability",

@@ -39,7 +39,7 @@ from jaxgpt.train.tasks import Task
 from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
 from jaxgpt.viz.figures import plot_confusion_matrix
 
-__all__ = ["TRAINABLE", "POOLINGS", "Encoded", "encode_texts", "pool", "classifier_init", "classifier_logits",
+__all__ = ["TRAINABLE", "POOLINGS", "LONG_TEXTS", "Encoded", "cut_to", "encode_texts", "pool", "classifier_init", "classifier_logits",
            "classification_loss", "next_token_loss", "trainable_mask", "ClassifyBatches", "classification_metrics",
            "classification_task", "classify_texts"]
 
@@ -65,8 +65,25 @@ def unknown_id(tokenizer: Tokenizer) -> Optional[int]:
     return tokenizer.chars.index("?") if "?" in tokenizer.chars else 0
 
 
-def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], T: int) -> Encoded:
-    """Token ids of each text, cut to T, right-padded; an empty text becomes one unknown/space token."""
+LONG_TEXTS = ("head", "tail", "head_tail")
+
+
+def cut_to(ids: List[int], T: int, long_text: str = "head") -> List[int]:
+    """At most T ids of a text: its first T (head), its last T (tail), or its first T // 2 followed by
+    its last T - T // 2 (head_tail: Sun et al. 2019, "How to Fine-Tune BERT for Text Classification")."""
+    if len(ids) <= T:
+        return list(ids)
+    if long_text == "head":
+        return list(ids[:T])
+    if long_text == "tail":
+        return list(ids[len(ids) - T:])
+    if long_text == "head_tail":
+        return list(ids[:T // 2]) + list(ids[len(ids) - (T - T // 2):])
+    raise ValueError(f"long_text must be one of {LONG_TEXTS}, got {long_text!r}")
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], T: int, long_text: str = "head") -> Encoded:
+    """Token ids of each text, cut to T (cut_to), right-padded; an empty text becomes one unknown/space token."""
     unk = unknown_id(tokenizer)
     unknown = 0
     if isinstance(tokenizer, CharTokenizer):
@@ -85,7 +102,7 @@ def encode_texts(tokenizer: Tokenizer, texts: Sequence[str], T: int) -> Encoded:
         if not ids:
             ids = [unk if unk is not None else tokenizer.encode(" ")[0]]
         truncated += len(ids) > T
-        ids = ids[:T]
+        ids = cut_to(ids, T, long_text)
         tokens[n, :len(ids)] = ids
         lengths[n] = len(ids)
     return Encoded(tokens, lengths, unknown, truncated)
@@ -108,7 +125,11 @@ def pool(h_BTD: jax.Array, mask_BT: jax.Array, pooling: str = "last") -> jax.Arr
     if pooling == "max":
         any_B1 = jnp.any(mask_BT, axis=1, keepdims=True)
         masked_BTD = jnp.where(mask_BT[:, :, None], h_BTD, jnp.finfo(h_BTD.dtype).min)
-        return jnp.where(any_B1, jnp.max(masked_BTD, axis=1), 0.0)
+        # the max by gathering at its argmax: the gradient goes to that position. jnp.max's own gradient
+        # divides by the count of positions equal to the max, and XLA:CPU without optimizations (the
+        # suite's flags) can recompute h for the comparison with other rounding: 0 / 0 = nan.
+        at_B1D = jnp.argmax(masked_BTD, axis=1)[:, None, :]
+        return jnp.where(any_B1, jnp.take_along_axis(h_BTD, at_B1D, axis=1)[:, 0], 0.0)
     if pooling == "mean":
         weights_BT = mask_BT.astype(h_BTD.dtype)
         return jnp.einsum("btd,bt->bd", h_BTD, weights_BT) / jnp.maximum(weights_BT.sum(1, keepdims=True), 1)
@@ -314,8 +335,10 @@ class ClassifyPrepared:
     encoded: Dict[str, Encoded]
 
 
-def prepare_splits(tokenizer: Tokenizer, splits: Splits, T: int, meta: Dict[str, Any]) -> ClassifyPrepared:
-    encoded = {name: encode_texts(tokenizer, splits.split(name).texts, T) for name in ("train", "val", "test")}
+def prepare_splits(tokenizer: Tokenizer, splits: Splits, T: int, meta: Dict[str, Any],
+                   long_text: str = "head") -> ClassifyPrepared:
+    encoded = {name: encode_texts(tokenizer, splits.split(name).texts, T, long_text)
+               for name in ("train", "val", "test")}
     meta = {**meta, "labels": list(splits.labels), "balanced": splits.balanced, "counts": splits.counts(),
             "unknown_chars": {k: e.unknown_chars for k, e in encoded.items()},
             "truncated": {k: e.truncated for k, e in encoded.items()}, "max_tokens": T,
@@ -425,7 +448,7 @@ def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> L
                                   jax.random.key(0))
         params = ckpt.restore_params(abstract, step)
     T = model_config.block_size
-    encoded = encode_texts(tokenizer, texts, T)
+    encoded = encode_texts(tokenizer, texts, T, options.get("long_text", "head"))  # runs before the key: head
     mask = np.arange(T)[None, :] < encoded.lengths_N[:, None]
     scale = options["lora_alpha"] / rank
     logits = jax.jit(lambda p, x, m: classifier_logits(GPT(model_config), p, x, m, options["pooling"], scale))(

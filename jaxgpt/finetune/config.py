@@ -61,6 +61,9 @@ class FinetuneConfig(TrainConfig):
                                  type_=bool, optional=True)
     pooling: str = option_field("last", "classify: last (last non-padding token) | mean | max (over real tokens)",
                                 choices=("last", "mean", "max"))
+    long_text: str = option_field("head", "classify: what a text longer than --block_size keeps: head (its start) | "
+                                          "tail (its end) | head_tail (half of each)",
+                                  choices=("head", "tail", "head_tail"))
     trainable: str = option_field("all", "all | last_block | head | lora",
                                   choices=("all", "last_block", "head", "lora"))
     label_smoothing: float = option_field(0.0, "classify: label smoothing of the training loss, in [0, 1) (val and "
@@ -88,7 +91,7 @@ class FinetuneConfig(TrainConfig):
                                      "no training", scope=INVOCATION)
 
     EXTRA_FIXED_ON_RESUME = ("task", "text_column", "label_column", "test_fraction", "data_seed", "balance",
-                             "extend_vocab", "pooling", "trainable", "lora_rank", "template", "mask_prompt", "n_per_kind")
+                             "extend_vocab", "long_text", "pooling", "trainable", "lora_rank", "template", "mask_prompt", "n_per_kind")
 
     def _validate(self) -> None:
         super()._validate()
@@ -176,7 +179,7 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
         cfg, model_config, params = fit_backbone(cfg, backbone)
         tokenizer, description = backbone.tokenizer, backbone.description
     meta = {"source": data.source, "source_sha256": data.sha256, "dataset": data.name, "description": data.description}
-    prepared = prepare_splits(tokenizer, splits, cfg.block_size, meta)
+    prepared = prepare_splits(tokenizer, splits, cfg.block_size, meta, cfg.long_text)
     if extra is not None:
         check_resume_compatible(cfg, extra, data, prepared, notes)
     unknown = sum(prepared.meta["unknown_chars"].values())
@@ -186,8 +189,8 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
                      f"as {prepared.meta['unknown_char']!r}")
     truncated = sum(prepared.meta["truncated"].values())
     if truncated:
-        notes.append(f"note: {truncated:,} texts are longer than {cfg.block_size} tokens and were cut "
-                     f"({prepared.meta['truncated']})")
+        notes.append(f"note: {truncated:,} texts are longer than {cfg.block_size} tokens and were cut to their "
+                     f"{cfg.long_text.replace('_', ' and ')} ({prepared.meta['truncated']})")
     counts = splits.counts()
     describe = (f"{data.name}: {', '.join(f'{k} {sum(v.values()):,}' for k, v in counts.items())} texts, labels "
                 f"{list(splits.labels)}{' (balanced)' if splits.balanced else ''} | backbone {description} | "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from jaxgpt.cli import ConfigError, Option, check_value
@@ -174,6 +175,9 @@ class TrainConfig:
         need(self.model == "gpt" or not self.mup, "--mup=True is a GPT parametrization; --model=bigram has none")
         need(not (self.overwrite and self.init_from == "resume"),
              "--overwrite=True and --init_from=resume contradict each other: pick one")
+        need(os.path.realpath(os.path.expanduser(self.init_from)) != os.path.realpath(self.out_dir),
+             f"--init_from and --out_dir are the same directory ({self.out_dir}): a run would write over the "
+             "model it starts from; choose another --out_dir")
 
     # ------------------------------------------------------------------------------ views
     def replace(self, **changes) -> "TrainConfig":
