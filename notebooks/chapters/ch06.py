@@ -31,7 +31,7 @@ CELLS = preamble(NAME, "06", "Fine-Tuning para Classificação",
                 "# the small settings read the embedded, offline task (is a line of Python code or prose?)\n"
                 'DATASET = SMS_PATH or ("stdlib_lines" if SMALL else "sms_spam")\n'
                 "FT_ITERS = 10 if SMALL else 300     # fine-tuning steps, the same for every start\n"
-                "ADAPT_ITERS = 10 if SMALL else 300  # next-token steps on the task's texts (the adapted start)\n"
+                "ADAPT_ITERS = 10 if SMALL else 600  # next-token steps on the task's texts (the adapted start)\n"
                 "DATA_DIR = WORK if SMALL else \"\"    # caches (downloads, adapted backbones); \"\": ~/.cache/jaxgpt\n"
                 "from jaxgpt.course.model import course_model_dir\n"
                 "COURSE_MODEL_DIR = course_model_dir(WORK, SMALL)  # chapter 05's model") + [
@@ -154,8 +154,7 @@ The same fine-tuning (the same steps, learning rate, pooling and batch) from thr
 
 Each run also adds a small next-token loss on the train texts to the classification loss
 (`lm_loss_weight`, GPT-1's auxiliary objective), and keeps the checkpoint with the best validation
-loss. From the command line: `python finetune.py --dataset=sms_spam --init_from=<COURSE_MODEL_DIR>
---adapt_iters=300 --block_size=128 --long_text=head_tail --pooling=max ...`.
+loss. From the command line, the adapted start is `python finetune.py configs/finetune_sms_course.py`.
 """),
     code("""
 import time
