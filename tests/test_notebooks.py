@@ -40,7 +40,7 @@ RESULT_KEYS = {
     "05": {"hand_loop_val_loss", "val_loss", "val_ppl", "course_model_iters", "greedy_repeated_fraction",
            "sampled_repeated_fraction"},
     "06": {"dataset", "test_accuracy"},
-    "07": {"test_loss", "exact_match"},
+    "07": {"exact_match", "exact_match_reverse", "exact_match_sort", "exact_match_add", "exact_match_uppercase", "test_loss", "iters"},
     "08": {"trained_val_loss", "top_token_probability", "top_k_5_kept", "top_p_0.9_kept", "max_draw_frequency_error"},
 }
 # A line that calls plt.show() or the notebooks' show(path) helper (a saved PNG shown with IPython's
