@@ -36,8 +36,8 @@ CELLS = preamble(NAME, "07", "Instruction tuning",
                  "from jaxgpt.course.model import course_model_dir\n"
                  "COURSE_MODEL_DIR = course_model_dir(WORK, SMALL)\n"
                  'DATASET = "embedded"        # rule-made instructions with one right answer each (offline)\n'
-                 "N_PER_KIND = 50 if SMALL else 1000   # embedded examples per instruction kind\n"
-                 "SFT_ITERS = 10 if SMALL else 800     # fine-tuning steps\n"
+                 "N_PER_KIND = 50 if SMALL else 4000   # embedded examples per instruction kind (add has 1,000 in all)\n"
+                 "SFT_ITERS = 10 if SMALL else 2000    # fine-tuning steps\n"
                  "# Raschka's 1,100 Alpaca-style records (instruction-data.json): a local copy, or None. The cell that\n"
                  "# fine-tunes on them runs only when this is set or USE_INSTRUCTION_DATA is True (it downloads them once).\n"
                  "INSTRUCTIONS_PATH = None\n"
@@ -126,7 +126,8 @@ mark for *the answer ends here*. Each must get an id, an embedding row and an ou
 model can read or write it. `extend_char_vocab` appends them and starts each new row at the **mean** of
 the trained rows (a neutral start the fine-tuning then moves). The end of a response is marked by the
 character `\\x03` (ASCII *end of text*, `instruct.END_CHAR`): the model learns to write it after every
-answer, and generation stops there (section 7).
+answer, and generation stops there (section 8). (`{` and `}` are added too: the vocabulary is built from the
+template's text with its `{instruction}` placeholders; they are never used.)
 """),
     code("""
 from jaxgpt.finetune import backbone as backbone_lib
@@ -214,7 +215,8 @@ trained, starting from the course model's. At the end it answers every **test** 
 command line: `python finetune.py --task=sft --init_from=~/.cache/jaxgpt/course-model --template=compact`.
 
 The recipe (measured on 2 CPU cores): the `compact` template, examples of at most 64 characters, batch
-32, learning rate 2e-3 decayed to 2e-4, no dropout.
+16, learning rate 3e-3 decayed to 3e-4, no dropout. Small batches and many steps: at the same number of
+tokens, batch 16 learned about twice as much as batch 32.
 """),
     code("""
 from jaxgpt.finetune.config import FinetuneConfig, setup_for
@@ -222,9 +224,9 @@ from jaxgpt.train.loop import train
 
 run_dir = os.path.join(WORK, "sft")
 ft = FinetuneConfig(task="sft", dataset=DATASET, init_from=COURSE_MODEL_DIR, n_per_kind=N_PER_KIND,
-                    template="compact", block_size=64, dropout=0.0, batch_size=32, max_iters=SFT_ITERS,
-                    lr_decay_iters=SFT_ITERS, warmup_iters=min(50, SFT_ITERS // 5), learning_rate=2e-3,
-                    min_lr=2e-4, eval_interval=max(SFT_ITERS // 4, 1), eval_iters=2 if SMALL else 4,
+                    template="compact", block_size=64, dropout=0.0, batch_size=16, max_iters=SFT_ITERS,
+                    lr_decay_iters=SFT_ITERS, warmup_iters=min(50, SFT_ITERS // 5), learning_rate=3e-3,
+                    min_lr=3e-4, eval_interval=max(SFT_ITERS // 4, 1), eval_iters=2 if SMALL else 4,
                     log_interval=max(SFT_ITERS // 8, 1), out_dir=run_dir, overwrite=True, progress=False,
                     quiet_header=True)
 summary = train(ft, setup_for(ft))
@@ -260,8 +262,9 @@ for instruction, inp in [("Write it in capitals.", "how are you"), ("Reverse the
     print(f"{instruction!r} {inp!r} -> {got!r}")
 """),
     md("""
-Compare with section 1: the same weights, a few minutes of instruction tuning later, answer the request
-and stop.
+Compare with section 1: the same weights, a few minutes of instruction tuning later, answer in the
+requested form (capitals, digits in order, a number) and stop at the end marker. Whether the answers are
+*right* is the next section's question: these four are new to the model, like the test set.
 
 ## 9. Evaluating: exact match per kind, right and wrong answers
 
