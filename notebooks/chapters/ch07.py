@@ -316,14 +316,17 @@ short facts. Answering them needs knowledge and fluent English, which a 0.8M-par
 one play collection does not have: expect the *form* of an answer (the template learned, an end marker,
 words from the prompt) rather than right answers, and judge them by eye (exact match means little for free
 text). The cell below runs when `INSTRUCTIONS_PATH` names a local copy of `instruction-data.json` or
-`USE_INSTRUCTION_DATA = True` (downloaded once, then cached). It uses the `short` template with 128
-characters: longer examples are cut, and the run says how many.
+`USE_INSTRUCTION_DATA = True` (downloaded once, then cached). It uses the `compact` template and the
+course model's whole context, 128 characters: longer examples are cut (about one in five), and the run says
+how many. What to expect, from a 600-step run (3 minutes on 2 cores): *What is the chemical symbol for
+magnesium?* -> *The chemical formula for armmonia is a callonius.*; *Convert 3 meters to centimeters.* ->
+*00 meters is 00 meters.* The shape of an answer, not its content.
 """),
     code("""
 if INSTRUCTIONS_PATH or USE_INSTRUCTION_DATA:
     alpaca_dir = os.path.join(WORK, "sft-alpaca")
     ft_alpaca = FinetuneConfig(task="sft", dataset=INSTRUCTIONS_PATH or "instruction-data", init_from=COURSE_MODEL_DIR,
-                               template="short", block_size=128, dropout=0.0, batch_size=16, max_iters=ALPACA_ITERS,
+                               template="compact", block_size=128, dropout=0.0, batch_size=16, max_iters=ALPACA_ITERS,
                                lr_decay_iters=ALPACA_ITERS, warmup_iters=min(50, ALPACA_ITERS // 5), learning_rate=1e-3,
                                min_lr=1e-4, eval_interval=max(ALPACA_ITERS // 2, 1), eval_iters=4, out_dir=alpaca_dir,
                                overwrite=True, progress=False, quiet_header=True)
@@ -334,7 +337,7 @@ if INSTRUCTIONS_PATH or USE_INSTRUCTION_DATA:
 else:
     print("skipped: set INSTRUCTIONS_PATH (a local instruction-data.json) or USE_INSTRUCTION_DATA = True; from the "
           "command line: python finetune.py --task=sft --dataset=instruction-data --init_from=<COURSE_MODEL_DIR> "
-          "--template=short --block_size=128")
+          "--template=compact --block_size=128")
 """),
     md(f"""
 ## Summary
