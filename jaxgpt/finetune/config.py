@@ -238,10 +238,13 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
     else:
         own = instruct.load_sft_data(dataset, None, **options)  # the data is checked before the backbone loads
         backbone = backbone_lib.load_backbone(cfg.init_from)
-        if cfg.extend_vocab:  # the records' characters and the end-of-response marker
-            backbone = backbone_lib.extend_char_vocab(backbone, own.tokenizer.chars)
+        # what the sequences hold: the records in their template, and the end-of-response marker
+        needed = "".join(own.template.prompt(r.instruction, r.input) + r.output
+                         for split in own.records.values() for r in split) + instruct.END_CHAR
+        if cfg.extend_vocab:
+            backbone = backbone_lib.extend_char_vocab(backbone, needed)
         elif isinstance(backbone.tokenizer, CharTokenizer):
-            lacking = sorted(set(own.tokenizer.chars) - set(backbone.tokenizer.chars))
+            lacking = sorted(set(needed) - set(backbone.tokenizer.chars))
             if lacking:
                 raise ConfigError(f"the backbone's char vocabulary lacks {len(lacking)} character(s) of the instructions "
                                   f"and the end marker ({', '.join(map(repr, lacking[:8]))}): drop "
