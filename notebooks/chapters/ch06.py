@@ -82,7 +82,7 @@ for text, label_id in list(zip(splits.train.texts, splits.train.label_ids))[:4]:
     print(f"{splits.labels[label_id]:6s} {text[:90]!r}")
 
 lengths = np.array([len(t) for t in splits.train.texts])
-BLOCK = min(128, course_cfg.block_size)
+BLOCK = 64 if SMALL else min(128, course_cfg.block_size)  # small settings: shorter rows, a faster test
 print(f"characters per text: median {np.median(lengths):.0f}, 95th percentile {np.percentile(lengths, 95):.0f}, "
       f"max {lengths.max()}; {np.mean(lengths > BLOCK):.0%} of the train texts are longer than {BLOCK}")
 """),
@@ -165,7 +165,7 @@ from jaxgpt.train.metrics import read_metrics
 RECIPE = dict(task="classify", dataset=DATASET, block_size=BLOCK, long_text="head_tail", pooling="max",
               batch_size=16, dropout=0.1,
               max_iters=FT_ITERS, lr_decay_iters=FT_ITERS, warmup_iters=max(1, FT_ITERS // 10), learning_rate=3e-4,
-              min_lr=3e-5, weight_decay=0.1, lm_loss_weight=0.5, eval_interval=max(1, FT_ITERS // 30), eval_iters=1,
+              min_lr=3e-5, weight_decay=0.1, lm_loss_weight=0.5, eval_interval=max(5, FT_ITERS // 30), eval_iters=1,
               log_interval=FT_ITERS, pretrain_batch_size=16, data_dir=DATA_DIR, progress=False, quiet_header=True,
               overwrite=True)
 STARTS = {
