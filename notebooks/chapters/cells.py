@@ -78,9 +78,6 @@ def with_current_home(text: str) -> str:
     return COLAB_LINK.sub(COLAB_NOTEBOOKS, text)
 
 
-# The parameter of the chapters that read a corpus (the library's --dataset values).
-CORPUS_SETTING = 'CORPUS = "stdlib"  # the corpus read: stdlib or shakespeare (both shipped, offline), or a .txt path\n'
-
 
 def preamble(name: str, number: str, title_pt: str, what: str, small_settings: str) -> List[Cell]:
     """Title (the course chapter in Portuguese), badge, install cell, the parameters cell (SMALL,
