@@ -6,10 +6,13 @@ import os
 import random
 import sys
 
+import numpy as np
 import pytest
 
+from jaxgpt.finetune import instruct
 from jaxgpt.finetune.classify_data import make_splits, load_labeled
 from jaxgpt.data.corpus import DataError
+from jaxgpt.train.checkpoint import load_inference_params
 from jaxgpt.train.metrics import read_metrics
 from helpers import REPO, digest, load_script, one_line_exit_2, run_main
 
@@ -228,6 +231,50 @@ def test_a_run_never_writes_over_the_backbone_it_starts_from(capsys, csv_path, c
     line = one_line_exit_2(run(capsys, finetune_script, f"--out_dir={char_backbone}", "--overwrite=True", *TINY,
                                f"--dataset={csv_path}", f"--init_from={char_backbone}/"), "are the same directory")
     assert "choose another --out_dir" in line and digest(char_backbone) == before
+
+
+def test_sft_metadata_is_written_at_the_start_and_overwrite_removes_every_run_file(capsys, tmp_path, csv_path,
+                                                                                  monkeypatch):
+    out = tmp_path / "run"
+    sft = [os.path.join(REPO, "configs", "finetune_sft.py"), "--n_layer=1", "--n_head=2", "--n_embd=32",
+           "--n_per_kind=20", "--batch_size=8", "--eval_iters=1", "--max_iters=2", "--eval_interval=2",
+           "--lr_decay_iters=2", "--warmup_iters=1", "--block_size=64", "--progress=False", f"--out_dir={out}"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stopped before the end of the run
+
+    with monkeypatch.context() as patch:
+        patch.setattr(instruct, "finish", killed)
+        with pytest.raises(KeyboardInterrupt):
+            finetune_script.main(sft)
+    assert os.path.isfile(out / "sft.json") and not os.path.exists(out / "responses.jsonl")  # readable already
+    code, _, err = run(capsys, finetune_script, *sft, "--overwrite=True")
+    assert code == 0, err
+    assert os.path.isfile(out / "responses.jsonl")
+    code, stdout, err = run(capsys, finetune_script, f"--out_dir={out}", f"--dataset={csv_path}", *TINY,
+                            "--max_iters=2", "--overwrite=True")
+    assert code == 0, err
+    assert "sft.json" in stdout and "responses.jsonl" in stdout  # the overwrite line names what it removed
+    assert not os.path.exists(out / "sft.json") and not os.path.exists(out / "responses.jsonl")
+    assert os.path.isfile(out / "confusion_matrix.png")
+
+
+def test_sft_freezes_all_but_the_last_block_or_refuses_what_it_cannot_train(capsys, tmp_path, target, char_backbone):
+    args = [os.path.join(REPO, "configs", "finetune_sft.py"), f"--init_from={char_backbone}", "--n_per_kind=20",
+            "--batch_size=8", "--eval_iters=1", "--max_iters=4", "--eval_interval=4", "--lr_decay_iters=4",
+            "--warmup_iters=1", "--block_size=32", "--progress=False", "--learning_rate=1e-2"]
+    out = tmp_path / "sft"
+    code, _, err = run(capsys, finetune_script, *args, "--trainable=last_block", f"--out_dir={out}")
+    assert code == 0, err
+    _, before = load_inference_params(str(char_backbone), "best")
+    _, after = load_inference_params(str(out), "latest")
+    np.testing.assert_array_equal(after["h_0"]["attn"]["c_attn"]["kernel"], before["h_0"]["attn"]["c_attn"]["kernel"])
+    rows = before["wte"]["embedding"].shape[0]  # the backbone's rows; new characters' rows are frozen too
+    np.testing.assert_array_equal(after["wte"]["embedding"][:rows], before["wte"]["embedding"])
+    assert not np.array_equal(after["h_1"]["attn"]["c_attn"]["kernel"], before["h_1"]["attn"]["c_attn"]["kernel"])
+    for trainable in ("head", "lora"):
+        one_line_exit_2(run(capsys, finetune_script, *args, f"--trainable={trainable}", f"--out_dir={target}",
+                            "--overwrite=True"), "is classification's")
 
 
 def test_adapt_iters_needs_a_classifier_with_a_backbone(capsys, target, csv_path):

@@ -260,6 +260,7 @@ def test_tiny_sft_training_lowers_the_loss_and_finish_writes_responses(tmp_path)
         state, _ = step(state, task.batches.train_batch(1, 8, slice(None)), jax.random.key(1))
     after = float(evaluate(state.params, val)["loss"])
     assert after < before - 0.5, (before, after)
+    instruct.save_sft_config(str(tmp_path), data)  # what the loop's start writes (Task.start)
     metrics = instruct.finish(cfg, state.params, data, str(tmp_path), batch_size=8)
     rows = [json.loads(line) for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["test_examples"] == len(data.records["test"])

@@ -106,6 +106,9 @@ class FinetuneConfig(TrainConfig):
         if not 0.0 < self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"--test_fraction={self.test_fraction} must be in (0, 1) and leave a train split with "
                               f"--val_fraction={self.val_fraction}")
+        if self.task == "sft" and self.trainable not in instruct.SFT_TRAINABLE:
+            raise ConfigError(f"--trainable={self.trainable} is classification's (its head, its LoRA adapters); "
+                              f"--task=sft trains {' or '.join(instruct.SFT_TRAINABLE)}")
         if self.adapt_iters < 0 or not self.adapt_learning_rate > 0:
             raise ConfigError("--adapt_iters must be >= 0 and --adapt_learning_rate > 0")
         if self.adapt_iters and (self.task != "classify" or self.init_from in ("scratch", "resume")):
@@ -269,7 +272,8 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
             print(f"test: {shown} -> {os.path.join(run.out_dir, instruct.RESPONSES_FILE)}")
         return metrics
 
-    task = dataclasses.replace(instruct.build_sft_task(model_config, data, cfg.seed), finish=finish,
+    task = dataclasses.replace(instruct.build_sft_task(model_config, data, cfg.seed, cfg.trainable), finish=finish,
+                               start=lambda out_dir: instruct.save_sft_config(out_dir, data),
                                describe=instruct.describe(data))
     return TaskSetup(cfg, corpus, prepared, model_config, task, params)
 

@@ -50,7 +50,8 @@ from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
 
 __all__ = ["END_CHAR", "SFT_CONFIG_FILE", "RESPONSES_FILE", "Template", "TEMPLATES", "resolve_template",
            "eos_id_for", "char_tokenizer_for", "length_buckets", "EncodedSplit", "encode_split", "SFTData",
-           "prepare_sft", "load_sft_data", "describe", "make_batch", "SFTBatches", "build_sft_task", "respond", "exact_match", "finish",
+           "prepare_sft", "load_sft_data", "describe", "make_batch", "SFTBatches", "SFT_TRAINABLE", "sft_trainable_mask",
+           "build_sft_task", "respond", "exact_match", "finish",
            "save_sft_config", "read_sft_config"]
 
 END_CHAR = "\x03"  # the char tokenizer's end-of-response marker (ASCII ETX, "end of text")
@@ -328,7 +329,20 @@ class SFTBatches:
         self._perm = self._permutation(epoch)
 
 
-def build_sft_task(model_config: GPTConfig, data: SFTData, seed: int) -> Task:
+SFT_TRAINABLE = ("all", "last_block")  # --trainable values an SFT run honours (head and LoRA are classification's)
+
+
+def sft_trainable_mask(params, trainable: str, n_layer: int):
+    """A bool per leaf of a GPT's params: everything, or (last_block) the last block, ln_f and an
+    untied lm_head; frozen leaves get no update and no AdamW moments (jaxgpt.train.optim.freeze)."""
+    if trainable not in SFT_TRAINABLE:
+        raise ValueError(f"SFT trains one of {SFT_TRAINABLE}, got {trainable!r}")
+    last = {f"h_{n_layer - 1}", "ln_f", "lm_head"}
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _leaf: trainable == "all" or str(getattr(path[0], "key", path[0])) in last, params)
+
+
+def build_sft_task(model_config: GPTConfig, data: SFTData, seed: int, trainable: str = "all") -> Task:
     """The SFT Task of the shared loop.
 
     model_config: the backbone's GPTConfig (a train.py run, GPT-2 or scratch); its block_size
@@ -346,7 +360,9 @@ def build_sft_task(model_config: GPTConfig, data: SFTData, seed: int) -> Task:
         raise DataError(f"the tokenizer has {data.tokenizer.vocab_size} ids but the model only "
                         f"{model_config.vocab_size}: they do not fit together")
     model = GPT(model_config)
-    return Task("sft", model_config, model_init(model), lm_loss(model), SFTBatches(data, seed), ("train", "val"))
+    mask = None if trainable == "all" else (lambda params: sft_trainable_mask(params, trainable, model_config.n_layer))
+    return Task("sft", model_config, model_init(model), lm_loss(model), SFTBatches(data, seed), ("train", "val"),
+                trainable=mask)
 
 
 # -------------------------------------------------------------------- responses and scoring
@@ -426,7 +442,6 @@ def finish(model_config: GPTConfig, params, data: SFTData, out_dir: str, *, batc
              **({"kind": r.kind} if r.kind is not None else {})} for r, g in zip(test, generated)]
     os.makedirs(out_dir, exist_ok=True)
     _write_jsonl(RunDir(out_dir).responses_path, rows)
-    save_sft_config(out_dir, data)
     metrics: Dict[str, Any] = {"test_loss": _test_loss(model_config, params, data, batch_size),
                                "test_examples": len(test), "test_truncated": data.encoded["test"].n_truncated}
     if any(r.kind is not None for r in test):

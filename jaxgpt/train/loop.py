@@ -347,6 +347,8 @@ def start_run_dir(run: ResolvedRun) -> None:
     run_dir.write_tokenizer(run.prepared.tokenizer)
     run_dir.write_data_meta(run.prepared.meta)
     run_dir.write_run_config(cfg.run_options())
+    if run.task.start is not None:
+        run.task.start(cfg.out_dir)
 
 
 # ------------------------------------------------------------------------- step 4: the loop

@@ -41,7 +41,8 @@ CONFUSION_PNG = "confusion_matrix.png"  # classification fine-tuning: the test s
 SET_ASIDE_DIR = "checkpoints-set-aside"  # --resume_step: the later checkpoints, kept, not deleted
 LOCK_NAME = ".lock"
 # What a run writes into out_dir (and --overwrite=True removes); nothing else there is touched.
-RUN_FILES = (CHECKPOINTS, METRICS_FILE, LOSS_PNG, RUN_CONFIG_FILE, TOKENIZER_FILE, DATA_META_FILE)
+RUN_FILES = (CHECKPOINTS, METRICS_FILE, LOSS_PNG, RUN_CONFIG_FILE, TOKENIZER_FILE, DATA_META_FILE,
+             SFT_CONFIG_FILE, RESPONSES_FILE, CONFUSION_PNG)
 
 
 class RunDirError(ConfigError):

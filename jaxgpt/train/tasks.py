@@ -45,6 +45,8 @@ class Task:
         moments: jaxgpt.train.optim.freeze);
       - `eval_summary(eval_step_output) -> {metric: float}`: must hold "loss"; the rest is logged
         per split as `{split}_{metric}` (val_accuracy, ...);
+      - `start(out_dir)`: writes the metadata a reader of the run needs (SFT's sft.json) when a fresh
+        run starts its directory, beside run_config.json, so a run stopped early is still readable;
       - `finish(run, steps, loop, log_event) -> dict`: end of run, under the run-dir lock (test
         metrics, artifacts); its dict joins train()'s summary;
       - `describe`: the data part of the header line.
@@ -57,6 +59,7 @@ class Task:
     eval_splits: Tuple[str, ...] = ("train", "val")
     trainable: Optional[Callable[[Any], Any]] = None
     eval_summary: Optional[Callable[[Dict[str, Any]], Dict[str, float]]] = None
+    start: Optional[Callable[[str], None]] = None
     finish: Optional[Callable[..., Optional[Dict[str, Any]]]] = None
     describe: Optional[str] = None
 
