@@ -16,7 +16,7 @@ from jaxgpt.train.loop import TrainingDiverged, config_from_argv, train
 
 def main(argv):
     cfg = config_from_argv(argv, FinetuneConfig, "finetune.py", SUMMARY)
-    if cfg.classify:
+    if cfg.classify is not None:
         from jaxgpt.finetune.classify import classify_texts
 
         probs = classify_texts(cfg.out_dir, [cfg.classify])[0]

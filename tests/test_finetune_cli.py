@@ -137,6 +137,27 @@ def test_one_class_only(capsys, tmp_path, target):
     refused(capsys, target, "has one class only ('ham')", f"--dataset={path}")
 
 
+def test_tables_read_every_row_the_way_their_format_says(capsys, tmp_path, target):
+    rows = spam_rows(300)
+    tsv = tmp_path / "quotes.tsv"  # a field that starts with a quote swallowed the rows up to the next one
+    tsv.write_text("text\tlabel\n" + "".join(f'"{t}\t{l}\n' if i % 50 == 0 else f"{t}\t{l}\n"
+                                             for i, (t, l) in enumerate(rows)), encoding="utf-8")
+    data = load_labeled(str(tsv))
+    assert len(data.texts) == 300 and data.texts[0].startswith('"') and "(300 rows)" in data.description
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + "text,label\n".encode() + "".join(f"{t},{l}\n" for t, l in rows).encode())
+    assert load_labeled(str(bom)).texts[:2] == tuple(t for t, _ in rows[:2])
+    long_text = "x" * 200_000  # over the csv module's default field limit (131,072)
+    long_csv = write_csv(tmp_path / "long.csv", [(long_text, "ham")] + rows[1:])
+    assert load_labeled(long_csv).texts[0] == long_text
+    quoted = write_csv(tmp_path / "quoted.csv", [('"win, now", call', "spam")] + rows[1:])
+    with pytest.raises(DataError, match=r"quoted.csv line 2 (is not valid CSV|has 3 field)"):
+        load_labeled(quoted)
+    comma = write_csv(tmp_path / "comma.csv", rows[:2] + [("a, b", "ham")] + rows[3:])
+    line = refused(capsys, target, "line 4 has 3 field(s), the header 2", f"--dataset={comma}")
+    assert "double quotes" in line
+
+
 def test_empty_files(capsys, tmp_path, target):
     empty = tmp_path / "empty.csv"
     empty.write_text("", encoding="utf-8")
@@ -294,3 +315,8 @@ def test_sft_demo_runs_through_the_shared_loop(capsys, tmp_path):
     rows = [json.loads(line) for line in (out / "responses.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == final["test_examples"] and {"instruction", "input", "expected", "generated"} <= set(rows[0])
     assert os.path.isdir(out / "checkpoints" / "2") and os.path.isfile(out / "sft.json")
+
+
+def test_an_empty_classify_is_refused_not_trained(capsys, target):
+    line = refused(capsys, target, "--classify needs a text", "--classify=")
+    assert "classification run" in line

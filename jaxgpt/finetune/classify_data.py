@@ -25,6 +25,7 @@ import io
 import json
 import os
 import platform
+import sys
 import sysconfig
 from typing import Dict, List, Optional, Tuple
 
@@ -165,7 +166,7 @@ def sms_spam(cache_dir: Optional[str] = None, url: str = SMS_SPAM_URL, timeout: 
 def _table(path: str, text_column: str, label_column: str) -> LabeledTexts:
     """A .csv/.tsv (header line) or .jsonl (one object a line) file's text and label columns."""
     data = read_bytes(path)
-    content = decode_utf8(data, path)
+    content = decode_utf8(data, path).removeprefix("\ufeff")  # a byte-order mark (Excel's UTF-8) is not text
     ext = os.path.splitext(path)[1].lower()
     rows: List[dict] = []
     if ext == ".jsonl":
@@ -184,17 +185,43 @@ def _table(path: str, text_column: str, label_column: str) -> LabeledTexts:
                                     f"pass --{'text' if key == text_column else 'label'}_column=NAME")
             rows.append(row)
     else:
-        reader = csv.DictReader(io.StringIO(content), delimiter="\t" if ext == ".tsv" else ",")
-        columns = reader.fieldnames or []
-        for key, option in ((text_column, "text_column"), (label_column, "label_column")):
-            if columns and key not in columns:
-                raise DataError(f"{path} has no column {key!r} (columns: {', '.join(columns)}): pass --{option}=NAME")
-        rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+        rows = _delimited_rows(content, path, ext, text_column, label_column)
     texts = tuple(str(row[text_column]) if row[text_column] is not None else "" for row in rows)
     labels = tuple(str(row[label_column]).strip() if row[label_column] is not None else "" for row in rows)
     name = os.path.splitext(os.path.basename(path))[0]
     return LabeledTexts(name, texts, labels, hashlib.sha256(data).hexdigest(), os.path.abspath(path),
                         f"{os.path.abspath(path)} ({len(texts):,} rows)")
+
+
+# The longest field the csv module reads (its default, 131,072 characters, refuses long e-mails):
+# as long as a Python string may be on this platform.
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
+
+
+def _delimited_rows(content: str, path: str, ext: str, text_column: str, label_column: str) -> List[dict]:
+    """The rows of a CSV (the standard dialect: quoted fields may hold commas and newlines) or a TSV
+    (no quote processing: a field may start with a quote), as dicts by the header's names. Blank lines
+    are skipped; a row with another number of fields than the header is refused with its line."""
+    tsv = ext == ".tsv"
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter="\t" if tsv else ",",
+                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=not tsv)
+    rows: List[dict] = []
+    try:
+        columns = next(reader, [])
+        for key, option in ((text_column, "text_column"), (label_column, "label_column")):
+            if columns and key not in columns:
+                raise DataError(f"{path} has no column {key!r} (columns: {', '.join(columns)}): pass --{option}=NAME")
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) != len(columns):
+                raise DataError(f"{path} line {reader.line_num} has {len(fields)} field(s), the header {len(columns)}"
+                                f"{'' if tsv else ' (a comma inside a text needs the text in double quotes)'}")
+            rows.append(dict(zip(columns, fields)))
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num} is not valid {'TSV' if tsv else 'CSV'}: {exc}") from None
+    return rows
 
 
 def _cached(name: str, build, cache_dir: Optional[str]) -> LabeledTexts:

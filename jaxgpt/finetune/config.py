@@ -87,14 +87,17 @@ class FinetuneConfig(TrainConfig):
     template: str = option_field("short", "sft: the prompt template: alpaca | short | compact | a format string")
     mask_prompt: bool = option_field(True, "sft: the loss counts response tokens only (False: the prompt too)")
     n_per_kind: int = option_field(1000, "sft: embedded examples per instruction kind")
-    classify: str = option_field("", "classify this text with the run in out_dir and print label probabilities; "
-                                     "no training", scope=INVOCATION)
+    classify: str = option_field(None, "classify this text with the run in out_dir and print label probabilities; "
+                                       "no training", scope=INVOCATION, type_=str, optional=True)
 
     EXTRA_FIXED_ON_RESUME = ("task", "text_column", "label_column", "test_fraction", "data_seed", "balance",
                              "extend_vocab", "long_text", "pooling", "trainable", "lora_rank", "template", "mask_prompt", "n_per_kind")
 
     def _validate(self) -> None:
         super()._validate()
+        if self.classify is not None and not self.classify.strip():
+            raise ConfigError("--classify needs a text: --classify=\"the text to classify\" (with --out_dir of a "
+                              "classification run)")
         if self.model != "gpt":
             raise ConfigError("--model=bigram is pretraining's baseline; fine-tuning needs a GPT backbone")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -157,6 +160,7 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
     """Data (validated first: a bad file fails before any pretraining), backbone, task."""
     dataset = classify_data.EMBEDDED if cfg.dataset == "embedded" else cfg.dataset
     data = classify_data.load_labeled(dataset, cfg.text_column, cfg.label_column, cfg.data_dir or None)
+    notes.append(f"data: {data.description}")  # how many rows were read
     splits = classify_data.make_splits(data, cfg.data_seed, cfg.val_fraction, cfg.test_fraction, cfg.balance)
     # what --pretrain_dataset=task reads: every text outside val and test (never their texts)
     train_texts = splits.train.texts + splits.unused
