@@ -35,6 +35,7 @@ from jaxgpt.model.pretrained import HUB_NAMES, PretrainedError, load_pretrained
 from jaxgpt.data.corpus import Corpus, PreparedData, default_cache_dir
 from jaxgpt.data.tokenizers import TOKENIZER_FILE, CharTokenizer, GPT2Tokenizer, Tokenizer, TokenizerError
 from jaxgpt.files import atomic_write
+from jaxgpt.finetune.classify import unknown_id
 from jaxgpt.train.config import TrainConfig, adopt_backbone
 from jaxgpt.train.loop import TaskSetup, train
 from jaxgpt.train.tasks import language_modeling
@@ -168,8 +169,11 @@ def adapted_backbone(cfg, backbone: Backbone, train_texts: Sequence[str], notes:
     cache by the backbone's weights, the texts and the options, so a second run reuses it."""
     tok = backbone.tokenizer
     text = "\n".join(train_texts) + "\n"
-    ids = np.asarray(tok.encode(text) if not isinstance(tok, CharTokenizer)
-                     else [tok.chars.index(c) for c in text], np.int32)  # every char is known: extended first
+    if isinstance(tok, CharTokenizer):  # characters it lacks (--extend_vocab=False) read as classification reads them
+        stoi, unknown = {c: i for i, c in enumerate(tok.chars)}, unknown_id(tok)
+        ids = np.asarray([stoi.get(c, unknown) for c in text], np.int32)
+    else:
+        ids = np.asarray(tok.encode(text), np.int32)
     n_val = max(int(len(ids) * ADAPT_VAL_FRACTION), cfg.block_size + 1)
     if len(ids) - n_val < cfg.block_size + 1:
         raise ConfigError(f"--adapt_iters needs more text: the train texts hold {len(ids):,} tokens, too few for "

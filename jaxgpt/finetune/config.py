@@ -23,7 +23,7 @@ from jaxgpt.cli import ConfigError
 from jaxgpt.data.tokenizers import CharTokenizer, TokenizerError, build_tokenizer
 from jaxgpt.finetune import backbone as backbone_lib
 from jaxgpt.finetune import classify_data, instruct
-from jaxgpt.finetune.classify import classification_task, prepare_splits
+from jaxgpt.finetune.classify import LONG_TEXTS, classification_task, prepare_splits
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.train.config import INVOCATION, TrainConfig, adopt_backbone, option_field
 from jaxgpt.train.loop import TaskSetup, check_resume_compatible, model_config_from_options
@@ -63,7 +63,7 @@ class FinetuneConfig(TrainConfig):
                                 choices=("last", "mean", "max"))
     long_text: str = option_field("head", "classify: what a text longer than --block_size keeps: head (its start) | "
                                           "tail (its end) | head_tail (half of each)",
-                                  choices=("head", "tail", "head_tail"))
+                                  choices=LONG_TEXTS)
     trainable: str = option_field("all", "all | last_block | head | lora",
                                   choices=("all", "last_block", "head", "lora"))
     label_smoothing: float = option_field(0.0, "classify: label smoothing of the training loss, in [0, 1) (val and "
@@ -91,7 +91,9 @@ class FinetuneConfig(TrainConfig):
                                        "no training", scope=INVOCATION, type_=str, optional=True)
 
     EXTRA_FIXED_ON_RESUME = ("task", "text_column", "label_column", "test_fraction", "data_seed", "balance",
-                             "extend_vocab", "long_text", "pooling", "trainable", "lora_rank", "template", "mask_prompt", "n_per_kind")
+                             "extend_vocab", "long_text", "pooling", "trainable", "lora_rank", "template",
+                             "mask_prompt", "n_per_kind")
+    INIT_FROM_NAMES = TrainConfig.INIT_FROM_NAMES + ("pretrain",)
 
     def _validate(self) -> None:
         super()._validate()

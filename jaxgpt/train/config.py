@@ -25,6 +25,7 @@ import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from jaxgpt.cli import ConfigError, Option, check_value
+from jaxgpt.model.pretrained import HUB_NAMES
 from jaxgpt.model.config import (ARCH_OPTIONS, BACKBONE_KEYS, COMPUTE_KEYS, GPTConfig, Spelling, check_architecture,
                                  crop_block_size)
 
@@ -175,7 +176,8 @@ class TrainConfig:
         need(self.model == "gpt" or not self.mup, "--mup=True is a GPT parametrization; --model=bigram has none")
         need(not (self.overwrite and self.init_from == "resume"),
              "--overwrite=True and --init_from=resume contradict each other: pick one")
-        need(os.path.realpath(os.path.expanduser(self.init_from)) != os.path.realpath(self.out_dir),
+        need(self.init_from in self.INIT_FROM_NAMES
+             or os.path.realpath(os.path.expanduser(self.init_from)) != os.path.realpath(self.out_dir),
              f"--init_from and --out_dir are the same directory ({self.out_dir}): a run would write over the "
              "model it starts from; choose another --out_dir")
 
@@ -197,6 +199,8 @@ class TrainConfig:
 
     # Subclasses (fine-tuning's config) name the run options of theirs that a resume may not change.
     EXTRA_FIXED_ON_RESUME = ()
+    # --init_from values that name no directory (an --out_dir may have the same name)
+    INIT_FROM_NAMES = ("scratch", "resume") + HUB_NAMES
 
 
 # A subclass of TrainConfig (e.g. jaxgpt.finetune.config.FinetuneConfig) adds fields with option_field; these
