@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxgpt.finetune import instruct
+from jaxgpt.finetune.config import FinetuneConfig
 from jaxgpt.finetune.classify_data import make_splits, load_labeled
 from jaxgpt.data.corpus import DataError
 from jaxgpt.train.checkpoint import load_inference_params
@@ -320,3 +321,18 @@ def test_sft_demo_runs_through_the_shared_loop(capsys, tmp_path):
 def test_an_empty_classify_is_refused_not_trained(capsys, target):
     line = refused(capsys, target, "--classify needs a text", "--classify=")
     assert "classification run" in line
+
+
+def test_adapting_without_new_characters_reads_them_as_unknown(capsys, tmp_path, char_backbone):
+    path = write_csv(tmp_path / "odd.csv", [(t + " ☃", l) for t, l in spam_rows(40)])
+    code, out, err = run(capsys, finetune_script, f"--out_dir={tmp_path / 'o'}", f"--dataset={path}", *TINY,
+                         f"--init_from={char_backbone}", "--max_iters=2", "--adapt_iters=2", "--pretrain_batch_size=4",
+                         "--extend_vocab=False", f"--data_dir={tmp_path / 'cache'}")
+    assert code == 0, err
+    assert "adapting the backbone" in out and "not in the backbone's char vocabulary" in out
+
+
+def test_an_out_dir_may_share_a_name_with_an_init_from_keyword(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("scratch", "pretrain"):
+        assert FinetuneConfig(out_dir=name, init_from=name).out_dir == name
