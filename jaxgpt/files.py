@@ -4,6 +4,7 @@ exclusive file locks: the one place jaxgpt does each of these.
     with atomic_write("out/meta.json") as f: ...     # a temporary beside the target, renamed into place
     write_json_atomic(path, value)                   # the same, for JSON
     save_figure_atomic(fig, "out/loss.png")          # matplotlib infers the format: the temporary keeps the suffix
+    with atomic_directory("out/hf") as tmp: ...     # a whole folder: filled beside the target, renamed into place
     read_json_object(path, error=ConfigError)        # a dict, or one line naming the file
     fetch(url, timeout=..., error=..., offline_hint=...)            # the bytes at url, or one line
     fetch_once(url, path, sha256=..., what=..., error=DataError...)  # download once, verify, keep
@@ -21,13 +22,15 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 import zipfile
-from typing import Any, Callable, Dict, Optional, Type
+from typing import Any, Callable, Dict, Iterator, Optional, Type
 
 __all__ = ["AtomicFile", "atomic_write", "write_bytes_atomic", "write_json_atomic", "save_figure_atomic", "read_json",
-           "read_json_object", "sha256_of_file", "fetch", "fetch_once", "FileLock", "temporary_path"]
+           "read_json_object", "sha256_of_file", "fetch", "fetch_once", "FileLock", "temporary_path",
+           "atomic_directory"]
 
 ErrorType = Type[Exception]
 
@@ -111,6 +114,33 @@ def save_figure_atomic(fig: Any, path: str, **savefig_kwargs: Any) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+    """`with atomic_directory(path) as tmp:` fill the new folder tmp (`<path>.tmp<pid>`, beside path); a
+    clean exit renames it to path, replacing whatever is there (the caller has decided it may), and an
+    exception removes it and leaves path as it was. A killed process leaves path whole, old or new
+    (at worst missing between the two renames, with both folders beside it), never half-written."""
+    path = os.path.abspath(os.fspath(path))
+    tmp = temporary_path(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed earlier process with this pid
+    os.mkdir(tmp)
+    try:
+        yield tmp
+        if os.path.lexists(path):
+            old = f"{tmp}.old"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            if os.path.isdir(old) and not os.path.islink(old):
+                shutil.rmtree(old)
+            else:
+                os.remove(old)
+        else:
+            os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_json(path: str, *, error: ErrorType = ValueError, what: str = "",

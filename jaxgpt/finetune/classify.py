@@ -41,7 +41,7 @@ from jaxgpt.viz.figures import plot_confusion_matrix
 
 __all__ = ["TRAINABLE", "POOLINGS", "LONG_TEXTS", "Encoded", "cut_to", "encode_texts", "pool", "classifier_init", "classifier_logits",
            "classification_loss", "next_token_loss", "trainable_mask", "ClassifyBatches", "classification_metrics",
-           "classification_task", "classify_texts"]
+           "classification_task", "SavedClassifier", "load_classifier", "classify_texts"]
 
 TRAINABLE = ("all", "last_block", "head", "lora")
 POOLINGS = ("last", "mean", "max")
@@ -427,9 +427,25 @@ def _global(run, batch):
 
 # ------------------------------------------------------------------------- classifying texts
 
-def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> List[Dict[str, float]]:
-    """Label probabilities for each text, from a finetune.py classification run directory
-    (its tokenizer, labels, pooling and the best-val checkpoint)."""
+@dataclasses.dataclass(frozen=True)
+class SavedClassifier:
+    """A finetune.py classification run's checkpoint, as classify_texts and `jaxgpt export` read it."""
+    model_config: GPTConfig
+    params: Dict[str, Any]  # {"backbone", "head", and "lora" with trainable="lora"}
+    tokenizer: Tokenizer
+    labels: List[str]
+    options: Dict[str, Any]  # run_config.json: pooling, long_text, lora_alpha, lora_rank, ...
+    step: int
+
+    @property
+    def lora_scale(self) -> float:
+        """alpha / r: what the LoRA adapters' product is multiplied by (lora.merge's scale)."""
+        return self.options["lora_alpha"] / self.options["lora_rank"]
+
+
+def load_classifier(out_dir: str, which: str = "best") -> SavedClassifier:
+    """The classifier of a finetune.py classification run directory: its best-val checkpoint
+    (which="best", the latest when no save recorded a val loss) or its latest (which="latest")."""
     from jaxgpt.train.checkpoint import Checkpointer  # orbax takes ~1 s to import; keeps --help fast
 
     run_dir = RunDir(out_dir)
@@ -447,11 +463,19 @@ def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> L
         abstract = jax.eval_shape(lambda k: classifier_init(model_config, len(labels), trainable, rank, k),
                                   jax.random.key(0))
         params = ckpt.restore_params(abstract, step)
+    return SavedClassifier(model_config, params, tokenizer, list(labels), options, step)
+
+
+def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> List[Dict[str, float]]:
+    """Label probabilities for each text, from a finetune.py classification run directory
+    (its tokenizer, labels, pooling and the best-val checkpoint)."""
+    saved = load_classifier(out_dir, which)
+    model_config, options = saved.model_config, saved.options
     T = model_config.block_size
-    encoded = encode_texts(tokenizer, texts, T, options.get("long_text", "head"))  # runs before the key: head
+    encoded = encode_texts(saved.tokenizer, texts, T, options.get("long_text", "head"))  # runs before the key: head
     mask = np.arange(T)[None, :] < encoded.lengths_N[:, None]
-    scale = options["lora_alpha"] / rank
-    logits = jax.jit(lambda p, x, m: classifier_logits(GPT(model_config), p, x, m, options["pooling"], scale))(
-        params, encoded.tokens_NT, mask)
+    pooling, scale = options["pooling"], saved.lora_scale
+    logits = jax.jit(lambda p, x, m: classifier_logits(GPT(model_config), p, x, m, pooling, scale))(
+        saved.params, encoded.tokens_NT, mask)
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-    return [{label: float(p) for label, p in zip(labels, row)} for row in probs]
+    return [{label: float(p) for label, p in zip(saved.labels, row)} for row in probs]

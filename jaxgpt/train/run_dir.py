@@ -168,16 +168,17 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
-def check_out_dir(out_dir: str) -> None:
-    """Refuse an out_dir that cannot become a run directory, before anything is written."""
+def check_out_dir(out_dir: str, key: str = "out_dir") -> None:
+    """Refuse an out_dir that cannot become a run directory, before anything is written (key: the
+    option the error names; `jaxgpt export --to` checks its directory the same way)."""
     path = os.path.abspath(out_dir)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise RunDirError(f"--out_dir={out_dir} is a file, not a directory")
+        raise RunDirError(f"--{key}={out_dir} is a file, not a directory")
     existing = _nearest_existing(path)
     if not os.path.isdir(existing):
-        raise RunDirError(f"--out_dir={out_dir}: {existing} is a file, not a directory")
+        raise RunDirError(f"--{key}={out_dir}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunDirError(f"--out_dir={out_dir}: {existing} is not writable")
+        raise RunDirError(f"--{key}={out_dir}: {existing} is not writable")
 
 
 class RunDirLock:
