@@ -456,15 +456,20 @@ def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, An
         loop = initial_loop_state(run, init_rng)
         steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
         report = Reporter(run, resume_iter=loop.iter_num if run.restored is not None else None, initial=loop.iter_num)
-        t_start = time.time()
         try:
-            with Checkpointer(run.checkpoint_dir, keep_last=cfg.keep_checkpoints, keep_best=True) as checkpointer:
-                loop = run_loop(run, steps, loop, checkpointer, report, dropout_rng)
-        finally:
-            report.close()
-        elapsed = time.time() - t_start
-        # every process joins the hook's evaluations; only process 0's report writes
-        finished = (run.task.finish(run, steps, loop, report.event) or {}) if run.task.finish else {}
+            t_start = time.time()
+            try:
+                with Checkpointer(run.checkpoint_dir, keep_last=cfg.keep_checkpoints, keep_best=True) as checkpointer:
+                    loop = run_loop(run, steps, loop, checkpointer, report, dropout_rng)
+            finally:
+                report.close_bar()
+            elapsed = time.time() - t_start
+            # every process joins the hook's evaluations; only process 0's report writes
+            finished = (run.task.finish(run, steps, loop, report.event) or {}) if run.task.finish else {}
+        except BaseException:
+            report.close(failed=True)  # the trackers, on every exit path, under the lock
+            raise
+        report.close()
     except BaseException:
         if is_main and not RunDir(cfg.out_dir).checkpoint_steps():
             lock.remove_created_dir()  # a new run that failed before its first checkpoint leaves nothing
