@@ -186,7 +186,7 @@ class TrainConfig:
              "--overwrite=True and --init_from=resume contradict each other: pick one")
         need(not self.wandb_log or self.wandb_project.strip() != "", "--wandb_project must not be empty")
         if not self.eval_only:  # a missing package: one line now, before the run directory is touched
-            check_tracking_packages(self.to_dict())
+            check_tracking_packages(vars(self))
         need(self.init_from in self.INIT_FROM_NAMES
              or os.path.realpath(os.path.expanduser(self.init_from)) != os.path.realpath(self.out_dir),
              f"--init_from and --out_dir are the same directory ({self.out_dir}): a run would write over the "

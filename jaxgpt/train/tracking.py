@@ -101,7 +101,8 @@ class TensorBoardTracker:
     def __init__(self, logdir: str, resume_iter: Optional[int] = None):
         from tensorboardX import SummaryWriter  # optional: only with --tensorboard=True
 
-        purge = None if resume_iter is None else resume_iter + 1  # the first step this run logs at most
+        # the earliest step a resumed run logs (what was logged up to resume_iter stays)
+        purge = None if resume_iter is None else resume_iter + 1
         self.writer = SummaryWriter(logdir, purge_step=purge, flush_secs=FLUSH_SECS)
 
     def write(self, event: Mapping[str, Any]) -> None:
@@ -143,8 +144,9 @@ class WandbTracker:
 
         run_id = wandb_run_id(out_dir, resuming)
         try:
+            # allow_val_change: a resume may change run options (max_iters...) the W&B run has already
             self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", dir=out_dir,
-                                  config=dict(config))
+                                  config=dict(config), allow_val_change=True)
         except Exception as exc:  # e.g. no API key: W&B's errors vary by version, all say what to do
             raise TrackingError(f"--wandb_log=True: wandb.init failed: {' '.join(str(exc).split())} (set "
                                 "WANDB_MODE=offline to log without an account)") from None
