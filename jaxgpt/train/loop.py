@@ -7,7 +7,8 @@
       2. RunDirLock(out_dir)   one writer per run directory.
       3. start_run_dir(run)    only now: --overwrite's deletions, tokenizer/data/config files.
       4. run_loop(...)         step, eval, checkpoint, log, on a LoopState passed as a value.
-      5. finish                close the checkpointer on every path, then the end-of-run samples.
+      5. finish                close the checkpointer and the trackers on every path, then the
+                               end-of-run samples.
 
 So a command that fails (bad input, a mismatched resume, a busy directory) fails in step 1 or 2
 and leaves the run directory as it was. The library raises ValueError subclasses (ConfigError,
