@@ -26,9 +26,9 @@ def test_file_names_are_those_of_run_directories_written_before(tmp_path):
     run = RunDir(tmp_path)
     names = {os.path.basename(p) for p in (run.checkpoint_dir, run.metrics_path, run.loss_png, run.run_config_path,
                                            run.tokenizer_path, run.data_meta_path, run.sft_config_path,
-                                           run.responses_path, run.confusion_png, run.lock_path)}
+                                           run.responses_path, run.confusion_png, run.wandb_dir, run.lock_path)}
     assert names == {"checkpoints", "metrics.jsonl", "loss.png", "run_config.json", "tokenizer.json",
-                     "data_meta.json", "sft.json", "responses.jsonl", "confusion_matrix.png", ".lock"}
+                     "data_meta.json", "sft.json", "responses.jsonl", "confusion_matrix.png", "wandb", ".lock"}
     # --overwrite removes exactly these: every file a run writes, the lock aside
     assert set(RUN_FILES) == names - {".lock"}
 

@@ -17,6 +17,7 @@ This module is sweep.py's command line (--help shows the first paragraph above).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -44,7 +45,13 @@ OPTIONS = {
     "paper_grid": Option(False, "fit approach 3 from the Chinchilla paper's 4500 starting points (minutes on a "
                                 "CPU) instead of 162"),
     "progress": Option(False, "a progress bar per member"),
+    # train.py's tracking options, for every member (a sweep config's base may set them too)
+    "tensorboard": Option(False, "members write TensorBoard event files: tensorboard --logdir=OUT_DIR shows them "
+                                 "side by side"),
+    "wandb_log": Option(False, "members log to Weights & Biases, one W&B run each (named after the member)"),
+    "wandb_project": Option("", "with --wandb_log: the W&B project (default: base's, else jaxgpt)"),
 }
+TRACKING_KEYS = ("tensorboard", "wandb_log", "wandb_project")
 
 
 def positive_numbers(key: str, text: str, kind=float):
@@ -108,6 +115,8 @@ def main(argv: Sequence[str]) -> None:
     if len(configs) != 1:
         raise ConfigError("give one sweep config file, e.g. python sweep.py configs/sweep_cpu.py --out_dir=DIR")
     spec = sweep.SweepSpec.from_file(configs[0])
+    tracking = {key: opts[key] for key in TRACKING_KEYS if opts[key]}  # given here: overrides the base's
+    spec = dataclasses.replace(spec, base={**spec.base, **tracking})  # expand() validates it, before any run
     vocab = sweep.vocab_size_for(spec.base)
     members = sweep.expand(spec, vocab)
     if opts["task"] == "run":
@@ -121,7 +130,7 @@ def main(argv: Sequence[str]) -> None:
             for i, member in enumerate(todo, 1):
                 state = "done, skipped" if member.name in done else "training"
                 print(f"[{i}/{len(todo)}] {member.name}: {state}", flush=True)
-                row = sweep.run_member(member, out_dir, vocab, progress=opts["progress"])
+                row = sweep.run_member(member, out_dir, vocab, progress=opts["progress"], tracking=tracking)
                 outcome = (f"diverged: {row['diverged']}" if row.get("diverged")
                            else f"best val {row['best_val_loss']:.4f}")
                 print(f"    N={row['N']:,} D={row['D']:,} C={row['C']:.2e} {outcome} ({row['seconds']:.0f} s)",

@@ -164,9 +164,11 @@ def _device() -> str:
     return f"{d.platform}:{getattr(d, 'device_kind', '')}".rstrip(":")
 
 
-def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = False) -> Dict[str, Any]:
+def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = False,
+               tracking: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Train one member through the shared loop (resuming it if it was interrupted); returns its
-    results row, which is also written to <member dir>/result.json."""
+    results row, which is also written to <member dir>/result.json. tracking: train.py's tracking
+    options given to sweep.py (--tensorboard...), for a resumed member too."""
     run_dir = member_dir(out_dir, member)
     result_path = _result_path(out_dir, member)
     if os.path.exists(result_path):
@@ -174,7 +176,7 @@ def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = F
     invocation = {"out_dir": run_dir, "num_samples": 0, "progress": progress}
     if RunDir(run_dir).checkpoint_steps():  # interrupted: the loop resumes it exactly
         cfg = config_from_argv([f"--out_dir={run_dir}", "--init_from=resume", f"--progress={progress}",
-                                "--num_samples=0"])
+                                "--num_samples=0", *(f"--{k}={v}" for k, v in (tracking or {}).items())])
     else:
         cfg = config_from_sources({**member.options, **invocation})
     t0 = time.time()

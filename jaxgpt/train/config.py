@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from jaxgpt.cli import ConfigError, Option, check_value
 from jaxgpt.model.pretrained import HUB_NAMES
+from jaxgpt.train.tracking import check_tracking_packages
 from jaxgpt.model.config import (ARCH_OPTIONS, BACKBONE_KEYS, COMPUTE_KEYS, GPTConfig, Spelling, check_architecture,
                                  crop_block_size)
 
@@ -87,6 +88,13 @@ class TrainConfig:
     eval_iters: int = option_field(20, "batches per split in each evaluation")
     always_save_checkpoint: bool = option_field(True, "checkpoint at every eval (else only when val improves)")
     keep_checkpoints: int = option_field(2, "keep the last N checkpoints (plus the best-val one)")
+    # Tracking options are run options (saved with the run): a resume, a sweep member's too, goes on logging.
+    tensorboard: bool = option_field(False, "also write the logged scalars as TensorBoard event files into out_dir "
+                                            "(needs tensorboardX): tensorboard --logdir=OUT_DIR")
+    wandb_log: bool = option_field(False, "also log them to Weights & Biases (needs wandb; its files go to "
+                                          "out_dir/wandb; WANDB_MODE=offline needs no account)")
+    wandb_project: str = option_field("jaxgpt", "with --wandb_log: the W&B project")
+    wandb_run_name: str = option_field("", "with --wandb_log: the W&B run's name (default: out_dir's folder name)")
     # ---- what this invocation does (never persisted)
     init_from: str = option_field("scratch", "scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | path to a "
                                              "HF GPT-2 dir", scope=INVOCATION)
@@ -176,6 +184,9 @@ class TrainConfig:
         need(self.model == "gpt" or not self.mup, "--mup=True is a GPT parametrization; --model=bigram has none")
         need(not (self.overwrite and self.init_from == "resume"),
              "--overwrite=True and --init_from=resume contradict each other: pick one")
+        need(not self.wandb_log or self.wandb_project.strip() != "", "--wandb_project must not be empty")
+        if not self.eval_only:  # a missing package: one line now, before the run directory is touched
+            check_tracking_packages(vars(self))
         need(self.init_from in self.INIT_FROM_NAMES
              or os.path.realpath(os.path.expanduser(self.init_from)) != os.path.realpath(self.out_dir),
              f"--init_from and --out_dir are the same directory ({self.out_dir}): a run would write over the "

@@ -17,8 +17,9 @@ iteration n, before the step from n to n+1, run_loop (jaxgpt.train.loop) runs th
     loss plot          after an evaluation: at most every Reporter.PLOT_EVERY_S, always at the end
     throughput clock   restarted at log and eval points, so eval time stays out of tokens/s
 
-Also here: the Reporter (metrics.jsonl, loss.png, the bar and the printed lines; process 0 only),
-the run's header and the end-of-run samples.
+Also here: the Reporter (metrics.jsonl and the trackers --tensorboard/--wandb_log turn on
+(jaxgpt.train.tracking), loss.png, the bar and the printed lines; process 0 only), the run's
+header and the end-of-run samples.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from jaxgpt.train.flops import device_peak_flops, mfu
 from jaxgpt.train.metrics import MetricsLog, perplexity, plot_losses
 from jaxgpt.train.resolved import ResolvedRun
 from jaxgpt.train.run_dir import LOSS_PNG, RunDir
+from jaxgpt.train.tracking import close_trackers, open_trackers
 
 __all__ = ["LoopState", "Hook", "run_due_hooks", "loop_hooks", "Reporter", "DivergenceWatch", "Throughput",
            "eval_event_and_line", "is_main_process", "print_header", "print_samples"]
@@ -245,7 +247,8 @@ class DivergenceWatch:
 
 
 class Reporter:
-    """metrics.jsonl, loss.png, the progress bar and the eval lines (process 0 only)."""
+    """metrics.jsonl and the trackers, loss.png, the progress bar and the eval lines (process 0
+    only). close_bar() ends the bar; close() also closes the trackers: call it on every exit path."""
 
     # loss.png is redrawn at most this often (seconds), and always at the end of the run: a plot
     # costs ~0.5 s (plus ~2 s to import matplotlib once), which dominated short runs' evals.
@@ -256,6 +259,7 @@ class Reporter:
         self.last_plot = time.monotonic()  # the run's first plot waits too: one point says little
         self.metrics_path = RunDir(run.out_dir).metrics_path
         self.log = MetricsLog(self.metrics_path, resume_iter=resume_iter) if self.active else None
+        self.trackers = open_trackers(run.cfg, resume_iter) if self.active else []
         self.bar = None
         if self.active and run.cfg.progress:
             self.bar = tqdm(total=run.cfg.max_iters, initial=initial, unit="it", dynamic_ncols=True)
@@ -263,6 +267,8 @@ class Reporter:
     def event(self, event: Dict[str, Any]) -> None:
         if self.log is not None:
             self.log.write(event)
+        for tracker in self.trackers:
+            tracker.write(event)
 
     def line(self, text: str) -> None:
         if not self.active:
@@ -283,9 +289,16 @@ class Reporter:
         except OSError as exc:  # a full disk: the plot is a convenience, the run goes on
             print(f"warning: could not write {LOSS_PNG}: {exc.strerror or exc}", file=sys.stderr)
 
-    def close(self) -> None:
+    def close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+    def close(self, failed: bool = False) -> None:
+        """The bar and the trackers (failed: the run ended by an exception; W&B marks the run so)."""
+        self.close_bar()
+        trackers, self.trackers = self.trackers, []  # closed once, whatever happens
+        close_trackers(trackers, failed)
 
 
 # ------------------------------------------------------------------ the run's first and last words

@@ -7,7 +7,8 @@
       2. RunDirLock(out_dir)   one writer per run directory.
       3. start_run_dir(run)    only now: --overwrite's deletions, tokenizer/data/config files.
       4. run_loop(...)         step, eval, checkpoint, log, on a LoopState passed as a value.
-      5. finish                close the checkpointer on every path, then the end-of-run samples.
+      5. finish                close the checkpointer and the trackers on every path, then the
+                               end-of-run samples.
 
 So a command that fails (bad input, a mismatched resume, a busy directory) fails in step 1 or 2
 and leaves the run directory as it was. The library raises ValueError subclasses (ConfigError,
@@ -456,15 +457,20 @@ def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, An
         loop = initial_loop_state(run, init_rng)
         steps = compile_steps(run, jax.tree_util.tree_map(lambda x: x.sharding, loop.train_state))
         report = Reporter(run, resume_iter=loop.iter_num if run.restored is not None else None, initial=loop.iter_num)
-        t_start = time.time()
         try:
-            with Checkpointer(run.checkpoint_dir, keep_last=cfg.keep_checkpoints, keep_best=True) as checkpointer:
-                loop = run_loop(run, steps, loop, checkpointer, report, dropout_rng)
-        finally:
-            report.close()
-        elapsed = time.time() - t_start
-        # every process joins the hook's evaluations; only process 0's report writes
-        finished = (run.task.finish(run, steps, loop, report.event) or {}) if run.task.finish else {}
+            t_start = time.time()
+            try:
+                with Checkpointer(run.checkpoint_dir, keep_last=cfg.keep_checkpoints, keep_best=True) as checkpointer:
+                    loop = run_loop(run, steps, loop, checkpointer, report, dropout_rng)
+            finally:
+                report.close_bar()
+            elapsed = time.time() - t_start
+            # every process joins the hook's evaluations; only process 0's report writes
+            finished = (run.task.finish(run, steps, loop, report.event) or {}) if run.task.finish else {}
+        except BaseException:
+            report.close(failed=True)  # the trackers, on every exit path, under the lock
+            raise
+        report.close()
     except BaseException:
         if is_main and not RunDir(cfg.out_dir).checkpoint_steps():
             lock.remove_created_dir()  # a new run that failed before its first checkpoint leaves nothing

@@ -28,7 +28,7 @@ from jaxgpt.files import FileLock, read_json_object, write_json_atomic
 __all__ = ["RunDir", "RunDirError", "RunDirLock", "check_out_dir", "clear_run_files", "committed_steps",
            "RUN_FILES", "LOCK_NAME", "CHECKPOINTS", "METRICS_FILE", "LOSS_PNG", "RUN_CONFIG_FILE",
            "TOKENIZER_FILE", "DATA_META_FILE", "SFT_CONFIG_FILE", "RESPONSES_FILE", "CONFUSION_PNG",
-           "SET_ASIDE_DIR"]
+           "SET_ASIDE_DIR", "WANDB_DIR", "TFEVENTS_PREFIX"]
 
 CHECKPOINTS = "checkpoints"  # orbax's steps, one folder each (jaxgpt.train.checkpoint)
 METRICS_FILE = "metrics.jsonl"  # one JSON event a line (jaxgpt.train.metrics)
@@ -39,10 +39,16 @@ SFT_CONFIG_FILE = "sft.json"  # instruction fine-tuning: template and EOS (jaxgp
 RESPONSES_FILE = "responses.jsonl"  # instruction fine-tuning: the test split's responses
 CONFUSION_PNG = "confusion_matrix.png"  # classification fine-tuning: the test split's
 SET_ASIDE_DIR = "checkpoints-set-aside"  # --resume_step: the later checkpoints, kept, not deleted
+WANDB_DIR = "wandb"  # --wandb_log: W&B's own files, and the run's W&B id (jaxgpt.train.tracking)
+WANDB_ID_FILE = "run_id"
+# --tensorboard: tensorboardX's event files, straight in out_dir (`tensorboard --logdir=SWEEP_DIR` names
+# each member's run by its folder); one file per invocation, so they are matched by this prefix
+TFEVENTS_PREFIX = "events.out.tfevents."
 LOCK_NAME = ".lock"
-# What a run writes into out_dir (and --overwrite=True removes); nothing else there is touched.
+# What a run writes into out_dir (and --overwrite=True removes), with the TFEVENTS_PREFIX files;
+# nothing else there is touched.
 RUN_FILES = (CHECKPOINTS, METRICS_FILE, LOSS_PNG, RUN_CONFIG_FILE, TOKENIZER_FILE, DATA_META_FILE,
-             SFT_CONFIG_FILE, RESPONSES_FILE, CONFUSION_PNG)
+             SFT_CONFIG_FILE, RESPONSES_FILE, CONFUSION_PNG, WANDB_DIR)
 
 
 class RunDirError(ConfigError):
@@ -107,6 +113,25 @@ class RunDir:
     @property
     def set_aside_dir(self) -> str:
         return self._file(SET_ASIDE_DIR)
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return self.path
+
+    @property
+    def wandb_dir(self) -> str:
+        return self._file(WANDB_DIR)
+
+    @property
+    def wandb_id_path(self) -> str:
+        return os.path.join(self.wandb_dir, WANDB_ID_FILE)
+
+    def tensorboard_files(self) -> List[str]:
+        """The TensorBoard event files' names, oldest first (their names start with a timestamp)."""
+        if not os.path.isdir(self.path):
+            return []
+        return sorted(name for name in os.listdir(self.path)
+                      if name.startswith(TFEVENTS_PREFIX) and os.path.isfile(self._file(name)))
 
     @property
     def lock_path(self) -> str:
@@ -221,9 +246,10 @@ class RunDirLock:
 
 
 def clear_run_files(out_dir: str) -> List[str]:
-    """Remove what a run wrote (RUN_FILES); returns the names removed. Call under the lock."""
+    """Remove what a run wrote (RUN_FILES and TensorBoard's event files); returns the names
+    removed. Call under the lock."""
     removed = []
-    for name in RUN_FILES:
+    for name in RUN_FILES + tuple(RunDir(out_dir).tensorboard_files()):
         path = os.path.join(out_dir, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
