@@ -25,7 +25,7 @@ from helpers import TINY, digest, one_line_exit_2, run_script, train_cli
 from jaxgpt.train.loop import config_from_argv, train
 from jaxgpt.train.metrics import read_metrics
 from jaxgpt.train.run_dir import RunDir
-from jaxgpt.train.tracking import scalars_of
+from jaxgpt.train.tracking import scalars_of, wandb_can_log
 
 TRACKED = ["--tensorboard=True", "--wandb_log=True", "--wandb_project=tests"]
 FLOAT32 = 1e-6
@@ -172,6 +172,7 @@ def test_sweep_members_each_get_the_tracking_options(tiny_run, tmp_path, capsys,
         return {"iters": 0, "best_val_loss": 1.0, "last_val_loss": 1.0}
 
     monkeypatch.setattr(jaxgpt.scale.sweep, "train", record)
+    monkeypatch.setenv("WANDB_MODE", "offline")
     code, _out, err = run_script(capsys, "sweep.py", str(config), f"--out_dir={out}", "--tensorboard=True",
                                  "--wandb_log=True", "--wandb_project=sweeps", "--fit=False")
     assert code == 0, err
@@ -240,6 +241,7 @@ class FakeWandb(types.ModuleType):
 def test_the_trackers_close_when_the_run_is_interrupted(tiny_run, tmp_path, monkeypatch):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "offline")
 
     def interrupted_loop(run, steps, loop, checkpointer, report, dropout_rng):
         report.event({"iter": 0, "train_loss": 4.0, "val_loss": 4.1})
@@ -255,3 +257,22 @@ def test_the_trackers_close_when_the_run_is_interrupted(tiny_run, tmp_path, monk
     assert fake.calls[1:] == [("log", {"train/loss": 4.0, "val/loss": 4.1}, 0), ("finish", 1)]  # failed, closed
     # closed: the event is on disk now, not in the writer's queue (it flushes every FLUSH_SECS)
     assert tensorboard_series(out) == {"train/loss": [(0, 4.0)], "val/loss": [(0, pytest.approx(4.1, rel=FLOAT32))]}
+
+
+def test_wandb_without_a_login_is_refused_before_the_run_directory_is_touched(tiny_run, tmp_path, capsys,
+                                                                              monkeypatch):
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine api.wandb.ai login user password KEY\n")
+    assert wandb_can_log({"WANDB_MODE": "offline"}) and wandb_can_log({"WANDB_API_KEY": "k"})
+    assert wandb_can_log({"NETRC": str(netrc_file)})
+    assert not wandb_can_log({"NETRC": str(netrc_file), "WANDB_BASE_URL": "https://wandb.example.com"})
+    assert not wandb_can_log({"NETRC": str(tmp_path / "none")})
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    run = tiny_run / "run"
+    before = digest(run)
+    line = one_line_exit_2(train_cli(capsys, f"--out_dir={run}", f"--dataset={tiny_run / 'corpus.txt'}", *TINY,
+                                     "--overwrite=True", "--wandb_log=True"), "W&B has no login")
+    assert "WANDB_MODE=offline" in line
+    assert digest(run) == before  # --overwrite deleted nothing

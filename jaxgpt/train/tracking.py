@@ -26,6 +26,7 @@ package is missing in one line, before the run directory is touched. Scalar name
 from __future__ import annotations
 
 import importlib.util
+import netrc
 import os
 import secrets
 import string
@@ -37,7 +38,7 @@ from jaxgpt.files import atomic_write
 from jaxgpt.train.run_dir import RunDir
 
 __all__ = ["Tracker", "TrackingError", "TensorBoardTracker", "WandbTracker", "TRACKING_PACKAGES",
-           "check_tracking_packages", "open_trackers", "close_trackers", "scalars_of", "scalar_name", "importable"]
+           "check_tracking_packages", "wandb_can_log", "open_trackers", "close_trackers", "scalars_of", "scalar_name", "importable"]
 
 # option -> (module, the pip package that provides it)
 TRACKING_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboardX"), "wandb_log": ("wandb", "wandb")}
@@ -73,6 +74,26 @@ def check_tracking_packages(options: Mapping[str, Any]) -> None:
         if options.get(option) and not importable(module):
             raise TrackingError(f"--{option}=True needs the {package} package, which is not installed: pip install "
                                 f"{package} (or pip install 'jaxgpt[track]'), or pass --{option}=False")
+    if options.get("wandb_log") and not wandb_can_log(os.environ):
+        raise TrackingError("--wandb_log=True: W&B has no login here (no WANDB_API_KEY, no `wandb login`): run "
+                            "`wandb login`, or set WANDB_MODE=offline to log without an account (`wandb sync` "
+                            "uploads later)")
+
+
+WANDB_LOCAL_MODES = ("offline", "dryrun", "disabled")
+
+
+def wandb_can_log(environ: Mapping[str, str]) -> bool:
+    """Whether wandb.init can start without asking for a key, read before the run directory is
+    touched (an --overwrite must not delete a run only for W&B to refuse the new one): a local mode,
+    an API key in the environment, or `wandb login`'s entry in ~/.netrc for W&B's host."""
+    if environ.get("WANDB_MODE", "").lower() in WANDB_LOCAL_MODES or environ.get("WANDB_API_KEY"):
+        return True
+    host = environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0].split(":")[0]
+    try:
+        return netrc.netrc(environ.get("NETRC") or None).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def scalar_name(key: str, eval_event: bool) -> str:
