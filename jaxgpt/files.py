@@ -213,13 +213,12 @@ def check_folder_target(path: str, name: str, error: ErrorType = ValueError) -> 
     """Refuse a folder that cannot be made or written (a file, a path under a file, a read-only
     ancestor) in one line starting with `name` (e.g. "--out_dir=out"), before anything is written."""
     full = os.path.abspath(path)
-    if os.path.exists(full) and not os.path.isdir(full):
-        raise error(f"{name} is a file, not a directory")
     existing = nearest_existing(full)
+    where = name if existing == full else f"{name}: {existing}"
     if not os.path.isdir(existing):
-        raise error(f"{name}: {existing} is a file, not a directory")
+        raise error(f"{where} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise error(f"{name}: {existing} is not writable")
+        raise error(f"{where} is not writable")
 
 
 class FileLock:

@@ -27,6 +27,7 @@ from jaxgpt.files import atomic_write, check_folder_target
 from jaxgpt.scale import mup, sweep
 from jaxgpt.train.config import config_from_sources
 from jaxgpt.train.loop import prepare_data
+from jaxgpt.train.run_dir import RunDir
 
 OPTIONS = {
     "out_dir": Option("sweep", "the sweep's directory (members in runs/, then runs.jsonl, fit.json, plots)"),
@@ -146,8 +147,9 @@ def train_members(opts, config_path: str, flags: Sequence[str], todo, changed, v
         return
     done = set(sweep.done_members(out_dir, todo))
     for i, member in enumerate(todo, 1):
-        state = "training again (--rerun_changed)" if member.name in changed else (
-            "done, skipped" if member.name in done else "training")
+        resuming = bool(RunDir(sweep.member_dir(out_dir, member)).checkpoint_steps())
+        state = ("training again (--rerun_changed)" if member.name in changed else "done, skipped"
+                 if member.name in done else "resuming" if resuming else "training")
         print(f"[{i}/{len(todo)}] {member.name}: {state}", flush=True)
         row = sweep.run_member(member, out_dir, vocab, progress=opts["progress"],
                                rerun_changed=member.name in changed)

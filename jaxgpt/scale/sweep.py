@@ -189,9 +189,9 @@ def _fmt(x: float) -> str:
 
 def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
     """Every member of the grid, with its max_iters from the token (or compute) budget. A member is
-    named by its shape and budget (L2-D64-T4e3); members that share a name but differ elsewhere get
-    the grid values that tell them apart appended (L2-D64-T4e3-block_size64); two points that train
-    with the same options are the grid repeating itself, refused."""
+    named by its shape and budget (L2-D64-T4e3); a later member that shares a name but differs
+    elsewhere gets the grid values that tell it from the first appended (L2-D64-T4e3-block_size64);
+    two points that train with the same options are the grid repeating itself, refused."""
     members, points = [], []
     lrs = spec.learning_rates or [None]
     seeds = spec.seeds or [None]
@@ -205,11 +205,13 @@ def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
             options["seed"] = seed
         if param == "mup":
             options["mup"] = True
+        point = {**shape, kind: amount, "learning_rate": lr, "seed": seed, "parametrization": param}
         try:
             cfg = config_from_sources(options)  # validates the member's options
             n = non_embedding_params(model_config_from_options(cfg, vocab_size))
         except ConfigError as exc:
-            raise ConfigError(f"{spec.source}: shape {shape}: {exc}") from None
+            shown = {k: v for k, v in point.items() if v is not None}
+            raise ConfigError(f"{spec.source}: the grid point {shown}: {exc}") from None
         tokens = amount if kind == "tokens" else amount / (6 * n)
         per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
         iters = max(1, math.ceil(tokens / per_iter))
@@ -219,7 +221,7 @@ def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
                 + (f"-lr{lr:g}" if lr is not None else "") + (f"-s{seed}" if seed is not None else "")
                 + ("-mup" if param == "mup" else ""))
         members.append(Member(name, options, {kind: amount, "N_target": n}))
-        points.append({**shape, kind: amount, "learning_rate": lr, "seed": seed, "parametrization": param})
+        points.append(point)
     return _distinct_names(members, points, spec.source)
 
 
@@ -230,7 +232,8 @@ def _label(value: Any) -> str:
 
 
 def _distinct_names(members: List[Member], points: List[Dict[str, Any]], source: str) -> List[Member]:
-    """members, those that share a name renamed by the grid values (points) that differ among them."""
+    """members, each that shares a name with an earlier one renamed by the grid values (points) in
+    which it differs from the first of that name."""
     by_name: Dict[str, List[int]] = {}
     by_options: Dict[str, int] = {}
     for i, member in enumerate(members):
@@ -242,12 +245,11 @@ def _distinct_names(members: List[Member], points: List[Dict[str, Any]], source:
             raise ConfigError(f"{source}: the grid repeats a point: {twice} (member {members[j].name})")
     out = list(members)
     for name, group in by_name.items():
-        if len(group) > 1:
-            keys = sorted({k for i in group for k in points[i]}, key=str)
-            differ = [k for k in keys if len({repr(points[i].get(k)) for i in group}) > 1]
-            for i in group:
-                suffix = "".join(f"-{k}{_label(points[i].get(k))}" for k in differ)
-                out[i] = dataclasses.replace(members[i], name=name + suffix)
+        first = points[group[0]]
+        for i in group[1:]:  # the first keeps its name: a grid that grows never renames a member that ran
+            keys = sorted(set(first) | set(points[i]), key=str)
+            suffix = "".join(f"-{k}{_label(points[i].get(k))}" for k in keys if first.get(k) != points[i].get(k))
+            out[i] = dataclasses.replace(members[i], name=name + suffix)
     names = [m.name for m in out]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
