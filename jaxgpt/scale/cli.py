@@ -2,7 +2,9 @@
 
 Each member of the config's grid trains through the same loop as train.py, into
 DIR/runs/<member>. Finished members are skipped and interrupted ones resume exactly, so the same
-command continues a sweep. Then DIR/runs.jsonl, DIR/runs.csv, DIR/fit.json (fitted laws with
+command continues a sweep, as long as each member's options (and the dataset's text) are the ones
+it ran with: else the sweep is refused, naming the member and what changed (--rerun_changed=True
+trains such members again). Then DIR/runs.jsonl, DIR/runs.csv, DIR/fit.json (fitted laws with
 bootstrap intervals) and the plots are written. --workers=N runs members side by side in N
 processes, one device each (--platform says how to pin one: cpu, gpu or tpu); a member whose base
 options set dp/fsdp/tp takes the whole mesh instead (leave --workers=0).
