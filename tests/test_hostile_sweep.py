@@ -23,6 +23,7 @@ import warnings
 import pytest
 
 import jaxgpt
+from jaxgpt.cli import ConfigError
 from jaxgpt.model import families
 from jaxgpt.scale import sweep
 from helpers import REPO, load_script, one_line_exit_2, run_main, run_script, snapshot, train_cli
@@ -82,6 +83,10 @@ def test_a_finished_member_with_other_options_or_data_is_refused_by_name(finishe
         one_line_exit_2(_sweep(capsys, finished.config, f"--out_dir={finished.out}"), "the text of dataset")
     finally:
         finished.corpus.write_text(text)
+    spec = sweep.SweepSpec.from_file(finished.config)  # the library's run_member checks the text too
+    member = sweep.expand(spec, sweep.vocab_size_for(spec.base))[0]
+    with pytest.raises(ConfigError, match=r"the text of dataset .* -> 000000000000\.\.\.\)\): pass --rerun"):
+        sweep.run_member(member, str(finished.out), 100, data_sha256="0" * 64)
     assert snapshot(finished.out) == before
 
 

@@ -123,8 +123,8 @@ def main(argv: Sequence[str]) -> None:
         raise ConfigError("give one sweep config file, e.g. python sweep.py configs/sweep_cpu.py --out_dir=DIR")
     spec = sweep.SweepSpec.from_file(configs[0])
     data = sweep.sweep_data(spec.base)
-    vocab, data_sha256 = data.tokenizer.vocab_size, data.meta.get("source_sha256")
-    members = sweep.expand(spec, vocab)
+    data_sha256 = data.meta.get("source_sha256")
+    members = sweep.expand(spec, data.tokenizer.vocab_size)
     todo = sweep.select(members, opts["worker"], max(opts["workers"], 1))
     if opts["task"] == "fit" and not sweep.done_members(out_dir, members):
         raise ConfigError(f"the sweep in {out_dir} has no finished runs to fit yet: run it first (--task=run)")
@@ -135,13 +135,14 @@ def main(argv: Sequence[str]) -> None:
     top_level = opts["worker"] is None  # the workers run under their parent's lock
     with sweep.sweep_lock(out_dir) if top_level else contextlib.nullcontext():
         if opts["task"] == "run":
-            train_members(opts, configs[0], flags, todo, {m.name for m, _ in changed}, vocab)
+            train_members(opts, configs[0], flags, todo, {m.name for m, _ in changed}, data)
         if top_level and opts["fit"]:
             fit_members(opts, members, budgets)
 
 
-def train_members(opts, config_path: str, flags: Sequence[str], todo, changed, vocab: int) -> None:
-    """--task=run: the members in turn here, or split over --workers processes."""
+def train_members(opts, config_path: str, flags: Sequence[str], todo, changed, data) -> None:
+    """--task=run: the members in turn here, or split over --workers processes (data: the sweep's
+    prepared data, for its vocabulary and its text's sha256)."""
     out_dir = opts["out_dir"]
     if opts["workers"] > 0 and opts["worker"] is None:
         sweep.run_workers(config_path, [f for f in flags if not f.startswith(("--workers", "--fit"))],
@@ -153,8 +154,8 @@ def train_members(opts, config_path: str, flags: Sequence[str], todo, changed, v
         state = ("training again (--rerun_changed)" if member.name in changed else "done, skipped"
                  if member.name in done else "resuming" if resuming else "training")
         print(f"[{i}/{len(todo)}] {member.name}: {state}", flush=True)
-        row = sweep.run_member(member, out_dir, vocab, progress=opts["progress"],
-                               rerun_changed=member.name in changed)
+        row = sweep.run_member(member, out_dir, data.tokenizer.vocab_size, progress=opts["progress"],
+                               rerun_changed=member.name in changed, data_sha256=data.meta.get("source_sha256"))
         outcome = (f"diverged: {row['diverged']}" if row.get("diverged")
                    else f"best val {row['best_val_loss']:.4f}")
         print(f"    N={row['N']:,} D={row['D']:,} C={row['C']:.2e} {outcome} ({row['seconds']:.0f} s)",

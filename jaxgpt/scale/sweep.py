@@ -263,14 +263,14 @@ def _device() -> str:
 
 
 def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = False,
-               rerun_changed: bool = False) -> Dict[str, Any]:
+               rerun_changed: bool = False, data_sha256: Optional[str] = None) -> Dict[str, Any]:
     """Train one member through the shared loop (resuming it if it was interrupted); returns its
     results row, which is also written to <member dir>/result.json. A member whose directory holds a
-    run of other options (see `member_changes`) is refused, or trained again from scratch when
-    rerun_changed."""
+    run of other options, or of another text when data_sha256 is given (see `member_changes`), is
+    refused, or trained again from scratch when rerun_changed."""
     run_dir = member_dir(out_dir, member)
     result_path = _result_path(out_dir, member)
-    changes = member_changes(out_dir, member)
+    changes = member_changes(out_dir, member, data_sha256)
     if changes and not rerun_changed:
         raise ConfigError(changed_message(out_dir, [(member, changes)]))
     if os.path.exists(result_path) and not changes:
