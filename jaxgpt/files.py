@@ -9,6 +9,7 @@ exclusive file locks: the one place jaxgpt does each of these.
     fetch(url, timeout=..., error=..., offline_hint=...)            # the bytes at url, or one line
     fetch_once(url, path, sha256=..., what=..., error=DataError...)  # download once, verify, keep
     with FileLock(path, busy="... is in use"): ...   # one process at a time; the kernel drops it on death
+    check_folder_target(out_dir, f"--out_dir={out_dir}", error=ConfigError)  # before the first write
 
 A reader never sees a half-written file: a crash leaves the old file (or nothing) and at most a
 `<name>.tmp<pid>` beside it, which the next write replaces.
@@ -30,7 +31,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Type
 
 __all__ = ["AtomicFile", "atomic_write", "write_bytes_atomic", "write_json_atomic", "save_figure_atomic", "read_json",
            "read_json_object", "sha256_of_file", "fetch", "fetch_once", "FileLock", "temporary_path",
-           "atomic_directory"]
+           "atomic_directory", "check_folder_target"]
 
 ErrorType = Type[Exception]
 
@@ -225,6 +226,28 @@ def fetch_once(url: str, path: str, *, sha256: str, what: str, timeout: float, e
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_bytes_atomic(path, data)
     return data
+
+
+def nearest_existing(path: str) -> str:
+    """path, or its nearest ancestor that exists."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_folder_target(path: str, name: str, error: ErrorType = ValueError) -> None:
+    """Refuse a folder that cannot be made or written (a file, a path under a file, a read-only
+    ancestor) in one line starting with `name` (e.g. "--out_dir=out"), before anything is written."""
+    full = os.path.abspath(path)
+    existing = nearest_existing(full)
+    where = name if existing == full else f"{name}: {existing}"
+    if not os.path.isdir(existing):
+        raise error(f"{where} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise error(f"{where} is not writable")
 
 
 class FileLock:

@@ -98,6 +98,21 @@ def digest(path) -> str:
     return h.hexdigest()
 
 
+def snapshot(path):
+    """{relative path: (bytes, mtime_ns)} of every file under path, and {folder/: None} of every folder
+    (None when path does not exist): what a refused command must leave as it was."""
+    if not os.path.exists(path):
+        return None
+    found = {}
+    for root, dirs, files in os.walk(path):
+        found.update({os.path.relpath(os.path.join(root, d), path) + "/": None for d in dirs})
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                found[os.path.relpath(full, path)] = (f.read(), os.stat(full).st_mtime_ns)
+    return found
+
+
 def shared_build(tmp_path_factory, name: str, build) -> pathlib.Path:
     """A folder `name` made by build(path) once per session, even under pytest-xdist: the first
     worker to ask builds it under a file lock, the others wait for it and reuse it. Callers that

@@ -21,7 +21,7 @@ from jaxgpt.cli import ConfigError
 from jaxgpt.train.metrics import read_metrics
 from jaxgpt.sample.decode import generate, generate_stream
 from jaxgpt.train.loop import config_from_argv, train
-from helpers import REPO, loss_events, run_cli
+from helpers import REPO, loss_events, one_line_exit_2, run_cli, run_main
 
 LETTERS = "abcdefgh"
 
@@ -104,6 +104,14 @@ def markov_corpus(tmp_path_factory):
 BIGRAM_RUN = ["--model=bigram", "--learning_rate=0.2", "--min_lr=0.02", "--max_iters=120", "--lr_decay_iters=120",
               "--warmup_iters=5", "--eval_interval=60", "--log_interval=20", "--batch_size=8", "--block_size=32",
               "--eval_iters=8", "--weight_decay=0.0", "--progress=False", "--num_samples=0"]
+
+
+def test_count_baseline_command(markov_corpus, capsys):
+    """`python -m jaxgpt.course.bigram`: the count-based bigram's val loss, as train.py --model=bigram prints it."""
+    code, out, err = run_main(capsys, bigram.main, f"--dataset={markov_corpus}", "--bigram_smoothing=0.5")
+    assert code == 0, err
+    assert out.startswith("count-based bigram (add-0.5 smoothing, counted on train): val loss ")
+    one_line_exit_2(run_main(capsys, bigram.main, "--bigram_smoothing=0"), "--bigram_smoothing must be > 0, got 0.0")
 
 
 @pytest.fixture(scope="module")

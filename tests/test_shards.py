@@ -25,7 +25,7 @@ from jaxgpt.data.store import ShardedBatchSampler, ShardedSplit, ShardedTokens, 
 from jaxgpt.data.store_encode import is_val_document
 from jaxgpt.data.store_prepare import learn_tokenizer, prepare_sharded
 from jaxgpt.data.tokenizers import build_tokenizer, load_tokenizer
-from helpers import REPO
+from helpers import REPO, one_line_exit_2, run_main, snapshot
 
 SHARD = 600  # tokens per shard: ~20 train shards of the generated corpus
 FRAC = 0.1
@@ -485,6 +485,32 @@ def test_cli(corpus, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         main_guard(store_cli.main)
     assert exit_info.value.code == 2 and capsys.readouterr().err.strip().endswith("no such file or folder")
+
+
+def test_cli_refusals_leave_out_dir_as_it_was(corpus, tmp_path, capsys):
+    """Issue 26.11 and 26.20: an out_dir that is a file said "File exists"; a first preparation that failed
+    on bad input (a .txt that is not UTF-8, a source of empty files) left a partial out_dir. And numbers
+    the preparation refuses are refused before the tokenizer's pass over the source."""
+    bad, empty = tmp_path / "bad", tmp_path / "empty"
+    bad.mkdir(), empty.mkdir()
+    (bad / "a.txt").write_text("Some text.\n" * 50)
+    (bad / "b.txt").write_bytes(b"\xff\xfe\x00binary")  # sorted after a.txt: found while encoding
+    (empty / "e.txt").write_text("")
+    a_file, mine = tmp_path / "a_file", tmp_path / "mine"
+    a_file.write_text("mine")
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    before = snapshot(mine)
+    common = ["--tokenizer=gpt2", "--val_fraction=0", "--num_workers=0", "--progress=False"]
+    for source, out, expected in ((bad, a_file, f"--out_dir={a_file} is a file, not a directory"),
+                                  (bad, a_file / "sub", f"--out_dir={a_file / 'sub'}: {a_file} is a file, not a"),
+                                  (bad, tmp_path / "new", "b.txt is not UTF-8 text"),
+                                  (bad, mine, "b.txt is not UTF-8 text"),
+                                  (empty, tmp_path / "new", "has no text (1 documents, all empty)")):
+        one_line_exit_2(run_main(capsys, store_cli.main, f"--source={source}", f"--out_dir={out}", *common), expected)
+    assert not (tmp_path / "new").exists() and snapshot(mine) == before and a_file.read_text() == "mine"
+    one_line_exit_2(run_main(capsys, store_cli.main, f"--source={tmp_path / 'nowhere'}", f"--out_dir={tmp_path / 'x'}",
+                             "--shard_tokens=0"), "--shard_tokens must be >= 1, got 0")
 
 
 def test_cli_module_with_worker_processes(corpus, reference, tmp_path):

@@ -49,7 +49,7 @@ def test_grid_expansion_budgets_and_names(tmp_path, corpus_path):
                          ({"tokens": [1e6], "compute": [1e9]}, "tokens or compute"),
                          ({"tokens": [-5]}, "positive"),
                          ({"parametrizations": ["ntk"]}, "sp"),
-                         ({"shapes": spec.shapes + spec.shapes[:1]}, "same name")):
+                         ({"shapes": spec.shapes + spec.shapes[:1]}, "repeats a point")):
         with pytest.raises(ConfigError, match=message):
             values = {**{k: getattr(spec, k) for k in ("base", "shapes", "tokens", "compute")}, **bad}
             sweep.expand(sweep.SweepSpec.from_values(values), vocab_size=100)

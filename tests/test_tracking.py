@@ -172,6 +172,8 @@ def test_sweep_members_each_get_the_tracking_options(tiny_run, tmp_path, capsys,
         return {"iters": 0, "best_val_loss": 1.0, "last_val_loss": 1.0}
 
     monkeypatch.setattr(jaxgpt.scale.sweep, "train", record)
+    # the copied run stands for this member's interrupted run (its options differ: tests/test_hostile_sweep.py)
+    monkeypatch.setattr(jaxgpt.scale.sweep, "member_changes", lambda *args, **kwargs: [])
     monkeypatch.setenv("WANDB_MODE", "offline")
     code, _out, err = run_script(capsys, "sweep.py", str(config), f"--out_dir={out}", "--tensorboard=True",
                                  "--wandb_log=True", "--wandb_project=sweeps", "--fit=False")

@@ -14,7 +14,9 @@ A bigram predicts the next token from the current one only: P(b | a). Two of the
 `BigramConfig` stands where a GPTConfig stands in the loop, the checkpoints and the samplers;
 `generate` samples from a table with the GPT sampler's order of filters and keys. Importing this
 module registers the "bigram" model family (jaxgpt.model.families), through which the core builds,
-trains, loads and samples it without importing the course.
+trains, loads and samples it without importing the course (and refuses an --init_from: a table
+starts from nothing). `python -m jaxgpt.course.bigram --dataset=...` prints the count-based
+bigram's val loss (see --help).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -30,15 +33,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt.cli import ConfigError
-from jaxgpt.model.families import ModelFamily, family_for, register_family
+from jaxgpt.cli import ConfigError, main_guard, parse_args
+from jaxgpt.model.families import DEFAULT_FAMILY, ModelFamily, family_for, register_family
+from jaxgpt.model.pretrained import HUB_NAMES
 from jaxgpt.sample.decode import PAD_ID, as_key, as_rows, check_ids, top_k_filter, top_k_top_p_filter, top_p_filter
+from jaxgpt.train.config import OPTIONS as TRAIN_OPTIONS, config_from_sources
+from jaxgpt.train.loop import prepare_data
 from jaxgpt.train.metrics import perplexity
+from jaxgpt.train.run_dir import RUN_CONFIG_FILE, RunDir
 from jaxgpt.train.tasks import LMBatches, Task, lm_loss
 
 __all__ = ["BigramConfig", "Bigram", "BigramCounts", "count_bigram", "table_nll", "config_from_dict", "module_for",
            "config_from_options", "language_modeling", "pretraining_task", "count_baseline_line", "generate",
-           "generate_stream", "MAX_TABLE_ENTRIES", "BIGRAM_FAMILY"]
+           "generate_stream", "MAX_TABLE_ENTRIES", "BIGRAM_FAMILY", "check_init_from", "describe_init_source", "main"]
 
 # A learned table above 2^27 entries (0.5 GiB of float32, x3 with Adam's moments) is refused: GPT-2's
 # 50257 tokens would need 2.5e9. The count-based bigram has no such limit (it stays sparse).
@@ -338,7 +345,56 @@ def pretraining_task(options, config: BigramConfig, data, pretrained: bool) -> T
     return task, [count_baseline_line(data, options.bigram_smoothing)[1]]
 
 
+def describe_init_source(init_from: str) -> str:
+    """What an --init_from names, in words: a GPT-2 hub name, a jaxgpt run (of which model), a GPT-2
+    checkpoint directory, or a directory with none of these."""
+    if init_from in HUB_NAMES:
+        return f"the GPT-2 checkpoint {init_from!r}"
+    run = RunDir(init_from)
+    if os.path.isfile(run.run_config_path):
+        try:
+            options = run.read_run_config()
+        except ConfigError:
+            return f"a run directory whose {RUN_CONFIG_FILE} cannot be read"
+        model = options.get("model", DEFAULT_FAMILY)
+        shape = ", ".join(f"{k}={options[k]}" for k in ("n_layer", "n_head", "n_embd") if k in options)
+        return "a bigram run" if model == BigramConfig.model else f"a {model.upper()} run ({shape})"
+    if os.path.isfile(os.path.join(init_from, "config.json")):
+        return "a Hugging Face GPT-2 checkpoint directory"
+    return f"a directory with no run in it (no {RUN_CONFIG_FILE}, no config.json)"
+
+
+def check_init_from(init_from: str) -> None:
+    """--model=bigram starts from no weights: any --init_from but scratch and resume is refused,
+    saying what it names (the loop asks before reading any weights)."""
+    what = describe_init_source(init_from)
+    if what == "a bigram run":
+        raise ConfigError(f"--init_from={init_from} is a bigram run, but --model=bigram trains its table from scratch: "
+                          f"to continue that run, pass --out_dir={init_from} --init_from=resume")
+    raise ConfigError(f"--init_from={init_from} is {what}, not a bigram run: --model=bigram trains its table from "
+                      "scratch (--init_from=scratch), or continues a bigram run in --out_dir (--init_from=resume)")
+
+
 BIGRAM_FAMILY = ModelFamily(config_from_dict=BigramConfig.from_dict, module_for=Bigram,
                             config_from_options=config_from_options, language_modeling=pretraining_task,
-                            generate=generate, generate_stream=generate_stream)
+                            generate=generate, generate_stream=generate_stream, check_init_from=check_init_from)
 register_family(BigramConfig.model, BIGRAM_FAMILY)
+
+
+# ------------------------------------------------------------------------------ the command line
+
+CLI_KEYS = ("dataset", "tokenizer", "bpe_vocab_size", "val_fraction", "data_dir", "bigram_smoothing")
+CLI_SUMMARY = ("The count-based bigram's val loss on a dataset: chapter 01's baseline, counted on the train split, "
+               "scored on every val pair. The learned bigram trains with train.py: python train.py configs/bigram.py")
+
+
+def main(argv: Sequence[str]) -> None:
+    """python -m jaxgpt.course.bigram [--dataset=...] [--tokenizer=char] [--bigram_smoothing=1.0] ..."""
+    opts = parse_args({key: TRAIN_OPTIONS[key] for key in CLI_KEYS}, argv, "-m jaxgpt.course.bigram", CLI_SUMMARY)
+    cfg = config_from_sources({**opts, "model": BigramConfig.model})
+    _, data = prepare_data(cfg)
+    print(count_baseline_line(data, cfg.bigram_smoothing)[1])
+
+
+if __name__ == "__main__":
+    main_guard(main)

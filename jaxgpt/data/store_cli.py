@@ -16,6 +16,7 @@ from jaxgpt.data.sources import open_source
 from jaxgpt.data.store import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION
 from jaxgpt.data.store_prepare import DEFAULT_BPE_TRAIN_CHARS, learn_tokenizer, prepare_sharded
 from jaxgpt.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE, load_tokenizer
+from jaxgpt.files import check_folder_target
 
 
 def _cli_options() -> Dict[str, Option]:
@@ -55,6 +56,13 @@ def main(argv: Sequence[str]) -> None:
             raise CLIError(f"--{key} is required (see --help)")
     if opts["val_fraction"] is not None and opts["val_shards"] is not None:
         raise CLIError("pass --val_fraction or --val_shards, not both")
+    # the numbers prepare_sharded checks, here before the tokenizer's pass over the source (minutes for bpe)
+    for key, low in (("shard_tokens", 1), ("bpe_train_chars", 1), ("val_shards", 1), ("num_workers", 0)):
+        if opts[key] is not None and opts[key] < low:
+            raise CLIError(f"--{key} must be >= {low}, got {opts[key]}")
+    if opts["val_fraction"] is not None and not 0 <= opts["val_fraction"] < 1:
+        raise CLIError(f"--val_fraction must be in [0, 1), got {opts['val_fraction']}")
+    check_folder_target(opts["out_dir"], f"--out_dir={opts['out_dir']}", error=CLIError)  # before a long tokenizer pass
     src = open_source(opts["source"], text_field=opts["text_field"], split=opts["split"],
                       dataset_config=opts["dataset_config"], revision=opts["revision"], data_files=opts["data_files"],
                       cache_dir=opts["cache_dir"])

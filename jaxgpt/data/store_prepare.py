@@ -1,7 +1,8 @@
 """`prepare_sharded`: a source tokenized into a sharded token store, resumably, as named steps
 (check the arguments, choose the tokenizer, fingerprint the inputs, claim out_dir, keep what a
 previous run finished, encode the rest, write the manifest); and `learn_tokenizer`, the tokenizer
-a source gets when only its kind is named. The layout it writes is jaxgpt.data.store's.
+a source gets when only its kind is named. The layout it writes is jaxgpt.data.store's. A store's
+first preparation that fails on bad input (a ValueError, not a crash) removes what it made.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jaxgpt.data.store import (
     FORMAT_VERSION,
     LOCK_FILE,
     MANIFEST,
+    PROGRESS_DIR,
     ShardedTokens,
     read_json_or_none,
     token_dtype,
@@ -53,7 +55,7 @@ from jaxgpt.data.tokenizers import (
     build_tokenizer,
     load_tokenizer,
 )
-from jaxgpt.files import FileLock
+from jaxgpt.files import FileLock, check_folder_target
 
 DEFAULT_BPE_TRAIN_CHARS = 1 << 26
 _BATCH_CHARS = 1 << 20  # characters per unit of work sent to a worker
@@ -266,15 +268,36 @@ def prepare_sharded(
     batch_chars = _check_positive("batch_chars", batch_chars)
     split_spec, frac = _split_spec(val_fraction, val_shards)
     options = EncodeOptions(_worker_count(num_workers), progress, batch_chars, mp_context)
+    check_folder_target(os.fspath(out_dir), f"out_dir {os.fspath(out_dir)}", error=DataError)
     src = open_source(source, text_field=text_field, split=split, dataset_config=dataset_config, revision=revision,
                       data_files=data_files, cache_dir=cache_dir)
     _check_documents(src, frac)
     tok = _resolve_tokenizer(tokenizer, src, None if frac is None else float(frac))
     plan = _plan(src, tok, os.path.abspath(os.fspath(out_dir)), shard_tokens, split_spec, frac, eot)
+    lock_path = os.path.join(plan.out_dir, LOCK_FILE)
+    created, lock_existed = not os.path.exists(plan.out_dir), os.path.exists(lock_path)
     os.makedirs(plan.out_dir, exist_ok=True)
     busy = f"another prepare_sharded is writing to {plan.out_dir}: wait for it"
-    with FileLock(os.path.join(plan.out_dir, LOCK_FILE), busy=busy.replace("{", "{{").replace("}", "}}"),
-                  error=DataError):
+    try:
+        with FileLock(lock_path, busy=busy.replace("{", "{{").replace("}", "}}"), error=DataError):
+            return _write_store(src, plan, force, verify, options)
+    except ValueError:  # bad input leaves nothing; a crash or an interruption leaves a store to resume
+        if not lock_existed and os.path.exists(lock_path):  # after the lock's release: its file was this call's
+            os.remove(lock_path)
+        if created and not os.listdir(plan.out_dir):
+            os.rmdir(plan.out_dir)
+        raise
+
+
+def _write_store(src: DocumentSource, plan: StorePlan, force: bool, verify: bool, options: EncodeOptions
+                 ) -> ShardedTokens:
+    """prepare_sharded's writing, under out_dir's lock. Bad input (a ValueError: DataError, a document
+    that is not UTF-8...) found by a store's first preparation removes every file it made, leaving
+    out_dir as it found it; a crash or an interruption leaves what it wrote, to resume, and so does
+    any failure of a preparation that was already there."""
+    before = set(os.listdir(plan.out_dir))
+    first = MANIFEST not in before and PROGRESS_DIR not in before
+    try:
         manifest = _claim(plan, force)
         if manifest is not None:
             if manifest_intact(plan, manifest, verify):
@@ -287,3 +310,12 @@ def prepare_sharded(
         records = {s.name: valid_records(plan, s, False) for s in plan.streams}
         write_manifest(plan, src, records, documents, chain)
         return ShardedTokens(plan.out_dir, verify=False)
+    except ValueError:
+        if first:
+            for name in set(os.listdir(plan.out_dir)) - before:
+                path = os.path.join(plan.out_dir, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+        raise

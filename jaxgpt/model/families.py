@@ -9,7 +9,9 @@ and, where a family has its own path instead of the core's (None: the core's own
   - `config_from_options(options, vocab_size)`: the model config of a run's options (jaxgpt.train.loop);
   - `language_modeling(options, config, data, pretrained) -> (Task, notes)`: pretraining's task and
     the lines the loop prints before training (jaxgpt.train.loop);
-  - `generate`, `generate_stream`: sampling, with jaxgpt.sample.decode's arguments.
+  - `generate`, `generate_stream`: sampling, with jaxgpt.sample.decode's arguments;
+  - `check_init_from(init_from)`: refuse, before any weights are read, an --init_from (a hub name
+    or a directory) the family cannot start from (jaxgpt.train.loop).
 
 The GPT registers itself here. Other families register when their module is imported: the course's
 bigram (jaxgpt.course.bigram) is one, and the core never imports it; the entry points (train.py,
@@ -48,6 +50,7 @@ class ModelFamily:
     language_modeling: Optional[Callable[..., Any]] = None
     generate: Optional[Callable[..., Any]] = None
     generate_stream: Optional[Callable[..., Any]] = None
+    check_init_from: Optional[Callable[[str], None]] = None
 
 
 _REGISTRY: Dict[str, ModelFamily] = {}

@@ -2,7 +2,9 @@
 
 Each member of the config's grid trains through the same loop as train.py, into
 DIR/runs/<member>. Finished members are skipped and interrupted ones resume exactly, so the same
-command continues a sweep. Then DIR/runs.jsonl, DIR/runs.csv, DIR/fit.json (fitted laws with
+command continues a sweep, as long as each member's options (and the dataset's text) are the ones
+it ran with: else the sweep is refused, naming the member and what changed (--rerun_changed=True
+trains such members again). Then DIR/runs.jsonl, DIR/runs.csv, DIR/fit.json (fitted laws with
 bootstrap intervals) and the plots are written. --workers=N runs members side by side in N
 processes, one device each (--platform says how to pin one: cpu, gpu or tpu); a member whose base
 options set dp/fsdp/tp takes the whole mesh instead (leave --workers=0).
@@ -17,16 +19,18 @@ This module is sweep.py's command line (--help shows the first paragraph above).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 from typing import Sequence
 
 from jaxgpt.cli import ConfigError, Option, parse_args
-from jaxgpt.files import atomic_write
+from jaxgpt.files import atomic_write, check_folder_target
 from jaxgpt.scale import mup, sweep
 from jaxgpt.train.config import config_from_sources
 from jaxgpt.train.loop import prepare_data
+from jaxgpt.train.run_dir import RunDir
 
 OPTIONS = {
     "out_dir": Option("sweep", "the sweep's directory (members in runs/, then runs.jsonl, fit.json, plots)"),
@@ -50,8 +54,10 @@ OPTIONS = {
                                  "side by side"),
     "wandb_log": Option(False, "members log to Weights & Biases, one W&B run each (named after the member)"),
     "wandb_project": Option("", "with --wandb_log: the W&B project (default: base's, else jaxgpt)"),
+    "rerun_changed": Option(False, "train again, from scratch, the members whose directory holds a run of other "
+                                   "options or data (else such a sweep is refused)"),
 }
-TRACKING_KEYS = ("tensorboard", "wandb_log", "wandb_project")
+TRACKING_KEYS = ("tensorboard", "wandb_log", "wandb_project")  # the tracking options sweep.py takes
 
 
 def positive_numbers(key: str, text: str, kind=float):
@@ -98,16 +104,24 @@ def mup_check(opts, configs) -> None:
     print(f"wrote {path}")
 
 
+def check_options(opts) -> None:
+    """The command line's own checks, before anything is read or written."""
+    for key in ("workers", "n_bootstrap", "steps"):
+        if opts[key] < 0:
+            raise ConfigError(f"--{key} must be >= 0, got {opts[key]}")
+    if opts["worker"] is not None and not 0 <= opts["worker"] < max(opts["workers"], 1):
+        raise ConfigError(f"--worker must be in [0, --workers={opts['workers']}), got {opts['worker']}")
+    if not opts["out_dir"].strip():
+        raise ConfigError("--out_dir must name a directory, got an empty string")
+    check_folder_target(opts["out_dir"], f"--out_dir={opts['out_dir']}", error=ConfigError)
+
+
 def main(argv: Sequence[str]) -> None:
     configs = [a for a in argv if not a.startswith("-")]
     flags = [a for a in argv if a.startswith("-")]
     opts = parse_args(OPTIONS, flags, "sweep.py", __doc__.strip().split("\n\n")[0])
+    check_options(opts)
     out_dir = opts["out_dir"]
-    for key in ("workers", "n_bootstrap"):
-        if opts[key] < 0:
-            raise ConfigError(f"--{key} must be >= 0, got {opts[key]}")
-    if not out_dir.strip():
-        raise ConfigError("--out_dir must name a directory, got an empty string")
     budgets = positive_numbers("predict_at", opts["predict_at"]) if opts["predict_at"] else []
     if opts["task"] in ("coord_check", "lr_transfer"):
         mup_check(opts, configs)
@@ -117,26 +131,49 @@ def main(argv: Sequence[str]) -> None:
     spec = sweep.SweepSpec.from_file(configs[0])
     tracking = {key: opts[key] for key in TRACKING_KEYS if opts[key]}  # given here: overrides the base's
     spec = dataclasses.replace(spec, base={**spec.base, **tracking})  # expand() validates it, before any run
-    vocab = sweep.vocab_size_for(spec.base)
-    members = sweep.expand(spec, vocab)
-    if opts["task"] == "run":
-        os.makedirs(out_dir, exist_ok=True)
-        if opts["workers"] > 0 and opts["worker"] is None:
-            sweep.run_workers(configs[0], [f for f in flags if not f.startswith(("--workers", "--fit"))],
-                              opts["workers"], lambda i: sweep.pinned_env(opts["platform"], i))
-        else:
-            todo = sweep.select(members, opts["worker"], max(opts["workers"], 1))
-            done = set(sweep.done_members(out_dir, todo))
-            for i, member in enumerate(todo, 1):
-                state = "done, skipped" if member.name in done else "training"
-                print(f"[{i}/{len(todo)}] {member.name}: {state}", flush=True)
-                row = sweep.run_member(member, out_dir, vocab, progress=opts["progress"], tracking=tracking)
-                outcome = (f"diverged: {row['diverged']}" if row.get("diverged")
-                           else f"best val {row['best_val_loss']:.4f}")
-                print(f"    N={row['N']:,} D={row['D']:,} C={row['C']:.2e} {outcome} ({row['seconds']:.0f} s)",
-                      flush=True)
-    if opts["worker"] is not None or not opts["fit"]:
+    data = sweep.sweep_data(spec.base)
+    data_sha256 = data.meta.get("source_sha256")
+    members = sweep.expand(spec, data.tokenizer.vocab_size)
+    todo = sweep.select(members, opts["worker"], max(opts["workers"], 1))
+    if opts["task"] == "fit" and not sweep.done_members(out_dir, members):
+        raise ConfigError(f"the sweep in {out_dir} has no finished runs to fit yet: run it first (--task=run)")
+    changed = sweep.changed_members(out_dir, todo, data_sha256)
+    if changed and not (opts["rerun_changed"] and opts["task"] == "run"):
+        raise ConfigError(sweep.changed_message(out_dir, changed, "" if opts["task"] == "run" else
+                                                "--task=run --rerun_changed=True"))
+    top_level = opts["worker"] is None  # the workers run under their parent's lock
+    with sweep.sweep_lock(out_dir) if top_level else contextlib.nullcontext():
+        if opts["task"] == "run":
+            train_members(opts, configs[0], flags, todo, {m.name for m, _ in changed}, data, tracking)
+        if top_level and opts["fit"]:
+            fit_members(opts, members, budgets)
+
+
+def train_members(opts, config_path: str, flags: Sequence[str], todo, changed, data, tracking) -> None:
+    """--task=run: the members in turn here, or split over --workers processes (data: the sweep's
+    prepared data, for its vocabulary and its text's sha256; tracking: the tracking options given here)."""
+    out_dir = opts["out_dir"]
+    if opts["workers"] > 0 and opts["worker"] is None:
+        sweep.run_workers(config_path, [f for f in flags if not f.startswith(("--workers", "--fit"))],
+                          opts["workers"], lambda i: sweep.pinned_env(opts["platform"], i))
         return
+    done = set(sweep.done_members(out_dir, todo))
+    for i, member in enumerate(todo, 1):
+        resuming = bool(RunDir(sweep.member_dir(out_dir, member)).checkpoint_steps())
+        state = ("training again (--rerun_changed)" if member.name in changed else "done, skipped"
+                 if member.name in done else "resuming" if resuming else "training")
+        print(f"[{i}/{len(todo)}] {member.name}: {state}", flush=True)
+        row = sweep.run_member(member, out_dir, data.tokenizer.vocab_size, progress=opts["progress"],
+                               tracking=tracking, rerun_changed=member.name in changed, data_sha256=data.meta.get("source_sha256"))
+        outcome = (f"diverged: {row['diverged']}" if row.get("diverged")
+                   else f"best val {row['best_val_loss']:.4f}")
+        print(f"    N={row['N']:,} D={row['D']:,} C={row['C']:.2e} {outcome} ({row['seconds']:.0f} s)",
+              flush=True)
+
+
+def fit_members(opts, members, budgets) -> None:
+    """runs.jsonl, runs.csv, fit.json and the plots from the finished members."""
+    out_dir = opts["out_dir"]
     rows = sweep.collect(out_dir, members)
     print(f"{len(rows)} of {len(members)} members finished: {os.path.join(out_dir, 'runs.jsonl')}")
     result = sweep.fit_and_plot(out_dir, rows, members, budgets, n_bootstrap=opts["n_bootstrap"],

@@ -9,10 +9,15 @@ A sweep config is plain Python (like train.py's) that assigns:
     learning_rates = [...]  (default: base's learning_rate)
     seeds = [...]           (default: base's seed)
     parametrizations = ["sp"] or ["sp", "mup"] (muP needs mup_base_width in base)
-Every combination is a member with its own out_dir under `<out_dir>/runs/<name>`. A member that
-finished (its result.json exists) is skipped; one that was interrupted resumes exactly from its
-last checkpoint (the loop's own resume). `runs.jsonl` and `runs.csv` get one row per member, then
-`fit.json` and the plots are written from them (jaxgpt.scale.report, jaxgpt.scale.plots).
+Every key and value is checked as train.py's are (base and shapes hold train.py options; the data
+keys only in base). Every combination is a member with its own out_dir under `<out_dir>/runs/<name>`;
+a point is the member's whole set of options (two that train alike are refused, two that share a
+name get the values that tell them apart). A member that finished (its result.json exists) is
+skipped and one that was interrupted resumes exactly from its last checkpoint (the loop's own
+resume), but only while its recorded options (and dataset text) equal the member's now: else it is
+refused by name, or trained again from scratch with rerun_changed. `runs.jsonl` and `runs.csv` get
+one row per member, then `fit.json` and the plots are written from them (jaxgpt.scale.report,
+jaxgpt.scale.plots). One sweep.py at a time per out_dir (`sweep_lock`).
 """
 
 from __future__ import annotations
@@ -27,19 +32,21 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 
-from jaxgpt.cli import ConfigError, Option, read_config_file
-from jaxgpt.files import atomic_write, read_json, write_json_atomic
-from jaxgpt.train.config import config_from_sources
+from jaxgpt.cli import ConfigError, Option, check_value, read_config_file
+from jaxgpt.files import FileLock, atomic_write, read_json, read_json_object, write_json_atomic
+from jaxgpt.train.config import OPTIONS as TRAIN_OPTIONS, config_from_sources, read_run_options
 from jaxgpt.train.loop import TrainingDiverged, config_from_argv, model_config_from_options, prepare_data, train
 from jaxgpt.train.metrics import LossCurve, draw_loss_curves, read_metrics
 from jaxgpt.train.run_dir import RunDir
+from jaxgpt.train.tracking import TRACKING_OPTIONS
 
 __all__ = ["Member", "SweepSpec", "expand", "shape_for_params", "run_member", "collect", "fit_and_plot",
-           "non_embedding_params", "member_dir", "SWEEP_KEYS"]
+           "non_embedding_params", "member_dir", "SWEEP_KEYS", "member_options", "member_changes", "changed_members",
+           "changed_message", "stored_options", "sweep_data", "sweep_lock", "SWEEP_LOCK"]
 
 SWEEP_KEYS: Dict[str, Option] = {
     "base": Option({}, "train.py options shared by every member", type=dict),
@@ -53,6 +60,9 @@ SWEEP_KEYS: Dict[str, Option] = {
     "head_dim": Option(32, "head width used by target_params shapes", type=int),
     "aspect_ratio": Option(32, "n_embd / n_layer used by target_params shapes", type=int),
 }
+
+
+SWEEP_LOCK = ".sweep.lock"  # in out_dir, held by the sweep.py that trains or fits it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,37 +81,88 @@ class SweepSpec:
     learning_rates: List[float]
     seeds: List[int]
     parametrizations: List[str]
+    source: str = "sweep config"  # where the grid came from, for errors ("config file PATH")
 
     @classmethod
     def from_file(cls, path: str) -> "SweepSpec":
         values = {k: o.default for k, o in SWEEP_KEYS.items()}
         values.update(read_config_file(path, SWEEP_KEYS))
-        return cls.from_values(values, path)
+        return cls.from_values(values, f"config file {path}")
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], source: str = "sweep config") -> "SweepSpec":
-        shapes, targets = list(values.get("shapes") or []), list(values.get("target_params") or [])
+        """The grid, every key and value checked as train.py's command line checks them (one line
+        naming the key and `source`)."""
+        lists = {key: _as_list(values.get(key), key, source) for key in GRID_LISTS}
+        shapes, targets = lists["shapes"], lists["target_params"]
         if bool(shapes) == bool(targets):
             raise ConfigError(f"{source}: give exactly one of shapes or target_params")
-        if targets:
-            shapes = [shape_for_params(int(n), values.get("head_dim", 32), values.get("aspect_ratio", 32))
-                      for n in targets]
-        tokens, compute = list(values.get("tokens") or []), list(values.get("compute") or [])
+        tokens, compute = lists["tokens"], lists["compute"]
         if bool(tokens) == bool(compute):
             raise ConfigError(f"{source}: give exactly one of tokens or compute")
         for key, items in (("tokens", tokens), ("compute", compute), ("target_params", targets)):
-            if any(not isinstance(x, (int, float)) or isinstance(x, bool) or not x > 0 for x in items):
-                raise ConfigError(f"{source}: {key} must be positive numbers, got {items}")
-        for shape in shapes:
-            if not isinstance(shape, dict):
-                raise ConfigError(f"{source}: each shape must be a dict of model options, got {shape!r}")
-        params = list(values.get("parametrizations") or ["sp"])
+            if any(not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 < x < math.inf for x in items):
+                raise ConfigError(f"{source}: {key} must be positive finite numbers, got {items}")
+        for key in ("head_dim", "aspect_ratio"):
+            value = values.get(key, SWEEP_KEYS[key].default)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{source}: {key} must be an integer >= 1, got {value!r}")
+        if targets:
+            shapes = [shape_for_params(int(n), values.get("head_dim", 32), values.get("aspect_ratio", 32))
+                      for n in targets]
+        params = lists["parametrizations"] or ["sp"]
         if any(p not in ("sp", "mup") for p in params):
             raise ConfigError(f"{source}: parametrizations must be 'sp' and/or 'mup', got {params}")
-        base = dict(values.get("base") or {})
-        return cls(base, shapes, [float(t) for t in tokens], [float(c) for c in compute],
-                   [float(x) for x in values.get("learning_rates") or []], [int(s) for s in values.get("seeds") or []],
-                   params)
+        base = values.get("base") or {}
+        if not isinstance(base, dict):
+            raise ConfigError(f"{source}: base must be a dict of train.py options, got {base!r}")
+        base = member_options(base, f"base of {source}", data_keys=True)
+        for i, shape in enumerate(shapes):
+            if not isinstance(shape, dict):
+                raise ConfigError(f"{source}: each shape must be a dict of model options, got {shape!r}")
+            shapes[i] = member_options(shape, f"shapes[{i}] of {source}", data_keys=False)
+        lrs = [check_value("learning_rate", x, TRAIN_OPTIONS["learning_rate"], where=f" in learning_rates of {source}")
+               for x in lists["learning_rates"]]
+        seeds = [check_value("seed", x, TRAIN_OPTIONS["seed"], where=f" in seeds of {source}") for x in lists["seeds"]]
+        return cls(base, shapes, [float(t) for t in tokens], [float(c) for c in compute], lrs, seeds, params, source)
+
+
+GRID_LISTS = ("shapes", "target_params", "tokens", "compute", "learning_rates", "seeds", "parametrizations")
+# Options the sweep sets for every member itself, so a base or shape may not: why, for the error.
+SET_BY_THE_SWEEP = {
+    "out_dir": "each member's is <out_dir>/runs/<name>",
+    "init_from": "members start from scratch, and an interrupted one resumes by itself",
+    "resume_step": "an interrupted member resumes from its latest checkpoint",
+    "overwrite": "see sweep.py --rerun_changed",
+    "eval_only": "a sweep trains its members",
+    "progress": "see sweep.py --progress",
+    "num_samples": "members print no samples",
+}
+# The data every member trains on: set once, in base (the members share its tokenizer and vocabulary).
+DATA_KEYS = ("dataset", "tokenizer", "bpe_vocab_size", "val_fraction", "data_dir")
+
+
+def _as_list(value: Any, key: str, source: str) -> List[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+    return list(value)
+
+
+def member_options(values: Mapping[str, Any], where: str, data_keys: bool) -> Dict[str, Any]:
+    """train.py options from a sweep config's base or shape: every key known, every value of the
+    key's type (as train.py's config files are checked), none the sweep sets itself."""
+    out = {}
+    for key, value in values.items():
+        if key not in TRAIN_OPTIONS:
+            raise ConfigError(f"unknown key {key!r} in {where}")
+        if key in SET_BY_THE_SWEEP:
+            raise ConfigError(f"{key!r} in {where}: the sweep sets it for each member ({SET_BY_THE_SWEEP[key]})")
+        if key in DATA_KEYS and not data_keys:
+            raise ConfigError(f"{key!r} in {where}: the members share one dataset and tokenizer: set it in base")
+        out[key] = check_value(key, value, TRAIN_OPTIONS[key], where=f" in {where}")
+    return out
 
 
 def shape_for_params(n_params: int, head_dim: int = 32, aspect_ratio: int = 32) -> Dict[str, int]:
@@ -128,8 +189,11 @@ def _fmt(x: float) -> str:
 
 
 def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
-    """Every member of the grid, with its max_iters from the token (or compute) budget."""
-    members = []
+    """Every member of the grid, with its max_iters from the token (or compute) budget. A member is
+    named by its shape and budget (L2-D64-T4e3); a later member that shares a name but differs
+    elsewhere gets the grid values that tell it from the first appended (L2-D64-T4e3-block_size64);
+    two points that train with the same options are the grid repeating itself, refused."""
+    members, points = [], []
     lrs = spec.learning_rates or [None]
     seeds = spec.seeds or [None]
     budgets = [("tokens", t) for t in spec.tokens] + [("compute", c) for c in spec.compute]
@@ -142,8 +206,13 @@ def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
             options["seed"] = seed
         if param == "mup":
             options["mup"] = True
-        cfg = config_from_sources(options)  # validates the member's options
-        n = non_embedding_params(model_config_from_options(cfg, vocab_size))
+        point = {**shape, kind: amount, "learning_rate": lr, "seed": seed, "parametrization": param}
+        try:
+            cfg = config_from_sources(options)  # validates the member's options
+            n = non_embedding_params(model_config_from_options(cfg, vocab_size))
+        except ConfigError as exc:
+            shown = {k: v for k, v in point.items() if v is not None}
+            raise ConfigError(f"{spec.source}: the grid point {shown}: {exc}") from None
         tokens = amount if kind == "tokens" else amount / (6 * n)
         per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
         iters = max(1, math.ceil(tokens / per_iter))
@@ -153,10 +222,40 @@ def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
                 + (f"-lr{lr:g}" if lr is not None else "") + (f"-s{seed}" if seed is not None else "")
                 + ("-mup" if param == "mup" else ""))
         members.append(Member(name, options, {kind: amount, "N_target": n}))
-    names = [m.name for m in members]
+        points.append(point)
+    return _distinct_names(members, points, spec.source)
+
+
+def _label(value: Any) -> str:
+    """A grid value as part of a directory name: 12 significant digits, no separators."""
+    text = f"{value:.12g}" if isinstance(value, float) else str(value)
+    return "".join(c if c.isalnum() or c in ".+-" else "_" for c in text)
+
+
+def _distinct_names(members: List[Member], points: List[Dict[str, Any]], source: str) -> List[Member]:
+    """members, each that shares a name with an earlier one renamed by the grid values (points) in
+    which it differs from the first of that name."""
+    by_name: Dict[str, List[int]] = {}
+    by_options: Dict[str, int] = {}
+    for i, member in enumerate(members):
+        by_name.setdefault(member.name, []).append(i)
+        j = by_options.setdefault(json.dumps(member.options, sort_keys=True), i)
+        if j != i:  # a point is the whole set of options: these two would train the same run
+            a, b = ({k: v for k, v in points[n].items() if v is not None} for n in (j, i))
+            twice = f"it lists {a} twice" if a == b else f"{a} and {b} train with the same options"
+            raise ConfigError(f"{source}: the grid repeats a point: {twice} (member {members[j].name})")
+    out = list(members)
+    for name, group in by_name.items():
+        first = points[group[0]]
+        for i in group[1:]:  # the first keeps its name: a grid that grows never renames a member that ran
+            keys = sorted(set(first) | set(points[i]), key=str)
+            suffix = "".join(f"-{k}{_label(points[i].get(k))}" for k in keys if first.get(k) != points[i].get(k))
+            out[i] = dataclasses.replace(members[i], name=name + suffix)
+    names = [m.name for m in out]
     if len(set(names)) != len(names):
-        raise ConfigError("two members of the grid have the same name: the grid repeats a point")
-    return members
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"{source}: members {twice} would share a directory: give the grid's values distinct names")
+    return out
 
 
 def _device() -> str:
@@ -165,16 +264,26 @@ def _device() -> str:
 
 
 def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = False,
-               tracking: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+               tracking: Optional[Mapping[str, Any]] = None, rerun_changed: bool = False,
+               data_sha256: Optional[str] = None) -> Dict[str, Any]:
     """Train one member through the shared loop (resuming it if it was interrupted); returns its
     results row, which is also written to <member dir>/result.json. tracking: train.py's tracking
-    options given to sweep.py (--tensorboard...), for a resumed member too."""
+    options given to sweep.py (--tensorboard...), for a resumed member too. A member whose directory
+    holds a run of other options, or of another text when data_sha256 is given (see
+    `member_changes`), is refused, or trained again from scratch when rerun_changed."""
     run_dir = member_dir(out_dir, member)
     result_path = _result_path(out_dir, member)
-    if os.path.exists(result_path):
+    changes = member_changes(out_dir, member, data_sha256)
+    if changes and not rerun_changed:
+        raise ConfigError(changed_message(out_dir, [(member, changes)]))
+    if os.path.exists(result_path) and not changes:
         return read_json(result_path)
     invocation = {"out_dir": run_dir, "num_samples": 0, "progress": progress}
-    if RunDir(run_dir).checkpoint_steps():  # interrupted: the loop resumes it exactly
+    if changes:  # start over: the loop's --overwrite removes what the old run wrote, result.json goes first
+        if os.path.exists(result_path):
+            os.remove(result_path)
+        cfg = config_from_sources({**member.options, **invocation, "overwrite": True})
+    elif RunDir(run_dir).checkpoint_steps():  # interrupted: the loop resumes it exactly
         cfg = config_from_argv([f"--out_dir={run_dir}", "--init_from=resume", f"--progress={progress}",
                                 "--num_samples=0", *(f"--{k}={v}" for k, v in (tracking or {}).items())])
     else:
@@ -188,6 +297,52 @@ def run_member(member: Member, out_dir: str, vocab_size: int, progress: bool = F
     os.makedirs(run_dir, exist_ok=True)  # a run that failed before its first checkpoint removed its dir
     write_json_atomic(result_path, row)
     return row
+
+
+def stored_options(out_dir: str, member: Member) -> Optional[Dict[str, Any]]:
+    """The run options member's directory recorded: its result's (finished) or its newest
+    checkpoint's (interrupted); None when it never saved anything."""
+    result_path = _result_path(out_dir, member)
+    if os.path.exists(result_path):
+        row = read_json_object(result_path, error=ConfigError)
+        return read_run_options(row.get("config", {}), result_path)
+    run = RunDir(member_dir(out_dir, member))
+    if run.checkpoint_steps() and os.path.exists(run.run_config_path):
+        return read_run_options(run.read_run_config(), run.run_config_path)
+    return None
+
+
+def member_changes(out_dir: str, member: Member, data_sha256: Optional[str] = None) -> List[str]:
+    """What differs between the run member's directory holds and the member now: 'key: then -> now'
+    for each run option, and the dataset's text when data_sha256 (the corpus's now) is given and the
+    run recorded another. [] when the run may be reused, or there is none."""
+    stored = stored_options(out_dir, member)
+    if stored is None:
+        return []
+    now = config_from_sources(member.options).run_options()
+    changes = [f"{k}: {stored[k]!r} -> {now[k]!r}" for k in now
+               if k in stored and stored[k] != now[k] and k not in TRACKING_OPTIONS]  # tracking changes no result
+    meta_path = RunDir(member_dir(out_dir, member)).data_meta_path
+    if data_sha256 is not None and os.path.exists(meta_path):
+        then = RunDir(member_dir(out_dir, member)).read_data_meta().get("source_sha256")
+        if then not in (None, data_sha256):
+            changes.append(f"the text of dataset {now['dataset']} (sha256 {then[:12]}... -> {data_sha256[:12]}...)")
+    return changes
+
+
+def changed_members(out_dir: str, members: Iterable[Member], data_sha256: Optional[str] = None
+                    ) -> List[Tuple[Member, List[str]]]:
+    """(member, its changes) for each member whose directory holds a run of other options or data."""
+    found = [(m, member_changes(out_dir, m, data_sha256)) for m in members]
+    return [(m, changes) for m, changes in found if changes]
+
+
+def changed_message(out_dir: str, changed: Sequence[Tuple[Member, List[str]]], hint: str = "") -> str:
+    """One line: the first changed member, what changed, how many more, and what to do."""
+    member, changes = changed[0]
+    more = f" ({len(changed) - 1} more member(s) changed too)" if len(changed) > 1 else ""
+    return (f"sweep member {member.name} in {out_dir} ran with other options or data ({'; '.join(changes)}){more}: "
+            f"pass {hint or '--rerun_changed=True'} to train it again, or choose another --out_dir")
 
 
 def member_dir(out_dir: str, member: Member) -> str:
@@ -298,9 +453,9 @@ def run_workers(config_path: str, argv: Sequence[str], workers: int, env_for_wor
         procs.append(subprocess.Popen(cmd, env={**os.environ, **env_for_worker(i)}))
     codes = [p.wait() for p in procs]
     failed = [i for i, c in enumerate(codes) if c != 0]
-    if failed:
-        raise RuntimeError(f"sweep worker(s) {failed} failed (exit codes {[codes[i] for i in failed]}); "
-                           "rerun the same command to resume them")
+    if failed:  # an OSError (a child process failed): sweep.py prints it as one line, after the workers' own
+        raise ChildProcessError(f"sweep worker(s) {failed} failed (exit codes {[codes[i] for i in failed]}); "
+                                "rerun the same command to resume them")
 
 
 def pinned_env(platform: str, index: int) -> Dict[str, str]:
@@ -318,10 +473,24 @@ def select(members: Sequence[Member], worker: Optional[int], workers: int) -> Li
     return list(members) if worker is None else [m for i, m in enumerate(members) if i % workers == worker]
 
 
-def vocab_size_for(base: Mapping[str, Any]) -> int:
-    """The tokenizer's vocabulary for the sweep's data (prepared once, cached, shared by members)."""
+def sweep_data(base: Mapping[str, Any]):
+    """The sweep's prepared data (tokenized once, cached, shared by members): its .tokenizer, and
+    .meta["source_sha256"], the text's hash a finished member is checked against."""
     _, prepared = prepare_data(config_from_sources(dict(base)))
-    return prepared.tokenizer.vocab_size
+    return prepared
+
+
+def vocab_size_for(base: Mapping[str, Any]) -> int:
+    """The tokenizer's vocabulary for the sweep's data."""
+    return sweep_data(base).tokenizer.vocab_size
+
+
+def sweep_lock(out_dir: str) -> FileLock:
+    """One sweep.py at a time per out_dir (its workers run under their parent's): the lock makes out_dir."""
+    return FileLock(os.path.join(out_dir, SWEEP_LOCK), error=ConfigError,
+                    busy="{folder} is in use by another sweep (pid {pid}): wait for it to finish or choose another "
+                         "--out_dir",
+                    unwritable="cannot write to --out_dir={folder}: {reason}")
 
 
 def done_members(out_dir: str, members: Iterable[Member]) -> List[str]:

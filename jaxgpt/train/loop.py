@@ -269,6 +269,8 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
         if not (resuming or pretrained or cfg.init_from == "scratch"):
             raise ConfigError(f"--init_from must be scratch, resume, one of {list(PRETRAINED_NAMES)} or a directory; "
                               f"got {cfg.init_from!r}")
+        if pretrained and family_for(cfg.model).check_init_from is not None:  # e.g. the bigram starts from none
+            family_for(cfg.model).check_init_from(cfg.init_from)
     if not resuming:
         _check_fresh_start(cfg, notes)
     step = _resume_step(cfg) if resuming else None

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from jaxgpt.cli import ConfigError
 from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
-from jaxgpt.files import FileLock, read_json_object, write_json_atomic
+from jaxgpt.files import FileLock, check_folder_target, read_json_object, write_json_atomic
 
 __all__ = ["RunDir", "RunDirError", "RunDirLock", "check_out_dir", "clear_run_files", "committed_steps",
            "RUN_FILES", "LOCK_NAME", "CHECKPOINTS", "METRICS_FILE", "LOSS_PNG", "RUN_CONFIG_FILE",
@@ -184,26 +184,10 @@ class RunDir:
         return steps[-1] if steps else None
 
 
-def _nearest_existing(path: str) -> str:
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
-
-
 def check_out_dir(out_dir: str, key: str = "out_dir") -> None:
     """Refuse an out_dir that cannot become a run directory, before anything is written (key: the
     option the error names; `jaxgpt export --to` checks its directory the same way)."""
-    path = os.path.abspath(out_dir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise RunDirError(f"--{key}={out_dir} is a file, not a directory")
-    existing = _nearest_existing(path)
-    if not os.path.isdir(existing):
-        raise RunDirError(f"--{key}={out_dir}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunDirError(f"--{key}={out_dir}: {existing} is not writable")
+    check_folder_target(out_dir, f"--{key}={out_dir}", error=RunDirError)
 
 
 class RunDirLock:

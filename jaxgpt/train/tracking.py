@@ -37,9 +37,11 @@ from jaxgpt.cli import ConfigError
 from jaxgpt.files import atomic_write
 from jaxgpt.train.run_dir import RunDir
 
-__all__ = ["Tracker", "TrackingError", "TensorBoardTracker", "WandbTracker", "TRACKING_PACKAGES",
+__all__ = ["TRACKING_OPTIONS", "Tracker", "TrackingError", "TensorBoardTracker", "WandbTracker", "TRACKING_PACKAGES",
            "check_tracking_packages", "wandb_can_log", "open_trackers", "close_trackers", "scalars_of", "scalar_name", "importable"]
 
+# the options that choose where events go, not what a run computes
+TRACKING_OPTIONS = ("tensorboard", "wandb_log", "wandb_project", "wandb_run_name")
 # option -> (module, the pip package that provides it)
 TRACKING_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboardX"), "wandb_log": ("wandb", "wandb")}
 SPLITS = ("train", "val", "test")

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from jaxgpt.cli import CLIError, Option, parse_args
-from jaxgpt.files import save_figure_atomic
+from jaxgpt.files import check_folder_target, save_figure_atomic
 from jaxgpt.model.families import family_for
 from jaxgpt.model.gpt import GPT
 from jaxgpt.sample.decode import generate
@@ -385,9 +385,15 @@ def main(argv: Sequence[str]) -> str:
     if not dirs:
         raise CLIError("--out_dir is empty")
     for d in dirs:
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise CLIError(f"--out_dir={d} is a file, not a run directory")
         if not os.path.isdir(d):
             raise CLIError(f"no run directory at {d!r} (train one with train.py, or pass --out_dir)")
     png = opts["png"] or os.path.join(dirs[0], f"{what}.png")
+    if os.path.isdir(png):  # checked before the model is loaded: the figure would have nowhere to go
+        raise CLIError(f"--png={png} is a directory: name a .png file")
+    folder = os.path.dirname(os.path.abspath(png))
+    check_folder_target(folder, f"--png={png}: the folder {folder}", error=CLIError)
     if what == "loss":
         plot_loss_curves(dirs, png)
     elif what == "confusion":  # a finetune.py classification run's test event
