@@ -37,7 +37,7 @@ from jaxgpt.data.tokenizers import build_tokenizer
 from jaxgpt.finetune.instruct import read_sft_config, respond
 from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES, load_pretrained
 from jaxgpt.sample.decode import generate_stream
-from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir, being_written_note, what_the_run_is
+from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir, note_if_being_written, what_the_run_is
 
 SEPARATOR = "-" * 40
 
@@ -120,9 +120,7 @@ def _load(opts: Dict[str, Any]):
         if not os.path.isfile(run_dir.tokenizer_path):
             raise CLIError(f"{out_dir!r} has no {TOKENIZER_FILE}: is it a train.py run directory?")
         config, params = load_inference_params(out_dir, opts["which"])  # a classifier: says what to use
-        note = being_written_note(out_dir)
-        if note:
-            print(note, file=sys.stderr)
+        note_if_being_written(out_dir)
         if getattr(config, "model", "gpt") == "gpt":  # a --model=bigram run's table has neither
             config = config.replace(compute_dtype=opts["compute_dtype"], dropout=0.0)
         tokenizer = run_dir.read_tokenizer()

@@ -11,6 +11,13 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 a full disk never leaves a half-written step that looks valid. Arrays are stored unsharded
 (tensorstore/OCDBT) and re-sharded on restore onto whatever shardings the abstract target names:
 save on fsdp=8, restore on dp=2 x tp=4 or on one device.
+
+A failed write or read (a full disk, a truncated file) is one CheckpointError line naming the OS
+error or the file (`one_line_cause` reads tensorstore's status text); orbax's writer threads are
+joined before the half-written step is removed, and the late echoes orbax leaves on a closed asyncio
+loop are silenced (`quiet_failed_io`, installed by every Checkpointer). Inference readers
+(`load_inference_params`, `read_newest`) read the newest committed step of a run another process may
+be training, and refuse a classification run's checkpoint, which holds no language model.
 """
 
 from __future__ import annotations

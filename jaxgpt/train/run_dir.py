@@ -12,12 +12,18 @@ One writer at a time: `RunDirLock` takes an exclusive `fcntl.flock` on `<out_dir
 stale lock from a killed run never blocks the next one; while a run is live, a second writer is
 refused with the holder's pid. The file holds the pid only while the lock is held, so a finished
 run leaves it empty (and the directory's contents as the run left them).
+
+Readers (sample.py, --classify, jaxgpt.viz, a fine-tuning backbone) take no lock: they read the newest
+committed checkpoint (jaxgpt.train.checkpoint.read_newest) and say when a live writer holds the lock
+(`RunDir.writer_pid`, `being_written_note`). A run's kind, from its saved options (`run_task`:
+classify, sft or lm), tells a tool handed the wrong kind what to use instead (`what_the_run_is`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -26,7 +32,7 @@ from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from jaxgpt.files import FileLock, read_json_object, write_json_atomic
 
 __all__ = ["RunDir", "RunDirError", "RunDirLock", "check_out_dir", "clear_run_files", "committed_steps",
-           "run_task", "what_the_run_is", "being_written_note",
+           "run_task", "what_the_run_is", "being_written_note", "note_if_being_written",
            "RUN_FILES", "LOCK_NAME", "CHECKPOINTS", "METRICS_FILE", "LOSS_PNG", "RUN_CONFIG_FILE",
            "TOKENIZER_FILE", "DATA_META_FILE", "SFT_CONFIG_FILE", "RESPONSES_FILE", "CONFUSION_PNG",
            "SET_ASIDE_DIR"]
@@ -80,6 +86,13 @@ def being_written_note(out_dir: str) -> Optional[str]:
         return None
     return (f"note: {out_dir} is being written by another process (pid {pid}): reading its newest complete "
             "checkpoint; later ones are not in this result")
+
+
+def note_if_being_written(out_dir: str) -> None:
+    """being_written_note's line on stderr, when there is one (sample.py's and jaxgpt.viz's)."""
+    note = being_written_note(out_dir)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def committed_steps(checkpoint_dir: str) -> List[int]:

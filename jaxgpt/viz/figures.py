@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import textwrap
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -36,7 +35,7 @@ from jaxgpt.model.families import family_for
 from jaxgpt.model.gpt import GPT
 from jaxgpt.sample.decode import generate
 from jaxgpt.train.metrics import plot_loss_curves, read_metrics, tokens_per_iter  # the first and last: re-exported
-from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir, being_written_note
+from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir, note_if_being_written
 
 __all__ = ["attention_weights", "plot_attention", "next_token_probs", "plot_next_token", "compare_decoding",
            "plot_loss_curves", "plot_embeddings", "plot_confusion_matrix", "token_label", "DEFAULT_SETTINGS"]
@@ -362,9 +361,7 @@ def _load_run(out_dir: str, which: str):
     if not os.path.isfile(run_dir.tokenizer_path):
         raise CLIError(f"{out_dir!r} has no {TOKENIZER_FILE}: is it a train.py run directory?")
     cfg, params = load_inference_params(out_dir, which)  # a classification run: says what to use
-    note = being_written_note(out_dir)
-    if note:
-        print(note, file=sys.stderr)
+    note_if_being_written(out_dir)
     if getattr(cfg, "model", "gpt") == "gpt":
         cfg = cfg.replace(dropout=0.0)
     return cfg, params, run_dir.read_tokenizer()
@@ -375,9 +372,10 @@ def _check_writable(png: str) -> None:
     folder = os.path.dirname(os.path.abspath(png))
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
-    if os.path.isdir(png) or not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise CLIError(f"cannot write --png={png}: {'it is a folder' if os.path.isdir(png) else f'{folder} is not writable'}"
-                       " (pass --png=PATH)")
+    if os.path.isdir(png):
+        raise CLIError(f"cannot write --png={png}: it is a folder (pass --png=PATH)")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write --png={png}: {folder} is not writable (pass --png=PATH)")
 
 
 def _prompt_ids(tokenizer, prompt: Optional[str]) -> List[int]:
