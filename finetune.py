@@ -19,7 +19,10 @@ def main(argv):
     if cfg.classify is not None:
         from jaxgpt.finetune.classify import classify_texts
 
-        probs = classify_texts(cfg.out_dir, [cfg.classify])[0]
+        notes = []
+        probs = classify_texts(cfg.out_dir, [cfg.classify], notes=notes)[0]
+        for note in notes:  # what the model could not read of the text, a run being written
+            print(note, file=sys.stderr)
         for label, p in sorted(probs.items(), key=lambda kv: -kv[1]):
             print(f"{label}\t{p:.4f}")
         return

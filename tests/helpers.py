@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import os
 import pathlib
+import random
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,28 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=2",
         "--eval_interval=10", "--log_interval=5", "--sample_tokens=20", "--num_samples=1", "--progress=False",
         "--warmup_iters=5", "--lr_decay_iters=40"]
+# A tiny finetune.py classification run from scratch (1 layer), and its data: spam_rows in a CSV.
+FINETUNE_TINY = ["--init_from=scratch", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
+                 "--eval_iters=2", "--eval_interval=4", "--log_interval=2", "--max_iters=8", "--lr_decay_iters=8",
+                 "--warmup_iters=2", "--learning_rate=3e-3", "--progress=False"]
+HAM = "hello see you later ok lunch home soon love thanks".split()
+SPAM = "win free prize call now cash claim urgent txt reply".split()
+
+
+def write_csv(path, rows, header="text,label"):
+    path.write_text(header + "\n" + "".join(f"{t},{l}\n" for t, l in rows), encoding="utf-8")
+    return str(path)
+
+
+def spam_rows(n=120, seed=0):
+    """(text, label) rows, ham and spam alternating, texts of 3 to 8 words drawn from each label's ten."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "spam" if i % 2 else "ham"
+        words = SPAM if label == "spam" else HAM
+        rows.append((" ".join(rng.choice(words) for _ in range(rng.randint(3, 8))), label))
+    return rows
 
 
 # ------------------------------------------------------------------------------ command lines

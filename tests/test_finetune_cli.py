@@ -3,7 +3,6 @@ bad input (one line, exit 2, the run directory byte for byte as it was)."""
 
 import json
 import os
-import random
 import sys
 
 import numpy as np
@@ -15,34 +14,15 @@ from jaxgpt.finetune.classify_data import make_splits, load_labeled
 from jaxgpt.data.corpus import DataError
 from jaxgpt.train.checkpoint import load_inference_params
 from jaxgpt.train.metrics import read_metrics
-from helpers import REPO, digest, load_script, one_line_exit_2, run_main
+from helpers import FINETUNE_TINY, REPO, digest, load_script, one_line_exit_2, run_main, spam_rows, write_csv
 
 finetune_script = load_script("finetune.py")
 
-TINY = ["--init_from=scratch", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
-        "--eval_iters=2", "--eval_interval=4", "--log_interval=2", "--max_iters=8", "--lr_decay_iters=8",
-        "--warmup_iters=2", "--learning_rate=3e-3", "--progress=False"]
-HAM = "hello see you later ok lunch home soon love thanks".split()
-SPAM = "win free prize call now cash claim urgent txt reply".split()
+TINY = FINETUNE_TINY
 
 
 def run(capsys, script, *args):
     return run_main(capsys, script.main, *args, prog="finetune.py")
-
-
-def write_csv(path, rows, header="text,label"):
-    path.write_text(header + "\n" + "".join(f"{t},{l}\n" for t, l in rows), encoding="utf-8")
-    return str(path)
-
-
-def spam_rows(n=120, seed=0):
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = "spam" if i % 2 else "ham"
-        words = SPAM if label == "spam" else HAM
-        rows.append((" ".join(rng.choice(words) for _ in range(rng.randint(3, 8))), label))
-    return rows
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,10 @@ def _from_run_dir(path: str) -> Backbone:
     from jaxgpt.train.checkpoint import CheckpointError, load_inference_params
 
     run_dir = RunDir(path)
+    if run_dir.task() == "classify":
+        raise ConfigError(f"--init_from={path} is a classification run: its checkpoints hold a classifier, not a "
+                          "language model to start from; pick a train.py or instruction fine-tuning run, or "
+                          "--init_from=pretrain")
     if not run_dir.checkpoint_steps():
         raise ConfigError(f"--init_from={path} is a run directory without a checkpoint: train it first "
                           "(python train.py --out_dir=...) or pick another backbone")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgpt.cli import ConfigError
 from jaxgpt.model import lora as lora_lib
 from jaxgpt.data.sampler_state import pcg64_words, restore_pcg64
 from jaxgpt.finetune.classify_data import Splits
@@ -34,7 +36,7 @@ from jaxgpt.model.config import GPTConfig
 from jaxgpt.model.gpt import GPT, cross_entropy_loss
 from jaxgpt.train import sharding
 from jaxgpt.train.metrics import read_metrics
-from jaxgpt.train.run_dir import RunDir
+from jaxgpt.train.run_dir import RUN_CONFIG_FILE, RunDir, being_written_note, run_task, what_the_run_is
 from jaxgpt.train.tasks import Task
 from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
 from jaxgpt.viz.figures import plot_confusion_matrix
@@ -434,7 +436,7 @@ class SavedClassifier:
     params: Dict[str, Any]  # {"backbone", "head", and "lora" with trainable="lora"}
     tokenizer: Tokenizer
     labels: List[str]
-    options: Dict[str, Any]  # run_config.json: pooling, long_text, lora_alpha, lora_rank, ...
+    options: Dict[str, Any]  # trainable, pooling, long_text, lora_rank, lora_alpha, labels (checked)
     step: int
 
     @property
@@ -443,39 +445,91 @@ class SavedClassifier:
         return self.options["lora_alpha"] / self.options["lora_rank"]
 
 
+def _classifier_spec(options: Dict[str, Any], meta: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """What classifying needs from a run's options and data meta, each checked (they may come from
+    hand-edited run_config.json / data_meta.json when a checkpoint predates its own copy)."""
+    spec = {"trainable": options.get("trainable", "all"), "pooling": options.get("pooling", "last"),
+            "long_text": options.get("long_text", "head"), "lora_rank": options.get("lora_rank", 8),
+            "lora_alpha": options.get("lora_alpha", 16.0), "labels": meta.get("labels")}
+    for key, choices in (("trainable", TRAINABLE), ("pooling", POOLINGS), ("long_text", LONG_TEXTS)):
+        if spec[key] not in choices:
+            raise ConfigError(f"{key!r} in {source} must be one of {list(choices)}, got {spec[key]!r}")
+    rank, alpha, labels = spec["lora_rank"], spec["lora_alpha"], spec["labels"]
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"'lora_rank' in {source} must be an integer >= 1, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ConfigError(f"'lora_alpha' in {source} must be a number, got {alpha!r}")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise ConfigError(f"{source} names no labels (a list of two or more): is it a classification run?")
+    return spec
+
+
+def _reading_notes(tokenizer: Tokenizer, texts: Sequence[str], T: int, long_text: str) -> List[str]:
+    """What the model will not see of each text: characters its char vocabulary lacks, tokens past T."""
+    notes = []
+    unk = unknown_id(tokenizer)
+    for n, text in enumerate(texts):
+        which = "the text" if len(texts) == 1 else f"text {n + 1}"
+        if isinstance(tokenizer, CharTokenizer):
+            unknown = sum(1 for c in text if c not in tokenizer.chars)
+            if unknown:
+                alone = ": the probabilities say nothing about it" if unknown == len(text) else ""
+                notes.append(f"note: {unknown} of {len(text)} characters of {which} are unknown to the model's "
+                             f"vocabulary (read as {tokenizer.chars[unk]!r}){alone}")
+        tokens = len(text) if isinstance(tokenizer, CharTokenizer) else len(tokenizer.encode(text))
+        if tokens > T:
+            notes.append(f"note: {which} has {tokens} tokens; the model reads {T} of them (its "
+                         f"{long_text.replace('_', ' and ')}, the run's --long_text)")
+    return notes
+
+
 def load_classifier(out_dir: str, which: str = "best") -> SavedClassifier:
     """The classifier of a finetune.py classification run directory: its best-val checkpoint
-    (which="best", the latest when no save recorded a val loss) or its latest (which="latest")."""
-    from jaxgpt.train.checkpoint import Checkpointer  # orbax takes ~1 s to import; keeps --help fast
+    (which="best", the latest when no save recorded a val loss) or its latest (which="latest"),
+    with the options and labels saved in the checkpoint itself. A run another process is training
+    is read as jaxgpt.train.checkpoint.read_newest says."""
+    from jaxgpt.train.checkpoint import read_newest  # orbax takes ~1 s to import; keeps --help fast
 
     run_dir = RunDir(out_dir)
-    options = run_dir.read_run_config()
-    meta = run_dir.read_data_meta()
-    if options.get("task") != "classify" or "labels" not in meta:
-        raise ValueError(f"{out_dir} does not hold a finetune.py classification run")
-    tokenizer = run_dir.read_tokenizer()
-    labels = meta["labels"]
-    with Checkpointer(run_dir.checkpoint_dir, keep_best=True, read_only=True) as ckpt:
-        step = ckpt.resolve_step(ckpt.best_step() if which == "best" else None)
+    if not os.path.isdir(out_dir):
+        raise ConfigError(f"no run directory at {out_dir}: train a classifier there first (python finetune.py "
+                          f"--out_dir={out_dir} --dataset=...)")
+    if not run_dir.holds_a_run():
+        raise ConfigError(f"{out_dir} does not hold a finetune.py classification run (no checkpoints, no "
+                          f"{RUN_CONFIG_FILE})")
+
+    def read(ckpt, step):
         extra = ckpt.restore_extra(step)
+        source = f"checkpoint {step} in {run_dir.checkpoint_dir}"
+        options = extra.get("run_config") or run_dir.read_run_config()  # the checkpoint's own, when it has them
+        if run_task(options) != "classify":
+            raise ConfigError(what_the_run_is(out_dir, run_task(options)))
+        spec = _classifier_spec(options, extra.get("data_meta") or run_dir.read_data_meta(), source)
         model_config = GPTConfig.from_dict(extra["model_config"])
-        trainable, rank = options["trainable"], options["lora_rank"]
-        abstract = jax.eval_shape(lambda k: classifier_init(model_config, len(labels), trainable, rank, k),
-                                  jax.random.key(0))
-        params = ckpt.restore_params(abstract, step)
-    return SavedClassifier(model_config, params, tokenizer, list(labels), options, step)
+        abstract = jax.eval_shape(lambda k: classifier_init(model_config, len(spec["labels"]), spec["trainable"],
+                                                            spec["lora_rank"], k), jax.random.key(0))
+        return spec, model_config, ckpt.restore_params(abstract, step)
+
+    tokenizer = run_dir.read_tokenizer()
+    step, (spec, model_config, params) = read_newest(out_dir, read, which)
+    return SavedClassifier(model_config, params, tokenizer, list(spec["labels"]), spec, step)
 
 
-def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> List[Dict[str, float]]:
-    """Label probabilities for each text, from a finetune.py classification run directory
-    (its tokenizer, labels, pooling and the best-val checkpoint)."""
+def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best",
+                   notes: Optional[List[str]] = None) -> List[Dict[str, float]]:
+    """Label probabilities for each text, from a finetune.py classification run directory (its
+    tokenizer, and the best-val checkpoint with the labels, pooling and options saved in it).
+    `notes` (a list) receives what the model cannot read of the texts, and that another process is
+    training the run."""
     saved = load_classifier(out_dir, which)
-    model_config, options = saved.model_config, saved.options
+    model_config, spec = saved.model_config, saved.options
     T = model_config.block_size
-    encoded = encode_texts(saved.tokenizer, texts, T, options.get("long_text", "head"))  # runs before the key: head
+    if notes is not None:
+        notes.extend(filter(None, [being_written_note(out_dir)]))
+        notes.extend(_reading_notes(saved.tokenizer, texts, T, spec["long_text"]))
+    encoded = encode_texts(saved.tokenizer, texts, T, spec["long_text"])
     mask = np.arange(T)[None, :] < encoded.lengths_N[:, None]
-    pooling, scale = options["pooling"], saved.lora_scale
-    logits = jax.jit(lambda p, x, m: classifier_logits(GPT(model_config), p, x, m, pooling, scale))(
-        saved.params, encoded.tokens_NT, mask)
+    logits = jax.jit(lambda p, x, m: classifier_logits(GPT(model_config), p, x, m, spec["pooling"],
+                                                       saved.lora_scale))(saved.params, encoded.tokens_NT, mask)
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     return [{label: float(p) for label, p in zip(saved.labels, row)} for row in probs]

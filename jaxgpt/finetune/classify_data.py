@@ -272,6 +272,13 @@ def load_labeled(dataset: str, text_column: str = "text", label_column: str = "l
     empty = [i for i, label in enumerate(data.labels) if not label]
     if empty:
         raise DataError(f"{data.source}: example {empty[0] + 1} has an empty label ({len(empty)} in all)")
+    blank = sum(1 for text in data.texts if not text.strip())
+    if blank:  # nothing to read: such a row would teach its label for an empty input
+        kept = [(text, label) for text, label in zip(data.texts, data.labels) if text.strip()]
+        data = dataclasses.replace(data, texts=tuple(t for t, _ in kept), labels=tuple(lb for _, lb in kept),
+                                   description=f"{data.description}; {blank:,} with an empty text dropped")
+        if not data.texts:
+            raise DataError(f"{data.source}: every example's text is empty")
     classes = sorted(set(data.labels))
     if len(classes) < 2:
         raise DataError(f"{data.source} has one class only ({classes[0]!r}): a classifier needs at least two")
@@ -309,7 +316,9 @@ def make_splits(data: LabeledTexts, seed: int, val_fraction: float, test_fractio
     for name in ("val", "test"):
         missing = sorted({labels[i] for i in splits[name].label_ids.tolist()} - {labels[i] for i in seen})
         if missing:
-            raise DataError(f"{data.source}: the {name} split holds label(s) {missing} that the train split lacks "
-                            "(too few examples of them): add examples or drop those labels")
+            shown = f"{missing[:5]}{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}"
+            raise DataError(f"{data.source}: the {name} split holds label(s) {shown} that the train split lacks "
+                            f"(too few examples of them; {len(labels)} labels in {n} examples): add examples or drop "
+                            "those labels")
     unused = tuple(data.texts[i] for i in np.setdiff1d(np.arange(len(ids)), keep))
     return Splits(labels, splits["train"], splits["val"], splits["test"], bool(balance), unused)

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 import jax
 
 from jaxgpt.cli import ConfigError
+from jaxgpt.data.corpus import BUILTIN_DATASETS
 from jaxgpt.data.tokenizers import CharTokenizer, TokenizerError, build_tokenizer
 from jaxgpt.finetune import backbone as backbone_lib
 from jaxgpt.finetune import classify_data, instruct
@@ -100,6 +101,9 @@ class FinetuneConfig(TrainConfig):
         if self.classify is not None and not self.classify.strip():
             raise ConfigError("--classify needs a text: --classify=\"the text to classify\" (with --out_dir of a "
                               "classification run)")
+        if self.text_column == self.label_column:
+            raise ConfigError(f"--text_column and --label_column both name {self.text_column!r}: the model would read "
+                              "its answer; name the text column and the label column")
         if self.model != "gpt":
             raise ConfigError("--model=bigram is pretraining's baseline; fine-tuning needs a GPT backbone")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -158,8 +162,17 @@ def fit_backbone(cfg: FinetuneConfig, backbone):
     return cfg.replace(tokenizer=backbone.tokenizer.name), model_config, params
 
 
+def _check_pretrain_dataset(cfg: FinetuneConfig) -> None:
+    """--pretrain_dataset names a corpus, "task", or a text file that must be there (before any work)."""
+    names = list(BUILTIN_DATASETS) + ["task"]
+    if cfg.init_from == "pretrain" and cfg.pretrain_dataset not in names \
+            and not os.path.exists(os.path.expanduser(cfg.pretrain_dataset)):
+        raise ConfigError(f"--pretrain_dataset: no file {cfg.pretrain_dataset} (give a text file or one of {names})")
+
+
 def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, Any]]):
     """Data (validated first: a bad file fails before any pretraining), backbone, task."""
+    _check_pretrain_dataset(cfg)
     dataset = classify_data.EMBEDDED if cfg.dataset == "embedded" else cfg.dataset
     data = classify_data.load_labeled(dataset, cfg.text_column, cfg.label_column, cfg.data_dir or None)
     notes.append(f"data: {data.description}")  # how many rows were read

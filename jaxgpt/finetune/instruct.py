@@ -237,6 +237,9 @@ def prepare_sft(splits: Dict[str, List[Record]], tokenizer: Tokenizer, template:
     eos = eos_id_for(tokenizer)
     length_buckets(max_length)  # validates max_length
     encoded = {s: encode_split(splits[s], tokenizer, t, eos, max_length, s) for s in SPLITS}
+    if encoded["train"].n_no_response == len(encoded["train"]):  # the loss would count no token: nothing learned
+        raise DataError(f"max_length={max_length} (finetune.py's --block_size) leaves no room for a response: the "
+                        f"prompt alone fills it in all {len(encoded['train'])} train examples; raise it")
     return SFTData({s: list(splits[s]) for s in SPLITS}, encoded, tokenizer, t, eos, max_length,
                    bool(mask_prompt), source)
 

@@ -37,7 +37,7 @@ from jaxgpt.data.tokenizers import build_tokenizer
 from jaxgpt.finetune.instruct import read_sft_config, respond
 from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES, load_pretrained
 from jaxgpt.sample.decode import generate_stream
-from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir
+from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir, note_if_being_written, what_the_run_is
 
 SEPARATOR = "-" * 40
 
@@ -119,7 +119,8 @@ def _load(opts: Dict[str, Any]):
         run_dir = RunDir(out_dir)
         if not os.path.isfile(run_dir.tokenizer_path):
             raise CLIError(f"{out_dir!r} has no {TOKENIZER_FILE}: is it a train.py run directory?")
-        config, params = load_inference_params(out_dir, opts["which"])
+        config, params = load_inference_params(out_dir, opts["which"])  # a classifier: says what to use
+        note_if_being_written(out_dir)
         if getattr(config, "model", "gpt") == "gpt":  # a --model=bigram run's table has neither
             config = config.replace(compute_dtype=opts["compute_dtype"], dropout=0.0)
         tokenizer = run_dir.read_tokenizer()
@@ -132,6 +133,15 @@ def _load(opts: Dict[str, Any]):
     if tokenizer.vocab_size > config.vocab_size:
         raise CLIError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {config.vocab_size}")
     return config, params, tokenizer
+
+
+def _check_instruction_run(out_dir: str) -> None:
+    """--instruction asks an SFT run: any other kind of run is refused, saying what it is and what uses it."""
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"no run directory at {out_dir!r} (fine-tune one with finetune.py --task=sft, or pass --out_dir)")
+    task = RunDir(out_dir).task()
+    if task in ("classify", "lm"):
+        raise CLIError(what_the_run_is(out_dir, task))
 
 
 def _encode_prompt(tokenizer, start: Optional[str]) -> List[int]:
@@ -170,11 +180,15 @@ def main(argv: Sequence[str]) -> None:
     _check_options(opts)
     start = _read_start(opts["start"])
     if opts["instruction"] is not None:
+        _check_instruction_run(opts["out_dir"])
         template, eos_id = read_sft_config(opts["out_dir"])[:2]  # before loading: a plain run fails fast
         config, params, tokenizer = _load(opts)
         _ask(opts, config, params, tokenizer, template, eos_id)
         return
     config, params, tokenizer = _load(opts)
+    if opts["init_from"] == "resume" and RunDir(opts["out_dir"]).task() == "sft":
+        print(f"note: {opts['out_dir']} is an instruction fine-tuning run: --instruction=TEXT (and --input=...) asks "
+              "it in its prompt template and stops at its end marker", file=sys.stderr)
     prompt = _encode_prompt(tokenizer, start)
     eos_id = tokenizer.eot_id if opts["stop_at_eot"] else None
     B, N = opts["num_samples"], opts["max_new_tokens"]

@@ -114,7 +114,21 @@ def config_from_argv(argv, cls=TrainConfig, prog: str = "train.py", summary: str
     saved = extra.get("run_config", extra.get("options"))  # "options": checkpoints before run_config existed
     if saved is None:
         raise ConfigError(f"{source} records no run options")
+    _check_same_script(saved, cls, prog, cfg.out_dir)
     return config_from_sources(given, read_run_options(saved, source, cls), cls)
+
+
+def _check_same_script(saved: Dict[str, Any], cls, prog: str, out_dir: str) -> None:
+    """A run resumes under the script that made it: finetune.py's runs record their task, train.py's
+    have none (read under the other's options, one's run would be taken for the other's)."""
+    finetune_run, finetune_script = isinstance(saved, dict) and "task" in saved, "task" in options_of(cls)
+    if finetune_run and not finetune_script:
+        raise ConfigError(f"{out_dir} is a finetune.py run (task {saved['task']!r}): resume it with python finetune.py "
+                          f"--out_dir={out_dir} --init_from=resume")
+    if finetune_script and not finetune_run:
+        raise ConfigError(f"{out_dir} is a train.py run: resume it with python train.py --out_dir={out_dir} "
+                          f"--init_from=resume, or fine-tune from it with python {prog} --init_from={out_dir} "
+                          "--out_dir=NEW_DIR")
 
 
 def model_config_from_options(cfg: TrainConfig, vocab_size: int):
@@ -173,12 +187,32 @@ def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
                       "to continue it or --overwrite=True to start over")
 
 
+# Run options whose change alters the optimizer state's structure, not only its values: the saved
+# state cannot be restored under the new optimizer. key -> the part of its value that decides the
+# structure. (Gradient accumulation is scanned inside the step and keeps no state; weight decay,
+# betas and the schedule change values only; mup, trainable and lora_rank also change the params.)
+OPTIMIZER_STATE_OPTIONS: Dict[str, Callable[[Any], Any]] = {
+    "grad_clip": lambda clip: clip > 0,  # on: one more transformation in the chain (jaxgpt.train.optim)
+    "trainable": lambda trainable: trainable,  # fine-tuning: frozen leaves keep no AdamW moments
+    "lora_rank": lambda rank: rank,
+}
+
+
+def _check_optimizer_state(saved: Dict[str, Any], now: Dict[str, Any]) -> None:
+    """Refuse, by name and before any restore, an option change the saved optimizer state cannot follow."""
+    for key, structure in OPTIMIZER_STATE_OPTIONS.items():
+        if key in saved and key in now and structure(saved[key]) != structure(now[key]):
+            raise ConfigError(f"--{key} changed from {saved[key]!r} to {now[key]!r}: it changes the optimizer's state; "
+                              f"resume with --{key}={saved[key]} or start a new --out_dir")
+
+
 def check_resume_compatible(cfg: TrainConfig, extra: Dict[str, Any], corpus, prepared, notes: List[str]) -> None:
     """The data and architecture of a resumed run must be the checkpoint's: another corpus or
-    tokenizer would remap every token id, silently."""
+    tokenizer would remap every token id, silently. Neither may the optimizer state's structure change."""
     saved = read_run_options(extra.get("run_config", extra.get("options", {})), f"checkpoint in {cfg.out_dir}",
                              type(cfg))
     now = cfg.run_options()
+    _check_optimizer_state(saved, now)
     fixed = [f"--{k}={now[k]!r} (the run has {saved[k]!r})" for k in fixed_on_resume(cfg)
              if k in saved and saved[k] != now[k]]
     if fixed:
@@ -231,6 +265,10 @@ def language_modeling_setup(cfg: TrainConfig, notes: List[str], extra: Optional[
     tokenizer = prepared.tokenizer
 
     pretrained_params = None
+    if pretrained and RunDir(cfg.init_from).holds_a_run():
+        raise ConfigError(f"--init_from={cfg.init_from} is a jaxgpt run directory, not a Hugging Face GPT-2 one: "
+                          f"continue it with --out_dir={cfg.init_from} --init_from=resume, or fine-tune from it with "
+                          f"python finetune.py --init_from={cfg.init_from}")
     if pretrained:
         base_cfg, pretrained_params = load_pretrained(cfg.init_from)
         if cfg.block_size > base_cfg.block_size:
@@ -308,6 +346,9 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
             raise ConfigError(f"the checkpoint in {RunDir(cfg.out_dir).checkpoint_dir} was trained with another model config; "
                               "start a new --out_dir or use the same options")
         restored = _restore(cfg, step, task, optimizer, mesh)
+        if int(restored.extra["iter_num"]) >= cfg.max_iters:
+            notes.append(f"note: the checkpoint is at iteration {restored.extra['iter_num']}, already >= --max_iters="
+                         f"{cfg.max_iters}: nothing to train (pass a larger --max_iters to go on)")
     return ResolvedRun(cfg, corpus, prepared, model_cfg, task, mesh, rows, optimizer, schedule, pretrained_params,
                        restored, notes)
 

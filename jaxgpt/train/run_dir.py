@@ -12,12 +12,18 @@ One writer at a time: `RunDirLock` takes an exclusive `fcntl.flock` on `<out_dir
 stale lock from a killed run never blocks the next one; while a run is live, a second writer is
 refused with the holder's pid. The file holds the pid only while the lock is held, so a finished
 run leaves it empty (and the directory's contents as the run left them).
+
+Readers (sample.py, --classify, jaxgpt.viz, a fine-tuning backbone) take no lock: they read the newest
+committed checkpoint (jaxgpt.train.checkpoint.read_newest) and say when a live writer holds the lock
+(`RunDir.writer_pid`, `being_written_note`). A run's kind, from its saved options (`run_task`:
+classify, sft or lm), tells a tool handed the wrong kind what to use instead (`what_the_run_is`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -26,6 +32,7 @@ from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from jaxgpt.files import FileLock, check_folder_target, read_json_object, write_json_atomic
 
 __all__ = ["RunDir", "RunDirError", "RunDirLock", "check_out_dir", "clear_run_files", "committed_steps",
+           "run_task", "what_the_run_is", "being_written_note", "note_if_being_written",
            "RUN_FILES", "LOCK_NAME", "CHECKPOINTS", "METRICS_FILE", "LOSS_PNG", "RUN_CONFIG_FILE",
            "TOKENIZER_FILE", "DATA_META_FILE", "SFT_CONFIG_FILE", "RESPONSES_FILE", "CONFUSION_PNG",
            "SET_ASIDE_DIR", "WANDB_DIR", "TFEVENTS_PREFIX"]
@@ -53,6 +60,45 @@ RUN_FILES = (CHECKPOINTS, METRICS_FILE, LOSS_PNG, RUN_CONFIG_FILE, TOKENIZER_FIL
 
 class RunDirError(ConfigError):
     """The run directory cannot be used: one line naming it."""
+
+
+# What each kind of run is, and the command that uses it (a tool handed the wrong kind says this).
+_TASK_USES = {
+    "classify": "a classification run (finetune.py --task=classify): it predicts labels, not text; classify a text "
+                "with: python finetune.py --out_dir={out_dir} --classify=TEXT",
+    "sft": "an instruction fine-tuning run (finetune.py --task=sft): ask it with: python sample.py "
+           "--out_dir={out_dir} --instruction=TEXT",
+    "lm": "a language-model run (train.py): sample it with: python sample.py --out_dir={out_dir}",
+}
+
+
+def run_task(options: Dict[str, Any]) -> str:
+    """"classify", "sft" or "lm" (pretraining) from a run's saved options (run_config.json, or a
+    checkpoint's run_config): finetune.py's runs record their task, train.py's have none."""
+    task = options.get("task") if isinstance(options, dict) else None
+    return task if task in ("classify", "sft") else "lm"
+
+
+def what_the_run_is(out_dir: str, task: str) -> str:
+    """'<out_dir> is a classification run ...: classify a text with: ...' (a tool's refusal)."""
+    return f"{out_dir} is {_TASK_USES[task].format(out_dir=out_dir)}"
+
+
+def being_written_note(out_dir: str) -> Optional[str]:
+    """A note for a reader of a run that a live process is training (it holds the run's lock):
+    readers take no lock and read the newest committed checkpoint; None when no one writes."""
+    pid = RunDir(out_dir).writer_pid()
+    if pid is None:
+        return None
+    return (f"note: {out_dir} is being written by another process (pid {pid}): reading its newest complete "
+            "checkpoint; later ones are not in this result")
+
+
+def note_if_being_written(out_dir: str) -> None:
+    """being_written_note's line on stderr, when there is one (sample.py's and jaxgpt.viz's)."""
+    note = being_written_note(out_dir)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def committed_steps(checkpoint_dir: str) -> List[int]:
@@ -136,6 +182,33 @@ class RunDir:
     @property
     def lock_path(self) -> str:
         return self._file(LOCK_NAME)
+
+    def writer_pid(self) -> Optional[int]:
+        """The pid of the live process that holds this run's lock (RunDirLock), else None. Read
+        from the lock file without locking it: a reader never makes a writer wait or fail. A killed
+        writer's pid stays in the file, so the pid must also be a live process."""
+        try:
+            with open(self.lock_path, "rb") as f:
+                text = f.read(64).decode(errors="replace").strip()
+        except OSError:
+            return None
+        if not text.isdigit() or int(text) == os.getpid():
+            return None
+        try:
+            os.kill(int(text), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+        return int(text)
+
+    def task(self) -> Optional[str]:
+        """"classify", "sft" or "lm" from run_config.json (jaxgpt.train.run_dir.run_task); None when
+        out_dir holds no readable run_config.json."""
+        try:
+            return run_task(self.read_run_config())
+        except (ConfigError, OSError):
+            return None
 
     def holds_a_run(self) -> bool:
         """A train.py/finetune.py run directory (a checkpoint folder, or the run's options)."""

@@ -35,7 +35,7 @@ from jaxgpt.model.families import family_for
 from jaxgpt.model.gpt import GPT
 from jaxgpt.sample.decode import generate
 from jaxgpt.train.metrics import plot_loss_curves, read_metrics, tokens_per_iter  # the first and last: re-exported
-from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir
+from jaxgpt.train.run_dir import TOKENIZER_FILE, RunDir, note_if_being_written
 
 __all__ = ["attention_weights", "plot_attention", "next_token_probs", "plot_next_token", "compare_decoding",
            "plot_loss_curves", "plot_embeddings", "plot_confusion_matrix", "token_label", "DEFAULT_SETTINGS"]
@@ -360,7 +360,8 @@ def _load_run(out_dir: str, which: str):
     run_dir = RunDir(out_dir)
     if not os.path.isfile(run_dir.tokenizer_path):
         raise CLIError(f"{out_dir!r} has no {TOKENIZER_FILE}: is it a train.py run directory?")
-    cfg, params = load_inference_params(out_dir, which)
+    cfg, params = load_inference_params(out_dir, which)  # a classification run: says what to use
+    note_if_being_written(out_dir)
     if getattr(cfg, "model", "gpt") == "gpt":
         cfg = cfg.replace(dropout=0.0)
     return cfg, params, run_dir.read_tokenizer()
