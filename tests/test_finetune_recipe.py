@@ -1,6 +1,7 @@
-"""The recipe read from the data (jaxgpt.finetune.recipe), early stopping, and long texts read whole in
-windows (--long_text=chunks, jaxgpt.finetune.windows): the rules on their own, then finetune.py end to
-end on a generated set of short and long texts."""
+"""The recipe read from the data (jaxgpt.finetune.recipe), early stopping, long texts read whole in
+windows (--long_text=chunks, jaxgpt.finetune.windows) and the greedy soup of checkpoints
+(jaxgpt.finetune.soup): the rules on their own, then finetune.py end to end on a generated set of
+short and long texts."""
 
 import contextlib
 import dataclasses
@@ -18,6 +19,7 @@ import pytest
 from jaxgpt.finetune import classify, recipe
 from jaxgpt.finetune.classify import ClassifyBatches, classifier_init, classifier_logits, encode_texts, pool
 from jaxgpt.finetune.config import FinetuneConfig
+from jaxgpt.finetune.soup import greedy_soup
 from jaxgpt.finetune.windows import assemble, pack_in_order, window_starts
 from jaxgpt.data.tokenizers import CharTokenizer
 from jaxgpt.model.config import GPTConfig
@@ -85,6 +87,16 @@ def test_early_stopping_counts_iterations_since_the_best_val_loss():
     assert stops == [False, False, False, True, True] and loop.best_iter == 10  # 1.5 again is no improvement
     assert [line for line in lines if line.startswith("early stop")][0] == \
         "early stop at iteration 30: val loss has not improved since iteration 10 (--patience=20)"
+
+
+def test_a_greedy_soup_adds_checkpoints_best_first_while_val_loss_does_not_rise():
+    weights = {1: 2.0, 2: 4.0, 3: 10.0, 4: 3.5}  # one weight each; val loss (w - 3)^2, recorded as training saw it
+    recorded = [(step, (w - 3) ** 2) for step, w in weights.items()]
+    members, soup, loss = greedy_soup(recorded, lambda step: {"w": weights[step]}, lambda p: (p["w"] - 3) ** 2)
+    # 3.5 alone (0.25); with 2: 2.75 (0.0625, kept); with 4: 3.1667 (0.028, kept); with 10: 4.875 (3.5, left out)
+    assert members == [4, 1, 2] and soup["w"] == pytest.approx(9.5 / 3) and loss == pytest.approx((9.5 / 3 - 3) ** 2)
+    alone, _, _ = greedy_soup([(1, 0.0), (2, 1.0)], lambda step: {"w": float(step)}, lambda p: p["w"])
+    assert alone == [1]  # nothing helps: the best checkpoint alone, what --soup=0 tests
 
 
 # --------------------------------------------------------------------------------- long texts
@@ -195,8 +207,9 @@ def run_in_process(*args):
 def chunks_run(tmp_path_factory):
     """A finished tiny run with --long_text=chunks, its block size left to the data, and early stopping
     forced: a learning rate too small to move a float32 weight, so val loss never improves after
-    iteration 0, and --patience=4 with an eval every 2 iterations (given: they win over the data).
-    (out_dir, stdout, the confusion matrix figure's title, the data's path)."""
+    iteration 0, and --patience=4 with an eval every 2 iterations (given: they win over the data); the
+    test reads a soup of up to 3 checkpoints. (out_dir, stdout, the confusion matrix figure's title,
+    the data's path)."""
     folder = tmp_path_factory.mktemp("chunks")
     path = folder / "long.csv"
     path.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in long_text_rows()), encoding="utf-8")
@@ -210,7 +223,8 @@ def chunks_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(classify, "plot_confusion_matrix", recorded)
         code, out, err = run_in_process("--long_text=chunks", f"--dataset={path}", f"--out_dir={folder / 'run'}", *TINY,
-                                        "--learning_rate=1e-30", "--min_lr=0", "--eval_interval=2", "--patience=4")
+                                        "--learning_rate=1e-30", "--min_lr=0", "--eval_interval=2", "--patience=4",
+                                        "--soup=3")
     assert code == 0, err
     return folder / "run", out, titles[-1], path
 
@@ -248,3 +262,12 @@ def test_early_stopping_ends_the_run_and_the_best_checkpoint_is_tested(chunks_ru
     events = read_metrics(str(run / "metrics.jsonl"))
     assert max(e["iter"] for e in events if "val_loss" in e) == 4 and "test_accuracy" in events[-1]
     assert "done: 4 iterations" in out
+
+
+def test_the_soup_is_named_in_the_final_event_and_read_by_classify(chunks_run):
+    run, out = chunks_run[:2]
+    final = read_metrics(str(run / "metrics.jsonl"))[-1]
+    assert final["soup"][0] == final["checkpoint"] and set(final["soup"]) <= {2, 4}  # the kept checkpoints
+    assert f"soup: checkpoints {final['soup']} averaged" in out
+    options = json.loads((run / "run_config.json").read_text(encoding="utf-8"))
+    assert options["soup"] == 3 and options["keep_checkpoints"] == 5  # raised to every evaluation's

@@ -33,6 +33,7 @@ import optax
 from jaxgpt.model import lora as lora_lib
 from jaxgpt.data.sampler_state import pcg64_words, restore_pcg64
 from jaxgpt.finetune import baseline as baseline_lib
+from jaxgpt.finetune.soup import average, greedy_soup, soup_members
 from jaxgpt.finetune.classify_data import Splits
 from jaxgpt.finetune.windows import MAX_WINDOWS, assemble, pack_in_order, windows_of
 from jaxgpt.model.config import GPTConfig
@@ -431,9 +432,10 @@ def prepare_splits(tokenizer: Tokenizer, splits: Splits, T: int, meta: Dict[str,
 def classification_task(model_config: GPTConfig, prepared: ClassifyPrepared, splits: Splits, *, trainable: str,
                         pooling: str, lora_rank: int, lora_alpha: float, seed: int, init_backbone=None,
                         describe: Optional[str] = None, label_smoothing: float = 0.0,
-                        lm_loss_weight: float = 0.0, baseline: bool = False) -> Tuple[Task, Any]:
+                        lm_loss_weight: float = 0.0, baseline: bool = False, soup: int = 0) -> Tuple[Task, Any]:
     """(Task, initial params or None). init_backbone: pretrained GPT params (host) or None. baseline:
-    the end of the run also fits and reports the n-gram baseline (jaxgpt.finetune.baseline)."""
+    the end of the run also fits and reports the n-gram baseline (jaxgpt.finetune.baseline); soup > 0:
+    the test reads a greedy soup of the best `soup` checkpoints (jaxgpt.finetune.soup)."""
     model = GPT(model_config)
     num_classes = len(splits.labels)
     lora_scale = lora_alpha / lora_rank
@@ -455,7 +457,7 @@ def classification_task(model_config: GPTConfig, prepared: ClassifyPrepared, spl
                                     label_smoothing=label_smoothing, lm_loss_weight=lm_loss_weight), batches,
                 eval_splits=("train", "val"), trainable=lambda params: trainable_mask(params, trainable,
                                                                                       model_config.n_layer),
-                eval_summary=eval_summary, finish=_finish(splits, baseline), describe=describe)
+                eval_summary=eval_summary, finish=_finish(splits, baseline, soup), describe=describe)
     initial = None
     if init_backbone is not None:
         initial = jax.device_get(classifier_init(model_config, num_classes, trainable, lora_rank,
@@ -468,23 +470,38 @@ def _row_labels(label_ids_N: np.ndarray, encoded: Encoded) -> np.ndarray:
     return label_ids_N if encoded.windows_N is None else np.repeat(label_ids_N, encoded.windows_N)
 
 
-def _finish(splits: Splits, baseline: bool):
-    """End of run: the best-val checkpoint's test metrics (one metrics.jsonl event) and
-    confusion_matrix.png; with `baseline`, the n-gram baseline's beside them."""
+def _tested_params(run, steps, loop, soup: int):
+    """(params the test reads, the best-val checkpoint, soup members or None, the soup's val loss or None):
+    the best-val checkpoint's params, or with soup > 0 a greedy soup of the `soup` best (jaxgpt.finetune.soup)."""
+    from jaxgpt.train.checkpoint import Checkpointer  # orbax takes ~1 s to import; keeps --help fast
+
+    params = loop.train_state.params
+    abstract = sharding.with_shardings(jax.eval_shape(run.task.init_params, jax.random.key(0)),
+                                       jax.tree_util.tree_map(lambda x: x.sharding, params))
+    # keep_best=True: only then does the manager rank steps by val_loss (else best = latest)
+    with Checkpointer(run.checkpoint_dir, keep_best=True, read_only=True) as ckpt:
+        best = ckpt.best_step()
+        if best is not None and best != loop.iter_num:
+            params = ckpt.restore_params(abstract, best)
+        if not soup or best is None:
+            return params, best, None, None
+        scored = [(step, ckpt.val_loss(step)) for step in ckpt.all_steps()]
+        candidates = sorted((c for c in scored if c[1] is not None), key=lambda c: (c[0] != best, c[1], c[0]))[:soup]
+        val = run.task.batches.eval_batch("val", run.cfg.eval_iters, run.cfg.batch_size, run.rows)
+        members, params, val_loss = greedy_soup(
+            candidates, lambda step: ckpt.restore_params(abstract, step),
+            lambda p: eval_summary(steps.eval(p, _global(run, val)))["loss"], first=best)
+    return params, best, members, val_loss
+
+
+def _finish(splits: Splits, baseline: bool, soup: int = 0):
+    """End of run: the test metrics (one metrics.jsonl event) of the best-val checkpoint, or of a greedy
+    soup of checkpoints (soup > 0), and confusion_matrix.png; with `baseline`, the n-gram baseline's
+    beside them."""
     labels = splits.labels
 
     def finish(run, steps, loop, log_event) -> Dict[str, Any]:
-        from jaxgpt.train.checkpoint import Checkpointer  # orbax takes ~1 s to import; keeps --help fast
-
-        params = loop.train_state.params
-        best = None
-        # keep_best=True: only then does the manager rank steps by val_loss (else best = latest)
-        with Checkpointer(run.checkpoint_dir, keep_best=True, read_only=True) as ckpt:
-            best = ckpt.best_step()
-            if best is not None and best != loop.iter_num:
-                abstract = sharding.with_shardings(jax.eval_shape(run.task.init_params, jax.random.key(0)),
-                                                   jax.tree_util.tree_map(lambda x: x.sharding, params))
-                params = ckpt.restore_params(abstract, best)
+        params, best, members, soup_val = _tested_params(run, steps, loop, soup)
         batch = run.task.batches.eval_batch("test", 0, run.cfg.batch_size, run.rows)
         result = steps.eval(params, _global(run, batch))
         test = eval_summary(result)
@@ -496,18 +513,23 @@ def _finish(splits: Splits, baseline: bool):
         event = {"iter": loop.iter_num, "checkpoint": best if best is not None else loop.iter_num,
                  **{f"test_{k}": v for k, v in test.items()}, "labels": list(labels),
                  "confusion_matrix": confusion.tolist(), **(reference.metrics() if reference else {})}
+        if members is not None:
+            event.update(soup=members, soup_val_loss=soup_val)
         log_event(event)
         events = read_metrics(RunDir(run.out_dir).metrics_path)
         before = next((e.get("val_accuracy") for e in events if e.get("iter") == 0 and "val_accuracy" in e), None)
         best_val = next((e.get("val_accuracy") for e in events if e.get("iter") == event["checkpoint"]
                          and "val_accuracy" in e), None)
         beside = f"; n-gram baseline {reference.test_accuracy:.4f}" if reference else ""
+        tested = f"checkpoint {event['checkpoint']}" if members is None else f"soup of checkpoints {members}"
         png = plot_confusion_matrix(confusion, list(labels), RunDir(run.out_dir).confusion_png,
-                                    title=f"test split, checkpoint {event['checkpoint']} "
+                                    title=f"test split, {tested if members is None else f'soup of {len(members)}'} "
                                           f"(accuracy {test['accuracy']:.4f}{beside})")
         print(f"val accuracy: {before if before is None else f'{before:.4f}'} before fine-tuning, "
               f"{best_val if best_val is None else f'{best_val:.4f}'} at checkpoint {event['checkpoint']} (best val loss)")
-        print(f"test (checkpoint {event['checkpoint']}): accuracy {test['accuracy']:.4f}, precision "
+        if members is not None:
+            print(f"soup: checkpoints {members} averaged, val loss {soup_val:.4f} (chosen on val, greedily)")
+        print(f"test ({tested}): accuracy {test['accuracy']:.4f}, precision "
               f"{test['precision']:.4f}, recall {test['recall']:.4f}, f1 {test['f1']:.4f} | confusion "
               f"{confusion.tolist()} (rows true {list(labels)}) -> {png}")
         if reference:
@@ -536,6 +558,7 @@ def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> L
         raise ValueError(f"{out_dir} does not hold a finetune.py classification run")
     tokenizer = run_dir.read_tokenizer()
     labels = meta["labels"]
+    members = soup_members(read_metrics(run_dir.metrics_path)) if which == "best" else []
     with Checkpointer(run_dir.checkpoint_dir, keep_best=True, read_only=True) as ckpt:
         step = ckpt.resolve_step(ckpt.best_step() if which == "best" else None)
         extra = ckpt.restore_extra(step)
@@ -543,7 +566,8 @@ def classify_texts(out_dir: str, texts: Sequence[str], which: str = "best") -> L
         trainable, rank = options["trainable"], options["lora_rank"]
         abstract = jax.eval_shape(lambda k: classifier_init(model_config, len(labels), trainable, rank, k),
                                   jax.random.key(0))
-        params = ckpt.restore_params(abstract, step)
+        params = (average([ckpt.restore_params(abstract, s) for s in members]) if members  # the run's tested soup
+                  else ckpt.restore_params(abstract, step))
     T = model_config.block_size
     encoded = encode_texts(tokenizer, texts, T, options.get("long_text", "head"),  # runs before the key: head
                            meta.get("max_windows", MAX_WINDOWS))

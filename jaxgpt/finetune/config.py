@@ -74,6 +74,9 @@ class FinetuneConfig(TrainConfig):
                                           "tail (its end) | head_tail (half of each) | chunks (all of it, in up to "
                                           f"{MAX_WINDOWS} windows of the block, pooled: jaxgpt.finetune.windows)",
                                   choices=LONG_TEXTS)
+    soup: int = option_field(0, "classify: the test (and --classify) read a greedy soup of the K kept checkpoints "
+                                "with the lowest val loss, each averaged in only if val loss does not rise "
+                                "(jaxgpt.finetune.soup; keeps every evaluation's checkpoint); 0: the best one alone")
     baseline: bool = option_field(True, "classify: also fit a char 1-4-gram TF-IDF logistic regression on the train "
                                         "split (C chosen on val) and report its val and test accuracy beside the "
                                         "model's (jaxgpt.finetune.baseline)")
@@ -122,6 +125,8 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lm_loss_weight < 0:  # nan and inf are refused by the parser for every float option
             raise ConfigError(f"--lm_loss_weight must be >= 0, got {self.lm_loss_weight}")
+        if self.soup < 0:
+            raise ConfigError(f"--soup must be >= 0, got {self.soup}")
         if self.lora_rank < 1:
             raise ConfigError(f"--lora_rank must be >= 1, got {self.lora_rank}")
         if not 0.0 < self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
@@ -245,7 +250,7 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
                                         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, seed=cfg.seed,
                                         init_backbone=params, describe=describe,
                                         label_smoothing=cfg.label_smoothing, lm_loss_weight=cfg.lm_loss_weight,
-                                        baseline=cfg.baseline)
+                                        baseline=cfg.baseline, soup=cfg.soup)
     return TaskSetup(cfg, data, prepared, model_config, task, initial)
 
 

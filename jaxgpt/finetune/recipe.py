@@ -19,6 +19,7 @@ export read numbers, not rules.
                  reads all of val, and evaluations may cost at most about a third of the training.
   patience       early stopping on val loss after a third of the run without improvement (at least
                  PATIENCE_MIN_EVALS evaluations); the best-val checkpoint is the one tested anyway.
+  keep_checkpoints  with --soup, raised to every evaluation's, so the soup can choose among them all.
 """
 
 from __future__ import annotations
@@ -151,9 +152,14 @@ def resolve_classify_recipe(cfg, train_texts: Sequence[str], task_texts: Sequenc
     if cfg.eval_interval is None:
         changes["eval_interval"] = eval_interval_for(cfg.max_iters, cfg.batch_size, val_texts, cfg.eval_iters)
         said.append(f"eval_interval {changes['eval_interval']} ({cfg.max_iters} iterations, {val_texts:,} val texts)")
+    interval = changes.get("eval_interval", cfg.eval_interval)
     if cfg.patience is None:
-        changes["patience"] = patience_for(cfg.max_iters, changes.get("eval_interval", cfg.eval_interval))
+        changes["patience"] = patience_for(cfg.max_iters, interval)
         said.append(f"patience {changes['patience']} (early stop on val loss)")
+    evals = math.ceil(cfg.max_iters / interval) + 1
+    if cfg.soup and cfg.keep_checkpoints < evals:
+        changes["keep_checkpoints"] = evals
+        said.append(f"keep_checkpoints {evals} (every evaluation's, for --soup={cfg.soup})")
     line = f"recipe from the data (a config or flag wins): {'; '.join(said)}" if said else None
     return cfg.replace(**changes), line
 
