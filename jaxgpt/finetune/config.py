@@ -23,8 +23,9 @@ from jaxgpt.cli import ConfigError
 from jaxgpt.data.corpus import BUILTIN_DATASETS
 from jaxgpt.data.tokenizers import CharTokenizer, TokenizerError, build_tokenizer
 from jaxgpt.finetune import backbone as backbone_lib
-from jaxgpt.finetune import classify_data, instruct
+from jaxgpt.finetune import classify_data, instruct, recipe
 from jaxgpt.finetune.classify import LONG_TEXTS, classification_task, prepare_splits
+from jaxgpt.finetune.windows import MAX_WINDOWS
 from jaxgpt.model.config import GPTConfig
 from jaxgpt.train.config import INVOCATION, TrainConfig, adopt_backbone, option_field
 from jaxgpt.train.loop import TaskSetup, check_resume_compatible, model_config_from_options
@@ -51,7 +52,15 @@ class FinetuneConfig(TrainConfig):
                                   scope=INVOCATION)
     out_dir: str = option_field("out-finetune", "run directory", scope=INVOCATION)
     num_samples: int = option_field(0, "samples printed at the end of the run", scope=INVOCATION)
-    block_size: int = option_field(128, "classify: tokens per text (longer texts are cut, the count reported)")
+    block_size: int = option_field(None, "tokens per text; None: classify reads it from the train texts' lengths "
+                                         "(jaxgpt.finetune.recipe; longer texts are cut or windowed, --long_text, and "
+                                         "counted), sft uses 128", type_=int, optional=True)
+    eval_interval: int = option_field(None, "evaluate (and checkpoint) every N iterations; None: classify about 30 "
+                                            "evaluations a run (fewer with a large val split), sft 250",
+                                      type_=int, optional=True)
+    patience: int = option_field(None, "early stopping: stop when val loss has not improved for N iterations (0: "
+                                       "never); None: classify a third of the run (at least 5 evaluations), sft 0",
+                                 type_=int, optional=True)
     # ---- fine-tuning
     task: str = option_field("classify", "classify | sft", choices=("classify", "sft"))
     text_column: str = option_field("text", "classify: the text column (CSV/TSV header, JSONL field)")
@@ -63,8 +72,15 @@ class FinetuneConfig(TrainConfig):
     pooling: str = option_field("last", "classify: last (last non-padding token) | mean | max (over real tokens)",
                                 choices=("last", "mean", "max"))
     long_text: str = option_field("head", "classify: what a text longer than --block_size keeps: head (its start) | "
-                                          "tail (its end) | head_tail (half of each)",
+                                          "tail (its end) | head_tail (half of each) | chunks (all of it, in up to "
+                                          f"{MAX_WINDOWS} windows of the block, pooled: jaxgpt.finetune.windows)",
                                   choices=LONG_TEXTS)
+    soup: int = option_field(0, "classify: the test (and --classify) read a greedy soup of the K kept checkpoints "
+                                "with the lowest val loss, each averaged in only if val loss does not rise "
+                                "(jaxgpt.finetune.soup; keeps every evaluation's checkpoint); 0: the best one alone")
+    baseline: bool = option_field(True, "classify: also fit a char 1-4-gram TF-IDF logistic regression on the train "
+                                        "split (C chosen on val) and report its val and test accuracy beside the "
+                                        "model's (jaxgpt.finetune.baseline)")
     trainable: str = option_field("all", "all | last_block | head | lora",
                                   choices=("all", "last_block", "head", "lora"))
     label_smoothing: float = option_field(0.0, "classify: label smoothing of the training loss, in [0, 1) (val and "
@@ -75,12 +91,15 @@ class FinetuneConfig(TrainConfig):
     lora_alpha: float = option_field(16.0, "LoRA alpha (the adapters' output is scaled by alpha / r)")
     pretrain_dataset: str = option_field("stdlib", "init_from=pretrain: stdlib | task (the texts outside val and "
                                                    "test, labels unused) | a text file", scope=INVOCATION)
-    pretrain_iters: int = option_field(300, "init_from=pretrain: pretraining iterations", scope=INVOCATION)
+    pretrain_iters: int = option_field(None, "init_from=pretrain: pretraining iterations; None: from the task texts' "
+                                             "size with --pretrain_dataset=task (about 6 passes), else 300",
+                                       scope=INVOCATION, type_=int, optional=True)
     pretrain_batch_size: int = option_field(32, "init_from=pretrain: pretraining batch size", scope=INVOCATION)
     pretrain_dropout: float = option_field(0.0, "init_from=pretrain: pretraining dropout", scope=INVOCATION)
-    adapt_iters: int = option_field(0, "classify: next-token training of the backbone on the train texts (labels "
-                                       "unused) before the head is trained, ULMFiT's second stage; 0 = none",
-                                    scope=INVOCATION)
+    adapt_iters: int = option_field(None, "classify: next-token training of the backbone on the train texts (labels "
+                                          "unused) before the head is trained, ULMFiT's second stage; 0 = none; None: "
+                                          "about 3 passes over the texts for a backbone --init_from names, else 0",
+                                    scope=INVOCATION, type_=int, optional=True)
     adapt_learning_rate: float = option_field(1e-3, "classify: the adaptation's peak learning rate", scope=INVOCATION)
     extend_vocab: bool = option_field(True, "a char backbone gains ids for the task's characters it lacks (rows "
                                             "initialized to the mean embedding); False: classify reads them as "
@@ -110,6 +129,8 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lm_loss_weight < 0:  # nan and inf are refused by the parser for every float option
             raise ConfigError(f"--lm_loss_weight must be >= 0, got {self.lm_loss_weight}")
+        if self.soup < 0:
+            raise ConfigError(f"--soup must be >= 0, got {self.soup}")
         if self.lora_rank < 1:
             raise ConfigError(f"--lora_rank must be >= 1, got {self.lora_rank}")
         if not 0.0 < self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
@@ -118,12 +139,12 @@ class FinetuneConfig(TrainConfig):
         if self.task == "sft" and self.trainable not in instruct.SFT_TRAINABLE:
             raise ConfigError(f"--trainable={self.trainable} is classification's (its head, its LoRA adapters); "
                               f"--task=sft trains {' or '.join(instruct.SFT_TRAINABLE)}")
-        if self.adapt_iters < 0 or not self.adapt_learning_rate > 0:
+        if (self.adapt_iters or 0) < 0 or not self.adapt_learning_rate > 0:
             raise ConfigError("--adapt_iters must be >= 0 and --adapt_learning_rate > 0")
         if self.adapt_iters and (self.task != "classify" or self.init_from in ("scratch", "resume")):
             raise ConfigError("--adapt_iters adapts a classifier's backbone (--task=classify, --init_from=pretrain, a "
                               "run directory or GPT-2): drop it here")
-        if self.pretrain_iters < 1 or self.pretrain_batch_size < 1:
+        if (self.pretrain_iters or 1) < 1 or self.pretrain_batch_size < 1:
             raise ConfigError("--pretrain_iters and --pretrain_batch_size must be >= 1")
         if not 0.0 <= self.pretrain_dropout < 1.0:
             raise ConfigError(f"--pretrain_dropout must be in [0, 1), got {self.pretrain_dropout}")
@@ -170,8 +191,14 @@ def _check_pretrain_dataset(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"--pretrain_dataset: no file {cfg.pretrain_dataset} (give a text file or one of {names})")
 
 
+def _said(line: Optional[str]) -> None:
+    if line and jax.process_index() == 0:
+        print(line, flush=True)  # now: before any pretraining, which may take minutes
+
+
 def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, Any]]):
-    """Data (validated first: a bad file fails before any pretraining), backbone, task."""
+    """Data (validated first: a bad file fails before any pretraining), the recipe's options left to the
+    data (jaxgpt.finetune.recipe), backbone, task."""
     _check_pretrain_dataset(cfg)
     dataset = classify_data.EMBEDDED if cfg.dataset == "embedded" else cfg.dataset
     data = classify_data.load_labeled(dataset, cfg.text_column, cfg.label_column, cfg.data_dir or None)
@@ -180,28 +207,41 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
     # what --pretrain_dataset=task reads: every text outside val and test (never their texts)
     train_texts = splits.train.texts + splits.unused
     params = None
+
+    def from_the_data(lengths_tokenizer, positions=None):
+        resolved, line = recipe.resolve_classify_recipe(cfg, splits.train.texts, train_texts, len(splits.val.texts),
+                                                        lengths_tokenizer, positions,
+                                                        given_backbone=cfg.init_from not in ("pretrain", "scratch"))
+        _said(line)
+        return resolved
+
     if extra is not None:  # resume: the run's own tokenizer and model; its state comes from the checkpoint
+        cfg = recipe.fixed_defaults(cfg)  # its run options were resolved when it started
         tokenizer = _resumed_tokenizer(cfg)
         model_config = GPTConfig.from_dict(extra.get("model_config") or {}).replace(dropout=cfg.dropout)
         description = f"resumed from {cfg.out_dir}"
     elif cfg.init_from == "scratch":
         kind = "char" if cfg.tokenizer == "auto" else cfg.tokenizer
         tokenizer = build_tokenizer(kind, "\n".join(train_texts), cfg.bpe_vocab_size if kind == "bpe" else None)
+        cfg = from_the_data(tokenizer)
         model_config = model_config_from_options(cfg, tokenizer.vocab_size)
         description = f"scratch ({cfg.n_layer}L/{cfg.n_embd}, {kind} tokens from the train texts)"
     else:
         if cfg.init_from == "pretrain":
+            cfg = from_the_data(recipe.length_tokenizer(cfg.tokenizer))
             backbone = backbone_lib.pretrained_backbone(cfg, train_texts, notes)
         else:
             backbone = backbone_lib.load_backbone(cfg.init_from)
+            cfg = from_the_data(backbone.tokenizer, backbone.model_config.block_size)
         if cfg.extend_vocab:
             backbone = backbone_lib.extend_char_vocab(backbone, "".join(train_texts))
+        _check_fits(cfg, backbone)  # before an adaptation spends minutes on a backbone that cannot serve
         if cfg.adapt_iters:
             backbone = backbone_lib.adapted_backbone(cfg, backbone, train_texts, notes)
         cfg, model_config, params = fit_backbone(cfg, backbone)
         tokenizer, description = backbone.tokenizer, backbone.description
     meta = {"source": data.source, "source_sha256": data.sha256, "dataset": data.name, "description": data.description}
-    prepared = prepare_splits(tokenizer, splits, cfg.block_size, meta, cfg.long_text)
+    prepared = prepare_splits(tokenizer, splits, cfg.block_size, meta, cfg.long_text, min(MAX_WINDOWS, cfg.batch_size))
     if extra is not None:
         check_resume_compatible(cfg, extra, data, prepared, notes)
     unknown = sum(prepared.meta["unknown_chars"].values())
@@ -211,8 +251,10 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
                      f"as {prepared.meta['unknown_char']!r}")
     truncated = sum(prepared.meta["truncated"].values())
     if truncated:
-        notes.append(f"note: {truncated:,} texts are longer than {cfg.block_size} tokens and were cut to their "
-                     f"{cfg.long_text.replace('_', ' and ')} ({prepared.meta['truncated']})")
+        fate = (f"read in windows ({prepared.meta['windows']} windows per split)" if cfg.long_text == "chunks"
+                else f"cut to their {cfg.long_text.replace('_', ' and ')}")
+        notes.append(f"note: {truncated:,} texts are longer than {cfg.block_size} tokens and were {fate} "
+                     f"({prepared.meta['truncated']})")
     counts = splits.counts()
     describe = (f"{data.name}: {', '.join(f'{k} {sum(v.values()):,}' for k, v in counts.items())} texts, labels "
                 f"{list(splits.labels)}{' (balanced)' if splits.balanced else ''} | backbone {description} | "
@@ -220,7 +262,8 @@ def classify_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[s
     task, initial = classification_task(model_config, prepared, splits, trainable=cfg.trainable, pooling=cfg.pooling,
                                         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, seed=cfg.seed,
                                         init_backbone=params, describe=describe,
-                                        label_smoothing=cfg.label_smoothing, lm_loss_weight=cfg.lm_loss_weight)
+                                        label_smoothing=cfg.label_smoothing, lm_loss_weight=cfg.lm_loss_weight,
+                                        baseline=cfg.baseline, soup=cfg.soup)
     return TaskSetup(cfg, data, prepared, model_config, task, initial)
 
 
@@ -244,6 +287,7 @@ def sft_setup(cfg: FinetuneConfig, notes: List[str], extra: Optional[Dict[str, A
     """Records (validated first), backbone, the SFT task of jaxgpt.finetune.instruct; its finish writes
     responses.jsonl and the test metrics (test_exact_match for the embedded task)."""
     dataset = "embedded" if cfg.dataset in ("embedded", "stdlib_lines") else cfg.dataset
+    cfg = recipe.fixed_defaults(cfg)
     options = dict(template=cfg.template, max_length=cfg.block_size, mask_prompt=cfg.mask_prompt,
                    split_seed=cfg.data_seed, n_per_kind=cfg.n_per_kind, cache_dir=cfg.data_dir or None)
     params = None

@@ -95,6 +95,8 @@ class TrainConfig:
                                           "out_dir/wandb; WANDB_MODE=offline needs no account)")
     wandb_project: str = option_field("jaxgpt", "with --wandb_log: the W&B project")
     wandb_run_name: str = option_field("", "with --wandb_log: the W&B run's name (default: out_dir's folder name)")
+    patience: int = option_field(0, "early stopping: stop when val loss has not improved for this many iterations "
+                                    "(0: never)")
     # ---- what this invocation does (never persisted)
     init_from: str = option_field("scratch", "scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | path to a "
                                              "HF GPT-2 dir", scope=INVOCATION)
@@ -160,13 +162,17 @@ class TrainConfig:
         # The model section, by GPTConfig's own checks. (--attn_impl=cudnn: whether a GPU runs it is checked
         # in resolve_run, after the processes join: asking jax for its backend here would start it before
         # jax.distributed.initialize on a multi-host run.)
-        check_architecture({key: getattr(self, key) for key in ARCH_OPTIONS}, OPTION_SPELLING)
+        check_architecture({key: getattr(self, key) for key in ARCH_OPTIONS if getattr(self, key) is not None},
+                           OPTION_SPELLING)
+        # (a subclass may leave some of these None, "from the data", resolved before the loop reads them)
         for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters",
                     "keep_checkpoints", "bpe_vocab_size", "num_processes"):
-            need(getattr(self, key) >= 1, f"--{key} must be >= 1, got {getattr(self, key)}")
+            value = getattr(self, key)
+            need(value is None or value >= 1, f"--{key} must be >= 1, got {value}")
         for key in ("max_iters", "warmup_iters", "lr_decay_iters", "num_samples", "sample_tokens", "process_id",
-                    "weight_decay", "grad_clip", "min_lr", "seed"):
-            need(getattr(self, key) >= 0, f"--{key} must be >= 0, got {getattr(self, key)}")
+                    "weight_decay", "grad_clip", "min_lr", "seed", "patience"):
+            value = getattr(self, key)
+            need(value is None or value >= 0, f"--{key} must be >= 0, got {value}")
         need(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}")
         need(0.0 < self.val_fraction < 1.0, f"--val_fraction must be in (0, 1), got {self.val_fraction}")
         for key in ("beta1", "beta2"):

@@ -12,9 +12,10 @@ iteration n, before the step from n to n+1, run_loop (jaxgpt.train.loop) runs th
                        never evaluated or checkpointed
     progress           every log_interval and at the end: the train-loss event (tokens/s, MFU)
     progress bar       every step: the tqdm bar
-    evaluation         every eval_interval and at the end: the eval event and line, best_val, last_val
+    evaluation         every eval_interval and at the end: the eval event and line, best_val, last_val;
+                       with --patience, `stop` once val loss has not improved for that many iterations
     checkpoint         after an evaluation, at n > 0, when val improved or always_save_checkpoint
-    loss plot          after an evaluation: at most every Reporter.PLOT_EVERY_S, always at the end
+    loss plot          after an evaluation: at most every Reporter.PLOT_EVERY_S, always at the end (or stop)
     throughput clock   restarted at log and eval points, so eval time stays out of tokens/s
 
 Also here: the Reporter (metrics.jsonl and the trackers --tensorboard/--wandb_log turn on
@@ -56,6 +57,8 @@ class LoopState:
     last_val: float = math.nan
     val_improved: bool = False  # the last evaluation lowered best_val (the checkpoint hook reads it)
     step_metrics: Any = None  # the last train step's metrics, on the device; None before this run's first step
+    best_iter: int = 0  # the iteration of best_val (early stopping counts from it)
+    stop: bool = False  # early stopping: the loop ends after this iteration's hooks
 
 
 def is_main_process() -> bool:
@@ -123,7 +126,7 @@ def loop_hooks(run: ResolvedRun, checkpointer, report: Reporter, *, first_iter: 
              at_start=False),
         Hook("progress", progress_hook(report, clock), every=(cfg.log_interval,), at_end=True, at_start=False),
         Hook("progress bar", advance_bar, every=(1,), at_start=False),
-        Hook("evaluation", evaluation_hook(evaluate, report), **evals),
+        Hook("evaluation", evaluation_hook(evaluate, report, cfg.patience), **evals),
         Hook("checkpoint", checkpoint_hook(save, cfg.always_save_checkpoint), **evals),
         Hook("loss plot", plot_hook(report, cfg.max_iters), **evals),
         Hook("throughput clock", restart_clock, every=(cfg.log_interval, cfg.eval_interval), at_end=True,
@@ -148,9 +151,10 @@ def progress_hook(report: Reporter, clock: Throughput) -> Callable[[LoopState], 
     return progress
 
 
-def evaluation_hook(evaluate: Callable[[Any], Dict[str, Dict[str, float]]], report: Reporter
+def evaluation_hook(evaluate: Callable[[Any], Dict[str, Dict[str, float]]], report: Reporter, patience: int = 0
                     ) -> Callable[[LoopState], LoopState]:
-    """Evaluate the params; log the event and line; update best_val, last_val and val_improved."""
+    """Evaluate the params; log the event and line; update best_val, best_iter, last_val and
+    val_improved; with patience > 0, set stop once best_iter is patience iterations behind."""
 
     def evaluation(loop: LoopState) -> LoopState:
         metrics = evaluate(loop.train_state.params)
@@ -158,8 +162,14 @@ def evaluation_hook(evaluate: Callable[[Any], Dict[str, Dict[str, float]]], repo
         report.event(event)
         report.line(line)
         val = metrics["val"]["loss"]
-        return dataclasses.replace(loop, best_val=min(loop.best_val, val), last_val=val,
-                                   val_improved=val < loop.best_val)
+        improved = val < loop.best_val
+        best_iter = loop.iter_num if improved else loop.best_iter
+        stop = patience > 0 and loop.iter_num - best_iter >= patience
+        if stop:
+            report.line(f"early stop at iteration {loop.iter_num}: val loss has not improved since iteration "
+                        f"{best_iter} (--patience={patience})")
+        return dataclasses.replace(loop, best_val=min(loop.best_val, val), last_val=val, val_improved=improved,
+                                   best_iter=best_iter, stop=stop)
 
     return evaluation
 
@@ -177,7 +187,7 @@ def checkpoint_hook(save: Callable[[LoopState, float], None], always: bool) -> C
 
 def plot_hook(report: Reporter, max_iters: int) -> Callable[[LoopState], LoopState]:
     def plot(loop: LoopState) -> LoopState:
-        report.plot(final=loop.iter_num >= max_iters)
+        report.plot(final=loop.iter_num >= max_iters or loop.stop)
         return loop
 
     return plot

@@ -178,8 +178,8 @@ def _check_fresh_start(cfg: TrainConfig, notes: List[str]) -> None:
     previous = (read_run_options(run_dir.read_run_config(), saved_path, type(cfg))
                 if os.path.exists(saved_path) else {})
     now = cfg.run_options()
-    differs = [f"{k}: {previous[k]!r} -> {now[k]!r}" for k in fixed_on_resume(cfg)
-               if k in previous and previous[k] != now[k]]
+    differs = [f"{k}: {previous[k]!r} -> {now[k]!r}" for k in fixed_on_resume(cfg)  # None: not resolved yet
+               if k in previous and now[k] is not None and previous[k] != now[k]]
     if differs:
         raise ConfigError(f"out_dir {cfg.out_dir} holds a run of another config ({'; '.join(differs)}); "
                           "pass --overwrite=True to replace it or choose another --out_dir")
@@ -413,7 +413,8 @@ def compile_steps(run: ResolvedRun, state_sharding) -> Steps:
 def initial_loop_state(run: ResolvedRun, rng) -> LoopState:
     if run.restored is not None:
         extra = run.restored.extra
-        return LoopState(run.restored.state, int(extra["iter_num"]), float(extra["best_val_loss"]))
+        return LoopState(run.restored.state, int(extra["iter_num"]), float(extra["best_val_loss"]),
+                         best_iter=int(extra.get("best_iter", extra["iter_num"])))
     state = init_train_state(run.task.init_params, run.optimizer, run.mesh, rng, params=run.pretrained_params)
     return LoopState(state, 0, math.inf)
 
@@ -440,7 +441,8 @@ def evaluate(run: ResolvedRun, steps: Steps, params) -> Dict[str, float]:
 
 
 def save_checkpoint(run: ResolvedRun, checkpointer, loop: LoopState, val_loss: float) -> None:
-    extra = {"iter_num": loop.iter_num, "best_val_loss": loop.best_val, "model_config": run.model_config.to_dict(),
+    extra = {"iter_num": loop.iter_num, "best_val_loss": loop.best_val, "best_iter": loop.best_iter,
+             "model_config": run.model_config.to_dict(),
              "run_config": run.cfg.run_options(), "data_meta": run.prepared.meta, **run.task.batches.state_dict()}
     checkpointer.save(loop.iter_num, loop.train_state, extra, val_loss=val_loss)
     if is_main_process():  # run_config.json follows the newest checkpoint (what a resume continues)
@@ -458,7 +460,7 @@ def run_loop(run: ResolvedRun, steps: Steps, loop: LoopState, checkpointer, repo
                        save=lambda state, val_loss: save_checkpoint(run, checkpointer, state, val_loss))
     while True:
         loop = run_due_hooks(hooks, loop, first, cfg.max_iters)
-        if loop.iter_num >= cfg.max_iters:
+        if loop.iter_num >= cfg.max_iters or loop.stop:
             return loop
         # Dispatch is asynchronous: while the device runs this step, the host goes on to draw and
         # place the next batch. The host waits for the device only at log and eval points.

@@ -280,13 +280,14 @@ def compile_train_step(train_step: Callable, mesh: Mesh, state_sharding) -> Call
     """jit(train_step) for `(state, (x_ABT, y_ABT), rng) -> (state, metrics)` on the mesh.
 
     State in/out with its shardings (donated: updated in place), batch rows split by
-    batch_sharding, rng and metrics replicated. Batches should be global arrays (global_batch);
+    batch_sharding (every array of the batch tuple: a task may add e.g. an (A, B, 1) one), rng and
+    metrics replicated. Batches should be global arrays (global_batch);
     plain single-process arrays also work. The returned function keeps jit's `.lower`.
     """
     batch = batch_sharding(mesh)
     return jax.jit(
         train_step,
-        in_shardings=(state_sharding, (batch, batch), replicated(mesh)),
+        in_shardings=(state_sharding, batch, replicated(mesh)),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=(0,),
         compiler_options=compiler_options(mesh),
@@ -296,7 +297,7 @@ def compile_train_step(train_step: Callable, mesh: Mesh, state_sharding) -> Call
 def compile_eval_step(eval_loss: Callable, mesh: Mesh, params_sharding) -> Callable:
     """jit(eval_step) for `(params, (x_NBT, y_NBT)) -> metrics`, replicated out."""
     batch = batch_sharding(mesh)
-    return jax.jit(eval_loss, in_shardings=(params_sharding, (batch, batch)),
+    return jax.jit(eval_loss, in_shardings=(params_sharding, batch),
                    out_shardings=replicated(mesh), compiler_options=compiler_options(mesh))
 
 

@@ -170,7 +170,7 @@ RECIPE = dict(task="classify", dataset=DATASET, block_size=BLOCK, long_text="hea
               overwrite=True)
 STARTS = {
     "scratch": dict(init_from="scratch", n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd),
-    "course model": dict(init_from=COURSE_MODEL_DIR),
+    "course model": dict(init_from=COURSE_MODEL_DIR, adapt_iters=0),  # 0: no adaptation (None: finetune.py's choice)
     "course model, adapted": dict(init_from=COURSE_MODEL_DIR, adapt_iters=ADAPT_ITERS),
 }
 runs = {}
