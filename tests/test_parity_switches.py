@@ -73,6 +73,7 @@ CASES = [
     Case("swiglu-L1-tied-bias", dict(mlp="swiglu", n_layer=1), T=16),
     Case("qknorm-L1-tied-bias", dict(qk_norm=True, n_layer=1), T=16),
     Case("zloss-L1-gpt2", dict(n_layer=1, z_loss=0.05), T=16),
+    Case("relu2-softcap-L1-untied", dict(mlp="relu2", logit_softcap=4.0, n_layer=1, tie_embeddings=False), T=16),
     Case("all-L2-untied-bias-T13-explicit-zloss",
          dict(ALL, n_layer=2, tie_embeddings=False, attn_impl="explicit", z_loss=1e-2), T=13),
     Case("all-L1-tied-nobias-Tfull-dpa-remat-H8",
