@@ -15,6 +15,11 @@ task=step: train.py's compiled train step (forward, backward, clip, AdamW: the t
 resolve_run and compile_steps) against the twin's eager step on the same batch, timed alternately in
 one process; ms/step and tokens/s, the twin also alone under the default malloc settings.
 
+task=speedrun: time to quality (issue 27): nanoGPT's CPU recipe on the PyTorch twin sets the target
+(its best val loss over the whole val split), then `train.py configs/speedrun_cpu.py` races to it; both
+times to target (train clock, evaluation excluded, jaxgpt's compilation included) and their ratio.
+See benchmarks/speedrun.py.
+
 task=sample: decoding speed of jaxgpt.generate against the PyTorch twin (reference.torch_twin) on
 random weights: nanoGPT's Shakespeare-char model by default (6 layers, 6 heads, 384 wide, vocab
 65, block 256), a 16-token prompt, batch 1 and 8. Prints a markdown table:
@@ -39,6 +44,7 @@ import os
 from typing import Any, Callable, Dict, Sequence, Tuple
 
 from benchmarks.sample import SAMPLE_OPTIONS, run_sample
+from benchmarks.speedrun import SPEEDRUN_OPTIONS, run_speedrun
 from benchmarks.step import STEP_OPTIONS, run_step
 from benchmarks.train import TRAIN_OPTIONS, run_train
 from jaxgpt.cli import CLIError, Option, main_guard, parse_args
@@ -58,6 +64,7 @@ TASKS: Dict[str, Tuple[Dict[str, Option], Callable[[Dict[str, Any]], None]]] = {
     "sample": (SAMPLE_OPTIONS, run_sample),
     "train": (TRAIN_OPTIONS, run_train),
     "step": (STEP_OPTIONS, run_step),
+    "speedrun": (SPEEDRUN_OPTIONS, run_speedrun),
 }
 
 

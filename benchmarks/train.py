@@ -10,7 +10,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def run_train(opts: Dict[str, Any]) -> None:
     out = table_stream(opts)
     print(f"# bench train: {opts['config']}, seed {t_cfg.seed} ({machine()})", file=out)
     if opts["torch_run"]:
-        rows[f"torch twin ({opts['torch_batches']} batches)"] = _train_torch(t_cfg, opts["torch_batches"])
+        rows[f"torch twin ({opts['torch_batches']} batches)"] = train_torch(t_cfg, opts["torch_batches"])[:3]
     print("| impl | wall s | tokens/s (median of logs) | best val | val at each eval |", file=out)
     print("|---|---|---|---|---|", file=out)
     for name, (secs, tps, evals) in rows.items():
@@ -84,15 +84,28 @@ def run_train(opts: Dict[str, Any]) -> None:
                      "ratio": tps / rows[ratio_to][1] if ratio_to else None})
 
 
-def _train_torch(o, batches: str = "jaxgpt"):
+class TorchRun(NamedTuple):
+    """train_torch's result: wall seconds, median tokens/s, {iter: val loss}, and {iter: train_seconds}
+    (the summed step times before that eval: the train clock of jaxgpt.train.hooks, eval excluded)."""
+    wall_s: float
+    tokens_per_sec: float
+    val_losses: Dict[int, float]
+    train_seconds: Dict[int, float]
+
+
+def train_torch(o, batches: str = "jaxgpt", full_val: bool = False) -> TorchRun:
     """nanoGPT's loop on the twin with jaxgpt's LR schedule. batches="jaxgpt": fed by jaxgpt's own
     batch samplers (the same batches as jaxgpt's run). batches="nanogpt": nanoGPT's train.py
     random stream, so the run is nanoGPT's own for this seed (the twin builds and initializes its
-    modules in nanoGPT's order, so torch.manual_seed gives nanoGPT's initial weights too)."""
+    modules in nanoGPT's order, so torch.manual_seed gives nanoGPT's initial weights too).
+    full_val: the val loss over the whole val split (jaxgpt.train.full_eval's windows, as
+    --eval_full_val computes it) instead of eval_iters batches; nanoGPT's stream then draws no val
+    batches."""
     import torch  # lazy and optional: see the module docstring
+    import torch.nn.functional as F  # lazy and optional: see the module docstring
 
-    from jaxgpt.train.loop import model_config_from_options, prepare_data  # lazy: see the module docstring
-    from jaxgpt.train.optim import lr_schedule  # lazy: see the module docstring
+    from jaxgpt.train.loop import model_config_from_options, prepare_data, schedule_of  # lazy: see the module docstring
+    from jaxgpt.train.full_eval import IGNORE, split_windows  # lazy: see the module docstring
     from jaxgpt.train.tasks import LMBatches  # lazy: see the module docstring
     from reference.torch_twin import TorchGPT, configure_optimizer  # lazy: see the module docstring
 
@@ -100,7 +113,7 @@ def _train_torch(o, batches: str = "jaxgpt"):
     _, prepared = prepare_data(o)  # the trainer's own data preparation
     model = TorchGPT(model_config_from_options(o, prepared.tokenizer.vocab_size))
     optimizer = configure_optimizer(model, o.learning_rate, o.weight_decay, (o.beta1, o.beta2))
-    schedule = lr_schedule(o.learning_rate, o.min_lr, o.warmup_iters, o.lr_decay_iters, o.decay_lr)
+    schedule = schedule_of(o)
     B, T, A = o.batch_size, o.block_size, o.gradient_accumulation_steps
     as_long = lambda a: torch.tensor(np.array(a), dtype=torch.long)  # noqa: E731
     if batches == "nanogpt":
@@ -133,20 +146,33 @@ def _train_torch(o, batches: str = "jaxgpt"):
         def eval_batches(split):
             return jax_batches.eval_batch(split, o.eval_iters, B, everything)
 
+    def whole_val_loss():  # summed cross-entropy over every val target / their number
+        x_WT, y_WT = split_windows(prepared.val, T)
+        total = 0.0
+        for i in range(0, len(x_WT), 64):
+            logits, _ = model(as_long(x_WT[i:i + 64]))
+            total += F.cross_entropy(logits.flatten(0, 1), as_long(y_WT[i:i + 64]).flatten(), ignore_index=IGNORE,
+                                     reduction="sum").item()
+        return total / int(np.sum(y_WT != IGNORE))
+
     # nanoGPT fetches the first batch before its loop, and each next one right after a forward
     # (so before the next eval's batches, which come from the same generator).
     batches = train_stream()
     next_x, next_y = next(batches)
-    val_losses, step_times, t0 = {}, [], time.time()
+    val_losses, train_seconds, step_times, t0 = {}, {}, [], time.time()
     for it in range(o.max_iters + 1):
         if it % o.eval_interval == 0 or it == o.max_iters:
             model.eval()
             with torch.no_grad():
                 for split in ("train", "val"):
+                    if split == "val" and full_val:
+                        val_losses[it] = whole_val_loss()
+                        continue
                     x, y = eval_batches(split)
                     loss = float(np.mean([model(as_long(x[i]), as_long(y[i]))[1].item() for i in range(len(x))]))
                     if split == "val":
                         val_losses[it] = loss
+            train_seconds[it] = sum(step_times)
             model.train()
         if it == o.max_iters:
             break
@@ -162,4 +188,4 @@ def _train_torch(o, batches: str = "jaxgpt"):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step_times.append(time.time() - ts)
-    return time.time() - t0, A * B * T / statistics.median(step_times), val_losses
+    return TorchRun(time.time() - t0, A * B * T / statistics.median(step_times), val_losses, train_seconds)

@@ -10,7 +10,9 @@ through jaxgpt.model.pretrained's single GPT-2 key mapping (Linear weights are C
 The architecture switches of GPTConfig are built the usual torch way too: pos_emb="rope" as in
 Hugging Face's Llama (an inv_freq buffer, cat(freqs, freqs), rotate_half: the half-split
 convention), norm="rmsnorm" and qk_norm with nn.RMSNorm, mlp="swiglu" as
-c_proj(F.silu(c_gate(x)) * c_fc(x)), and config.z_loss in forward's loss.
+c_proj(F.silu(c_gate(x)) * c_fc(x)), mlp="relu2" as c_proj(F.relu(c_fc(x)).square()),
+logit_softcap as c * torch.tanh(logits / c) after lm_head, zero_init_proj as nn.init.zeros_ on
+the c_proj weights, and config.z_loss in forward's loss.
 
 muP (config.mup) the way microsoft/mup does it in torch: `scale=` of F.scaled_dot_product_attention
 (sqrt(K_base) / K), the final hidden state times 1/m before lm_head (MuReadout; MuSharedReadout
@@ -116,15 +118,17 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         if config.mlp == "swiglu":
             self.c_gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        else:
+        elif config.mlp == "gelu":
             self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
-        self.swiglu = config.mlp == "swiglu"
+        self.kind = config.mlp
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
+        if self.kind == "swiglu":
             h = F.silu(self.c_gate(x)) * self.c_fc(x)
+        elif self.kind == "relu2":
+            h = F.relu(self.c_fc(x)).square()
         else:
             h = self.gelu(self.c_fc(x))
         return self.dropout(self.c_proj(h))
@@ -168,6 +172,8 @@ class TorchGPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2's scaled init of residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:  # drawn first all the same: the other tensors keep nanoGPT's draws
+                    nn.init.zeros_(p)
         if config.mup:  # hidden matrices: std / sqrt(fan_in mult), variance ~ 1/fan_in
             for name, p in self.named_parameters():
                 if name.startswith("transformer.h.") and name.endswith(".weight") and p.dim() == 2:
@@ -204,7 +210,10 @@ class TorchGPT(nn.Module):
         x = self.transformer.ln_f(x)
         if self.config.mup:  # MuReadout: output_mult * x / width_mult, before the (tied) head
             x = x * (1.0 / self.config.mup_width_mult)
-        return self.lm_head(x)
+        logits = self.lm_head(x)
+        if self.config.logit_softcap:
+            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
+        return logits
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
         """(B, T) token ids -> (logits (B, T, V), mean cross-entropy over targets != -1, or None).

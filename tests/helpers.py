@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 from jaxgpt.cli import main_guard
-from jaxgpt.train.metrics import read_metrics
+from jaxgpt.train.metrics import WALL_CLOCK_KEYS, read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def one_line_exit_2(result, expected: str):
 
 def loss_events(path):
     """Metrics without the wall-clock fields (tokens/s, MFU), which legitimately differ."""
-    return [{k: v for k, v in e.items() if k not in ("tokens_per_sec", "mfu")} for e in read_metrics(path)]
+    return [{k: v for k, v in e.items() if k not in WALL_CLOCK_KEYS} for e in read_metrics(path)]
 
 
 def digest(path) -> str:

@@ -88,3 +88,39 @@ def test_json_prints_one_record_per_measurement(tmp_path, corpus_path):
     assert jax_row["ratio"] == jax_row["tokens_per_sec"] / torch_row["tokens_per_sec"]
     assert 0 < jax_row["mfu"] < 1 and jax_row["config"]["n_layer"] == 1
     assert abs(jax_row["ms_per_step"] * jax_row["tokens_per_sec"] - 1000 * 4 * 32) < 1e-6 * 128_000
+
+
+def test_speedrun_races_jaxgpt_to_the_references_whole_val_loss(tmp_path, corpus_text, capsys):
+    """A short reference (4 iterations) sets a target a longer jaxgpt run (12 iterations, Muon) passes:
+    one record per side, the ratio is the two times to target, both from the train clock."""
+    import json
+
+    from benchmarks.speedrun import time_to_target
+
+    corpus = tmp_path / "corpus.txt"  # 5k val tokens: the whole-val evaluations stay cheap
+    corpus.write_text(corpus_text[:50_000], encoding="utf-8")
+    shape = (f"dataset = {str(corpus)!r}\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\nbatch_size = 4\n"
+             "eval_iters = 2\nlog_interval = 2\nwarmup_iters = 1\n")
+    reference, config = tmp_path / "reference.py", tmp_path / "speedrun.py"
+    reference.write_text(shape + "max_iters = 4\neval_interval = 2\nlr_decay_iters = 4\n")
+    config.write_text(shape + "max_iters = 12\neval_interval = 4\nlr_decay_iters = 12\nlearning_rate = 1e-2\n"
+                              "optimizer = 'muon'\nmuon_learning_rate = 0.05\n")
+    code, out, err = run_script(capsys, "bench.py", "--task=speedrun", f"--config={config}",
+                                f"--reference={reference}", "--json=True")
+    assert code == 0, err
+    ref_row, jax_row = [json.loads(line) for line in out.splitlines()]
+    assert ref_row["impl"].startswith("reference") and jax_row["reference"] == ref_row["impl"]
+    assert ref_row["target_val_loss"] == ref_row["best_val_loss"] == jax_row["target_val_loss"]
+    assert jax_row["best_val_loss"] <= jax_row["target_val_loss"] and jax_row["iter_at_target"] in (4, 8, 12)
+    assert 0 < ref_row["time_to_target_s"] and 0 < jax_row["time_to_target_s"]
+    assert jax_row["ratio"] == jax_row["time_to_target_s"] / ref_row["time_to_target_s"]
+    assert jax_row["config"]["eval_full_val"] is True and "time-to-target ratio" in err
+
+    assert time_to_target({0: 4.0, 5: 3.0, 10: 2.5}, {0: 0.0, 5: 1.0, 10: 2.0}, 3.0) == (5, 1.0)
+    assert time_to_target({0: 4.0}, {0: 0.0}, 3.0) == (None, None)
+    other = tmp_path / "other.py"
+    other.write_text(config.read_text() + "val_fraction = 0.2\n")
+    for args, message in [([f"--config={tmp_path / 'missing.py'}"], "no config file"),
+                          ([f"--config={other}", f"--reference={reference}"], "the same data")]:
+        code, _, err = run_script(capsys, "bench.py", "--task=speedrun", *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err

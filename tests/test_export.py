@@ -255,6 +255,12 @@ def test_what_cannot_be_exported_is_refused_in_one_line(capsys, tmp_path):
     save_checkpoints(tmp_path / "neox", config, {1: gpt_params(config, 7)})
     line = refused(capsys, tmp_path / "neox", tmp_path / "out" / "hf", "--norm=layernorm cannot be exported as Llama")
     assert "GPT-2 needs pos_emb=learned" in line
+    config = GPTConfig(vocab_size=CHAR.vocab_size, mlp="relu2", **TINY)  # squared ReLU: no HF GPT-2 activation
+    save_checkpoints(tmp_path / "relu2", config, {1: gpt_params(config, 7)})
+    refused(capsys, tmp_path / "relu2", tmp_path / "out" / "hf", "--mlp=relu2 cannot be exported as GPT-2")
+    config = GPTConfig(vocab_size=CHAR.vocab_size, logit_softcap=30.0, **TINY)
+    save_checkpoints(tmp_path / "softcap", config, {1: gpt_params(config, 7)})
+    refused(capsys, tmp_path / "softcap", tmp_path / "out" / "hf", "--logit_softcap=30.0 cannot be exported")
     build_classifier_run(tmp_path / "mean", "all", pooling="mean")
     refused(capsys, tmp_path / "mean", tmp_path / "out" / "hf", "--pooling=mean cannot be exported")
 

@@ -13,7 +13,7 @@ from jaxgpt.finetune.config import FinetuneConfig
 from jaxgpt.finetune.classify_data import make_splits, load_labeled
 from jaxgpt.data.corpus import DataError
 from jaxgpt.train.checkpoint import load_inference_params
-from jaxgpt.train.metrics import read_metrics
+from jaxgpt.train.metrics import WALL_CLOCK_KEYS, read_metrics
 from helpers import FINETUNE_TINY, REPO, digest, load_script, one_line_exit_2, run_main, spam_rows, write_csv
 
 finetune_script = load_script("finetune.py")
@@ -43,7 +43,7 @@ def test_resume_is_exact_and_the_run_reports_metrics(capsys, tmp_path, csv_path)
     a, b = read_metrics(str(whole / "metrics.jsonl")), read_metrics(str(part / "metrics.jsonl"))
 
     def later(events):
-        return [{k: v for k, v in e.items() if k not in ("tokens_per_sec", "mfu")} for e in events if e["iter"] > 4]
+        return [{k: v for k, v in e.items() if k not in WALL_CLOCK_KEYS} for e in events if e["iter"] > 4]
 
     assert later(a) == later(b) and len(later(a)) >= 3  # logs at 6 and 8, the eval at 8, the test event
     evals = [e for e in a if "val_loss" in e]

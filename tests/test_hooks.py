@@ -75,7 +75,8 @@ def test_evaluation_updates_best_and_last_and_logs_event_and_line():
     assert (loop.best_val, loop.last_val, loop.val_improved) == (2.0, 2.5, False)
     loop = evaluation(loop)  # equal to the best is no improvement
     assert (loop.best_val, loop.last_val, loop.val_improved) == (2.0, 2.0, False)
-    assert report.events[0] == {"iter": 10, "train_loss": 1.5, "val_loss": 2.0, "val_ppl": math.exp(2.0)}
+    assert report.events[0] == {"iter": 10, "train_loss": 1.5, "val_loss": 2.0, "val_ppl": math.exp(2.0),
+                                "train_seconds": 0.0}
     assert report.lines[0] == "iter 10: train loss 1.5000, val loss 2.0000 (ppl 7.39)"
 
 

@@ -73,6 +73,7 @@ CASES = [
     Case("swiglu-L1-tied-bias", dict(mlp="swiglu", n_layer=1), T=16),
     Case("qknorm-L1-tied-bias", dict(qk_norm=True, n_layer=1), T=16),
     Case("zloss-L1-gpt2", dict(n_layer=1, z_loss=0.05), T=16),
+    Case("relu2-softcap-L1-untied", dict(mlp="relu2", logit_softcap=4.0, n_layer=1, tie_embeddings=False), T=16),
     Case("all-L2-untied-bias-T13-explicit-zloss",
          dict(ALL, n_layer=2, tie_embeddings=False, attn_impl="explicit", z_loss=1e-2), T=13),
     Case("all-L1-tied-nobias-Tfull-dpa-remat-H8",
@@ -280,7 +281,7 @@ def test_twin_generate_cached_equals_naive_with_all_switches():
 @pytest.mark.parametrize("overrides, message", [
     (dict(pos_emb="alibi"), r"pos_emb must be one of \('learned', 'rope'\), got 'alibi'"),
     (dict(norm="batchnorm"), r"norm must be one of \('layernorm', 'rmsnorm'\), got 'batchnorm'"),
-    (dict(mlp="relu"), r"mlp must be one of \('gelu', 'swiglu'\), got 'relu'"),
+    (dict(mlp="relu"), r"mlp must be one of \('gelu', 'swiglu', 'relu2'\), got 'relu'"),
     (dict(qk_norm=1), r"qk_norm must be True or False, got 1"),
     (dict(z_loss=-1e-4), r"z_loss must be a finite number >= 0, got -0.0001"),
     (dict(z_loss=float("nan")), r"z_loss must be a finite number >= 0, got nan"),

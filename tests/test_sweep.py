@@ -10,7 +10,7 @@ import pytest
 
 from jaxgpt.scale import sweep
 from jaxgpt.cli import ConfigError
-from jaxgpt.train.metrics import read_metrics
+from jaxgpt.train.metrics import WALL_CLOCK_KEYS, read_metrics
 from helpers import REPO, run_script
 
 TINY_SWEEP = """
@@ -29,7 +29,7 @@ def _write_config(tmp_path, corpus_path, text=TINY_SWEEP):
 
 
 def _losses(path):
-    return [{k: v for k, v in e.items() if k not in ("tokens_per_sec", "mfu")} for e in read_metrics(path)]
+    return [{k: v for k, v in e.items() if k not in WALL_CLOCK_KEYS} for e in read_metrics(path)]
 
 
 def test_grid_expansion_budgets_and_names(tmp_path, corpus_path):

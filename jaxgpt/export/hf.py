@@ -37,8 +37,8 @@ __all__ = ["ExportError", "HFCheckpoint", "GPT2", "LLAMA", "ARCHITECTURES", "arc
 GPT2, LLAMA = "GPT-2", "Llama"
 # The switches each architecture needs (GPTConfig field -> value).
 ARCHITECTURES: Dict[str, Dict[str, Any]] = {
-    GPT2: {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False},
-    LLAMA: {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False},
+    GPT2: {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False, "logit_softcap": 0.0},
+    LLAMA: {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False, "logit_softcap": 0.0},
 }
 _HF_GELU = {"tanh": "gelu_new", "exact": "gelu"}
 # Relative error allowed when the head's bias is folded into ln_f (float64 solve, float32 weights).

@@ -23,7 +23,7 @@ GELU_KINDS = ("tanh", "exact")
 ATTN_IMPLS = ("dot_product_attention", "explicit", "cudnn")
 POS_EMBS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "relu2")
 SWIGLU_MULTIPLE = 64  # SwiGLU hidden width is rounded up to a multiple of this
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -105,11 +105,17 @@ class GPTConfig:
                      ids the model is given (the KV cache stores rotated keys).
     rope_theta:      RoPE base (10000, as RoFormer / GPT-NeoX / Llama 2).
     norm:            "layernorm" or "rmsnorm" (scale only, no bias even when bias=True; same eps).
-    mlp:             "gelu" (c_fc -> GELU -> c_proj, hidden 4D) or "swiglu"
-                     (c_proj(silu(c_gate(x)) * c_fc(x)), Llama's SwiGLU); see mlp_hidden_dim.
+    mlp:             "gelu" (c_fc -> GELU -> c_proj, hidden 4D), "swiglu"
+                     (c_proj(silu(c_gate(x)) * c_fc(x)), Llama's SwiGLU; see mlp_hidden_dim) or
+                     "relu2" (c_proj(relu(c_fc(x))^2), hidden 4D: Primer's squared ReLU, as in
+                     modded-nanogpt; GELU's param tree).
     qk_norm:         RMSNorm of q and k over the head width K (learned scales q_norm, k_norm of
                      shape (K,), shared by the heads of a layer, eps = layer_norm_eps), applied
                      after the qkv projection and BEFORE the rotary embedding (as OLMo 2, Qwen 3).
+    logit_softcap:   0 (off) or c > 0: logits = c * tanh(logits / c) (Gemma 2, modded-nanogpt),
+                     in float32, on every forward (training, evaluation, decoding); no parameter.
+    zero_init_proj:  initialize the residual projections (attn/c_proj and mlp/c_proj kernels) to
+                     zero (modded-nanogpt): every block starts as the identity. Init only.
     z_loss:          PaLM's auxiliary loss coefficient: the training loss adds
                      z_loss * mean(logsumexp(logits)^2) over the counted targets (1e-4 in PaLM).
                      Applied in the loss, not the forward pass: the training step must pass it on as
@@ -152,9 +158,15 @@ class GPTConfig:
     rope_theta: float = arch_field(10000.0, "RoPE base",
                                    Check(lambda v: _is_finite(v) and v > 1, "a finite number > 1"), decided_by=BACKBONE)
     norm: str = arch_field("layernorm", "layernorm | rmsnorm", choices=NORMS, decided_by=BACKBONE)
-    mlp: str = arch_field("gelu", "gelu (4D hidden) | swiglu (8D/3 hidden, rounded up to 64)", choices=MLPS,
-                          decided_by=BACKBONE)
+    mlp: str = arch_field("gelu", "gelu (4D hidden) | swiglu (8D/3 hidden, rounded up to 64) | relu2 (squared "
+                                  "ReLU, 4D hidden)", choices=MLPS, decided_by=BACKBONE)
     qk_norm: bool = arch_field(False, "RMS-normalize queries and keys per head", BOOL, decided_by=BACKBONE)
+    logit_softcap: float = arch_field(0.0, "0 (off) or c > 0: logits = c * tanh(logits / c)",
+                                      Check(lambda v: _is_finite(v) and v >= 0, "a finite number >= 0"),
+                                      decided_by=BACKBONE)
+    # Init only: trained weights hold whatever it gave, so the run's value (which inits nothing then) is kept.
+    zero_init_proj: bool = arch_field(False, "zero-initialize the residual projections (attn and mlp c_proj)", BOOL,
+                                      decided_by=RUN)
     # A training-loss coefficient, not in the weights, so adopt_backbone leaves it alone: pretraining from
     # GPT-2 applies the run's, fine-tuning keeps the backbone's (as before the config tree).
     z_loss: float = arch_field(0.0, "PaLM's z-loss coefficient (training loss only; 1e-4 in PaLM)",
@@ -232,7 +244,7 @@ class GPTConfig:
         attn = d * 3 * d + 3 * d * b + d * d + d * b
         if self.qk_norm:
             attn += 2 * self.head_dim  # q_norm and k_norm scales (K,)
-        n_in = 1 if self.mlp == "gelu" else 2  # swiglu: c_fc and c_gate, both D -> F
+        n_in = 2 if self.mlp == "swiglu" else 1  # swiglu: c_fc and c_gate, both D -> F
         mlp = n_in * (d * f + f * b) + f * d + d * b
         wpe = self.block_size * d if self.pos_emb == "learned" else 0
         total = v * d + wpe + L * (2 * ln + attn + mlp) + ln
@@ -329,7 +341,7 @@ def check_attn_impl(attn_impl: str, backend: str | None = None) -> None:
 
 
 def _mlp_hidden_dim(mlp: str, n_embd: int) -> int:
-    if mlp == "gelu":
+    if mlp in ("gelu", "relu2"):
         return 4 * n_embd
     return SWIGLU_MULTIPLE * -(-8 * n_embd // (3 * SWIGLU_MULTIPLE))
 

@@ -12,11 +12,12 @@ Param tree (names follow nanoGPT/GPT-2 so weights map one to one):
     h_i/attn/q_norm, k_norm  scale (K,)                    (qk_norm=True only)
     h_i/attn/c_proj kernel (H, K, D),    bias (D,)
     h_i/mlp/c_fc    kernel (D, F),       bias (F,)         F = config.mlp_hidden_dim (4D for gelu)
-    h_i/mlp/c_gate  kernel (D, F),       bias (F,)         (mlp="swiglu" only)
+    h_i/mlp/c_gate  kernel (D, F),       bias (F,)         (mlp="swiglu" only; "relu2" has GELU's tree)
     h_i/mlp/c_proj  kernel (F, D),       bias (D,)
     ln_f                            lm_head kernel (D, V), bias (V,)  (untied only)
 Biases exist iff config.bias. With norm="rmsnorm" every ln_* holds a scale (D,) only.
 Keeping heads as their own axis lets tensor parallelism shard whole heads.
+zero_init_proj starts both c_proj kernels at zero; logit_softcap caps the logits in GPT.readout.
 
 muP (config.mup; Yang et al. 2022, "Tensor Programs V", Table 3 for Adam, with microsoft/mup's
 MuReadout / MuSharedReadout / MuAdam conventions). m = config.mup_width_mult = n_embd / mup_base_width;
@@ -219,6 +220,14 @@ def _hidden_init(cfg: GPTConfig, std: float, fan_in_mult: float):
     return _normal(std / math.sqrt(fan_in_mult) if cfg.mup else std)
 
 
+def _projection_init(cfg: GPTConfig, fan_in_mult: float):
+    """A residual projection (c_proj): GPT-2's std 0.02 / sqrt(2 n_layer) (muP-scaled like any hidden
+    matrix), or zeros with zero_init_proj."""
+    if cfg.zero_init_proj:
+        return nn.initializers.zeros
+    return _hidden_init(cfg, _STD / math.sqrt(2 * cfg.n_layer), fan_in_mult)
+
+
 def _dense_dot_general(cfg: GPTConfig, transpose_weight_grad: bool):
     """jaxgpt.model.cpu_backward's dense backward in float32 on a CPU backend (None elsewhere: lax.dot_general).
     transpose_weight_grad picks the weight gradient's form XLA:CPU runs faster for that layer's
@@ -298,7 +307,7 @@ class CausalSelfAttention(nn.Module):
 
         y_BTD = nn.DenseGeneral(
             features=D, axis=(-2, -1), use_bias=cfg.bias, dtype=cfg.dtype,
-            kernel_init=_hidden_init(cfg, _STD / math.sqrt(2 * cfg.n_layer), cfg.mup_width_mult), name="c_proj",
+            kernel_init=_projection_init(cfg, cfg.mup_width_mult), name="c_proj",
         )(y_BTHK)
         y_BTD = nn.Dropout(cfg.dropout, name="resid_dropout")(y_BTD, deterministic=deterministic)
         return y_BTD, new_cache
@@ -322,12 +331,14 @@ class MLP(nn.Module):
             gate_MF = nn.Dense(F, use_bias=cfg.bias, dtype=cfg.dtype,
                                kernel_init=_hidden_init(cfg, _STD, cfg.mup_width_mult), name="c_gate")(x_MD)
             h_MF = nn.silu(gate_MF) * h_MF
+        elif cfg.mlp == "relu2":  # Primer's squared ReLU
+            h_MF = jnp.square(nn.relu(h_MF))
         elif cfg.gelu == "exact" and h_MF.dtype == jnp.float32:
             h_MF = fused.gelu_exact(h_MF)  # erf form with a written-out derivative (jaxgpt.model.cpu_backward)
         else:
             h_MF = nn.gelu(h_MF, approximate=cfg.gelu == "tanh")
         y_MD = nn.Dense(cfg.n_embd, use_bias=cfg.bias, dtype=cfg.dtype,
-                        kernel_init=_hidden_init(cfg, _STD / math.sqrt(2 * cfg.n_layer), cfg.mup_mlp_width_mult),
+                        kernel_init=_projection_init(cfg, cfg.mup_mlp_width_mult),
                         name="c_proj", dot_general=_dense_dot_general(cfg, transpose_weight_grad=True))(h_MF)
         y_BTD = y_MD.reshape(B, T, D)
         return nn.Dropout(cfg.dropout, name="resid_dropout")(y_BTD, deterministic=deterministic)
@@ -435,8 +446,12 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             # Head in the compute dtype with float32 accumulation and float32 logits.
             emb_VD = self.wte.embedding.astype(cfg.dtype)
-            return jnp.einsum("btd,vd->btv", x_BTD.astype(cfg.dtype), emb_VD, preferred_element_type=jnp.float32)
-        return self.lm_head(x_BTD).astype(jnp.float32)
+            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(cfg.dtype), emb_VD, preferred_element_type=jnp.float32)
+        else:
+            logits_BTV = self.lm_head(x_BTD).astype(jnp.float32)
+        if cfg.logit_softcap > 0:  # c * tanh(logits / c): smooth, bounded by c
+            logits_BTV = cfg.logit_softcap * jnp.tanh(logits_BTV / cfg.logit_softcap)
+        return logits_BTV
 
     def __call__(self, idx_BT: jax.Array, deterministic: bool = True) -> jax.Array:
         self._check_tokens(idx_BT)

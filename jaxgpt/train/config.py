@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from jaxgpt.cli import ConfigError, Option, check_value
 from jaxgpt.model.pretrained import HUB_NAMES
+from jaxgpt.train.optim import SCHEDULES
 from jaxgpt.train.tracking import check_tracking_packages
 from jaxgpt.model.config import (ARCH_OPTIONS, BACKBONE_KEYS, COMPUTE_KEYS, GPTConfig, Spelling, check_architecture,
                                  crop_block_size)
@@ -86,6 +87,8 @@ class TrainConfig:
     eval_interval: int = option_field(250, "evaluate (and checkpoint) every N iterations")
     log_interval: int = option_field(10, "log train loss every N iterations")
     eval_iters: int = option_field(20, "batches per split in each evaluation")
+    eval_full_val: bool = option_field(False, "val loss over the WHOLE val split (non-overlapping block_size windows, "
+                                              "the last partial one included) instead of eval_iters random batches")
     always_save_checkpoint: bool = option_field(True, "checkpoint at every eval (else only when val improves)")
     keep_checkpoints: int = option_field(2, "keep the last N checkpoints (plus the best-val one)")
     # Tracking options are run options (saved with the run): a resume, a sweep member's too, goes on logging.
@@ -139,6 +142,14 @@ class TrainConfig:
     warmup_iters: int = option_field(100, "linear warmup iterations")
     lr_decay_iters: int = option_field(1000, "cosine decay ends here (usually = max_iters)")
     min_lr: float = option_field(1e-4, "learning rate after decay")
+    schedule: str = option_field("cosine", "with decay_lr: cosine (nanoGPT's) | wsd (warmup, stable, then a linear "
+                                           "cooldown to min_lr)", choices=SCHEDULES)
+    cooldown_frac: float = option_field(0.2, "with --schedule=wsd: the last fraction of lr_decay_iters that cools down")
+    optimizer: str = option_field("adamw", "adamw | muon (Muon for the blocks' hidden matrices, AdamW for the rest)",
+                                  choices=("adamw", "muon"))
+    muon_learning_rate: float = option_field(0.02, "with --optimizer=muon: the hidden matrices' peak learning rate "
+                                                   "(the schedule's shape, scaled)")
+    muon_momentum: float = option_field(0.95, "with --optimizer=muon: Muon's Nesterov momentum")
     # ---- system
     seed: int = option_field(1337, "seed of parameters, batches and dropout")
     dp: int = option_field(-1, "data-parallel mesh axis (-1 = all devices left)")
@@ -174,6 +185,11 @@ class TrainConfig:
             value = getattr(self, key)
             need(value is None or value >= 0, f"--{key} must be >= 0, got {value}")
         need(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}")
+        need(self.muon_learning_rate > 0, f"--muon_learning_rate must be > 0, got {self.muon_learning_rate}")
+        need(0.0 <= self.muon_momentum < 1.0, f"--muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        need(0.0 < self.cooldown_frac <= 1.0, f"--cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
+        need(self.optimizer != "muon" or not self.mup,
+             "--optimizer=muon and --mup=True do not combine: muP's per-layer learning rates are AdamW's")
         need(0.0 < self.val_fraction < 1.0, f"--val_fraction must be in (0, 1), got {self.val_fraction}")
         for key in ("beta1", "beta2"):
             need(0.0 <= getattr(self, key) < 1.0, f"--{key} must be in [0, 1), got {getattr(self, key)}")

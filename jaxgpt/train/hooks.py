@@ -18,6 +18,12 @@ iteration n, before the step from n to n+1, run_loop (jaxgpt.train.loop) runs th
     loss plot          after an evaluation: at most every Reporter.PLOT_EVERY_S, always at the end (or stop)
     throughput clock   restarted at log and eval points, so eval time stays out of tokens/s
 
+and, around the eval-point hooks, the train clock (TrainClock): stopped (after the last step has
+finished) before the evaluation, started again after the last hook, so LoopState.train_seconds, which
+every eval event and checkpoint carries, is the wall time spent outside evaluation, checkpointing and
+plotting since the first train step was dispatched, that step's compilation included. A resumed run
+starts from its checkpoint's count (and adds its own compilation).
+
 Also here: the Reporter (metrics.jsonl and the trackers --tensorboard/--wandb_log turn on
 (jaxgpt.train.tracking), loss.png, the bar and the printed lines; process 0 only), the run's
 header and the end-of-run samples.
@@ -43,7 +49,7 @@ from jaxgpt.train.resolved import ResolvedRun
 from jaxgpt.train.run_dir import LOSS_PNG, RunDir
 from jaxgpt.train.tracking import close_trackers, open_trackers
 
-__all__ = ["LoopState", "Hook", "run_due_hooks", "loop_hooks", "Reporter", "DivergenceWatch", "Throughput",
+__all__ = ["LoopState", "Hook", "run_due_hooks", "loop_hooks", "Reporter", "DivergenceWatch", "Throughput", "TrainClock",
            "eval_event_and_line", "is_main_process", "print_header", "print_samples"]
 
 
@@ -59,6 +65,7 @@ class LoopState:
     step_metrics: Any = None  # the last train step's metrics, on the device; None before this run's first step
     best_iter: int = 0  # the iteration of best_val (early stopping counts from it)
     stop: bool = False  # early stopping: the loop ends after this iteration's hooks
+    train_seconds: float = 0.0  # train-clock seconds up to the last evaluation (TrainClock; the module docstring)
 
 
 def is_main_process() -> bool:
@@ -99,7 +106,7 @@ def loop_hooks(run: ResolvedRun, checkpointer, report: Reporter, *, first_iter: 
     """The loop's hooks in their order (the module docstring). evaluate(params) -> {split: {metric:
     value}}; save(loop, val_loss) writes a checkpoint; diverged: the error a NaN/inf loss raises."""
     cfg = run.cfg
-    watch, clock = DivergenceWatch(), Throughput(run, first_iter)
+    watch, clock, train_clock = DivergenceWatch(), Throughput(run, first_iter), TrainClock()
     # A resumed run logged the evaluation at its first iteration before that checkpoint was written.
     evals = dict(every=(cfg.eval_interval,), at_end=True, at_start=run.restored is None)
 
@@ -126,11 +133,13 @@ def loop_hooks(run: ResolvedRun, checkpointer, report: Reporter, *, first_iter: 
              at_start=False),
         Hook("progress", progress_hook(report, clock), every=(cfg.log_interval,), at_end=True, at_start=False),
         Hook("progress bar", advance_bar, every=(1,), at_start=False),
+        Hook("train clock: stop", train_clock.stop, **evals),
         Hook("evaluation", evaluation_hook(evaluate, report, cfg.patience), **evals),
         Hook("checkpoint", checkpoint_hook(save, cfg.always_save_checkpoint), **evals),
         Hook("loss plot", plot_hook(report, cfg.max_iters), **evals),
         Hook("throughput clock", restart_clock, every=(cfg.log_interval, cfg.eval_interval), at_end=True,
              at_start=run.restored is None),
+        Hook("train clock: start", train_clock.start, every=(1,)),
     ]
 
 
@@ -159,6 +168,7 @@ def evaluation_hook(evaluate: Callable[[Any], Dict[str, Dict[str, float]]], repo
     def evaluation(loop: LoopState) -> LoopState:
         metrics = evaluate(loop.train_state.params)
         event, line = eval_event_and_line(loop.iter_num, metrics)
+        event["train_seconds"] = loop.train_seconds
         report.event(event)
         report.line(line)
         val = metrics["val"]["loss"]
@@ -229,6 +239,26 @@ class Throughput:
         """(tokens/s, MFU) of the iterations since the restart, now."""
         tps = (iteration - self.iter_last) * self.tokens_per_iter / max(time.time() - self.t_last, 1e-9)
         return tps, mfu(self.flops_per_token, tps, self.peak_total)
+
+
+class TrainClock:
+    """The race clock: wall time while training runs, stopped over the eval-point hooks (the module
+    docstring). Its seconds live in LoopState.train_seconds, so checkpoints keep them."""
+
+    def __init__(self):
+        self.started: Optional[float] = None  # perf_counter() when running
+
+    def start(self, loop: LoopState) -> LoopState:
+        if self.started is None:
+            self.started = time.perf_counter()
+        return loop
+
+    def stop(self, loop: LoopState) -> LoopState:
+        if self.started is None:  # the loop's first iteration: no step dispatched yet
+            return loop
+        jax.block_until_ready(loop.train_state)  # the dispatched steps are training time
+        seconds, self.started = time.perf_counter() - self.started, None
+        return dataclasses.replace(loop, train_seconds=loop.train_seconds + seconds)
 
 
 class DivergenceWatch:

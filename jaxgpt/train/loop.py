@@ -35,11 +35,12 @@ from jaxgpt.model.pretrained import HUB_NAMES as PRETRAINED_NAMES, load_pretrain
 from jaxgpt.train import sharding
 from jaxgpt.train.config import (OPTIONS, TrainConfig, adopt_backbone, changed_run_options, config_from_sources,
                                fixed_on_resume, options_of, read_run_options)
+from jaxgpt.train.full_eval import full_split_evaluator, make_split_loss_step
 from jaxgpt.train.hooks import (LoopState, Reporter, is_main_process, loop_hooks, print_header, print_samples,
                                 run_due_hooks)
 from jaxgpt.train.host_memory import retain_freed_memory
 from jaxgpt.train.metrics import perplexity
-from jaxgpt.train.optim import freeze, lr_schedule, make_optimizer, mup_lr_scales
+from jaxgpt.train.optim import MuonSettings, freeze, lr_schedule, make_optimizer, mup_lr_scales
 from jaxgpt.train.resolved import ResolvedRun, Restored
 from jaxgpt.train.run_dir import RunDir, RunDirLock, check_out_dir, clear_run_files
 from jaxgpt.train.step import abstract_train_state, init_train_state, make_eval_step, make_train_step
@@ -318,13 +319,20 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
     resolved = (setup or language_modeling_setup)(cfg, notes, extra)
     cfg, corpus, prepared, model_cfg, task = (resolved.cfg, resolved.corpus, resolved.prepared,
                                               resolved.model_config, resolved.task)
+    if cfg.eval_full_val and not hasattr(task.batches, "split_tokens"):
+        raise ConfigError(f"--eval_full_val=True evaluates a token stream window by window; the {task.name} task "
+                          "has no such val split: leave it False")
     pretrained_params = resolved.pretrained_params
-    schedule = lr_schedule(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr)
+    schedule = schedule_of(cfg)
     abstract_params = jax.eval_shape(task.init_params, jax.random.key(0))  # shapes only, no memory
     # muP: per-layer learning-rate multipliers (None, the plain AdamW chain, when off)
     lr_scales = mup_lr_scales(abstract_params, model_cfg)
+    muon = None
+    if cfg.optimizer == "muon":  # the same schedule's shape at Muon's own peak
+        muon = MuonSettings(lambda step: schedule(step) * (cfg.muon_learning_rate / cfg.learning_rate),
+                            momentum=cfg.muon_momentum)
     optimizer = make_optimizer(schedule, weight_decay=cfg.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2,
-                               grad_clip=cfg.grad_clip, lr_scales=lr_scales)
+                               grad_clip=cfg.grad_clip, lr_scales=lr_scales, muon_settings=muon)
     if task.trainable is not None:  # fine-tuning: frozen params get no update and no AdamW moments
         optimizer = freeze(optimizer, task.trainable)
     mesh = sharding.make_mesh(cfg.dp, cfg.fsdp, cfg.tp)
@@ -351,6 +359,12 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
                          f"{cfg.max_iters}: nothing to train (pass a larger --max_iters to go on)")
     return ResolvedRun(cfg, corpus, prepared, model_cfg, task, mesh, rows, optimizer, schedule, pretrained_params,
                        restored, notes)
+
+
+def schedule_of(cfg: TrainConfig):
+    """The run's learning-rate schedule (AdamW's; Muon's is the same shape, scaled)."""
+    return lr_schedule(cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_lr,
+                       kind=cfg.schedule, cooldown_frac=cfg.cooldown_frac)
 
 
 def _restore(cfg: TrainConfig, step: int, task, optimizer, mesh) -> Restored:
@@ -401,20 +415,27 @@ def start_run_dir(run: ResolvedRun) -> None:
 class Steps:
     train: Callable
     eval: Callable
+    full_val: Optional[Callable[[Any], float]] = None  # --eval_full_val: params -> loss over the whole val split
 
 
 def compile_steps(run: ResolvedRun, state_sharding) -> Steps:
     train_step = sharding.compile_train_step(make_train_step(run.task.loss, run.optimizer, run.schedule),
                                              run.mesh, state_sharding)
     eval_step = sharding.compile_eval_step(make_eval_step(run.task.loss), run.mesh, state_sharding.params)
-    return Steps(train_step, eval_step)
+    full_val = None
+    if run.cfg.eval_full_val:
+        split_step = sharding.compile_eval_step(make_split_loss_step(run.task.loss), run.mesh, state_sharding.params)
+        full_val = full_split_evaluator(split_step, run.task.batches.split_tokens("val"), run.cfg.block_size,
+                                        run.cfg.batch_size, run.rows, lambda x: sharding.global_batch(run.mesh, x))
+    return Steps(train_step, eval_step, full_val)
 
 
 def initial_loop_state(run: ResolvedRun, rng) -> LoopState:
     if run.restored is not None:
         extra = run.restored.extra
         return LoopState(run.restored.state, int(extra["iter_num"]), float(extra["best_val_loss"]),
-                         best_iter=int(extra.get("best_iter", extra["iter_num"])))
+                         best_iter=int(extra.get("best_iter", extra["iter_num"])),
+                         train_seconds=float(extra.get("train_seconds", 0.0)))  # 0.0: a checkpoint from before
     state = init_train_state(run.task.init_params, run.optimizer, run.mesh, rng, params=run.pretrained_params)
     return LoopState(state, 0, math.inf)
 
@@ -429,6 +450,9 @@ def evaluate_metrics(run: ResolvedRun, steps: Steps, params, splits=None) -> Dic
     cfg = run.cfg
     out = {}
     for split in splits or run.task.eval_splits:
+        if split == "val" and steps.full_val is not None:
+            out[split] = {"loss": steps.full_val(params)}
+            continue
         batch = run.task.batches.eval_batch(split, cfg.eval_iters, cfg.batch_size, run.rows)
         result = steps.eval(params, global_batch_of(run, batch))
         summary = run.task.eval_summary
@@ -442,6 +466,7 @@ def evaluate(run: ResolvedRun, steps: Steps, params) -> Dict[str, float]:
 
 def save_checkpoint(run: ResolvedRun, checkpointer, loop: LoopState, val_loss: float) -> None:
     extra = {"iter_num": loop.iter_num, "best_val_loss": loop.best_val, "best_iter": loop.best_iter,
+             "train_seconds": loop.train_seconds,
              "model_config": run.model_config.to_dict(),
              "run_config": run.cfg.run_options(), "data_meta": run.prepared.meta, **run.task.batches.state_dict()}
     checkpointer.save(loop.iter_num, loop.train_state, extra, val_loss=val_loss)
@@ -524,7 +549,7 @@ def train(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Dict[str, An
         lock.release()
 
     summary = {"iters": loop.iter_num, "best_val_loss": loop.best_val, "last_val_loss": loop.last_val,
-               "seconds": elapsed, "out_dir": cfg.out_dir, **finished}
+               "seconds": elapsed, "train_seconds": loop.train_seconds, "out_dir": cfg.out_dir, **finished}
     if is_main:
         print(f"done: {loop.iter_num} iterations in {elapsed:.1f}s | best val loss {loop.best_val:.4f} | "
               f"checkpoints, metrics.jsonl and loss.png in {cfg.out_dir}")

@@ -13,6 +13,10 @@ from jaxgpt.files import read_json_object, save_figure_atomic
 from jaxgpt.train.run_dir import METRICS_FILE, RunDir
 
 
+# The fields of an event that measure wall time (they differ between two runs of the same config).
+WALL_CLOCK_KEYS = ("tokens_per_sec", "mfu", "train_seconds")
+
+
 class MetricsLog:
     """Append-only JSONL log. On resume, events past the restored iteration are dropped so the
     file reads exactly like that of an uninterrupted run."""

@@ -1,14 +1,17 @@
-"""AdamW with nanoGPT's learning-rate schedule and weight-decay mask, and muP's per-layer
-learning rates (mup_lr_scales, make_optimizer(lr_scales=...))."""
+"""AdamW with nanoGPT's learning-rate schedule (or warmup-stable-decay) and weight-decay mask, muP's
+per-layer learning rates (mup_lr_scales, make_optimizer(lr_scales=...)), and Muon for the hidden
+matrices (make_optimizer(muon=MuonSettings(...)): hidden_matrix_dims says which and how)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
 # Leaves that are weight matrices (decayed); biases and LayerNorm scales are not.
 _DECAYED_LEAVES = ("kernel", "embedding")
@@ -28,19 +31,33 @@ def weight_decay_mask(params):
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
+SCHEDULES = ("cosine", "wsd")
+
+
 def lr_schedule(learning_rate: float, min_lr: float, warmup_iters: int, lr_decay_iters: int,
-                decay_lr: bool = True) -> optax.Schedule:
-    """nanoGPT's get_lr: linear warmup, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+                decay_lr: bool = True, kind: str = "cosine", cooldown_frac: float = 0.2) -> optax.Schedule:
+    """nanoGPT's get_lr: linear warmup, cosine decay to min_lr at lr_decay_iters, then min_lr.
+
+    kind="wsd" (warmup-stable-decay): the same warmup, then learning_rate held until the last
+    cooldown_frac of lr_decay_iters, then a straight line down to min_lr at lr_decay_iters (the
+    cooldown starts no earlier than the warmup's end), then min_lr."""
     if not decay_lr:
         return optax.constant_schedule(learning_rate)
+    if kind not in SCHEDULES:
+        raise ValueError(f"kind must be one of {SCHEDULES}, got {kind!r}")
+    cooldown_start = max(float(warmup_iters), lr_decay_iters * (1.0 - cooldown_frac))
 
     def schedule(step):
         it = jnp.asarray(step, jnp.float32)
         warm = learning_rate * (it + 1) / (warmup_iters + 1)
-        span = max(lr_decay_iters - warmup_iters, 1)
-        ratio = jnp.clip((it - warmup_iters) / span, 0.0, 1.0)
-        cosine = min_lr + 0.5 * (1.0 + jnp.cos(math.pi * ratio)) * (learning_rate - min_lr)
-        return jnp.where(it < warmup_iters, warm, jnp.where(it > lr_decay_iters, min_lr, cosine))
+        if kind == "cosine":
+            span = max(lr_decay_iters - warmup_iters, 1)
+            ratio = jnp.clip((it - warmup_iters) / span, 0.0, 1.0)
+            decayed = min_lr + 0.5 * (1.0 + jnp.cos(math.pi * ratio)) * (learning_rate - min_lr)
+        else:
+            ratio = jnp.clip((it - cooldown_start) / max(lr_decay_iters - cooldown_start, 1.0), 0.0, 1.0)
+            decayed = learning_rate + ratio * (min_lr - learning_rate)
+        return jnp.where(it < warmup_iters, warm, jnp.where(it > lr_decay_iters, min_lr, decayed))
 
     return schedule
 
@@ -51,6 +68,34 @@ _HIDDEN_MATRICES = {("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("m
 
 def _key_names(path) -> tuple:
     return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _hidden_matrix(names: tuple) -> Optional[tuple]:
+    """("attn", "c_attn") etc. when the path names a block's hidden kernel, else None."""
+    if len(names) >= 4 and names[0].startswith("h_") and names[-1] == "kernel" \
+            and tuple(names[-3:-1]) in _HIDDEN_MATRICES:
+        return tuple(names[-3:-1])
+    return None
+
+
+# How Muon reads each hidden kernel as (fan-in, fan-out) matrices; axes left out are batch axes, each
+# slice orthogonalized on its own (optax.contrib's MuonDimensionNumbers).
+_MUON_DIMS = {
+    ("attn", "c_attn"): MuonDimensionNumbers(reduction_axis=0, output_axis=(2, 3)),  # (D, 3, H, K): q, k, v apart
+    ("attn", "c_proj"): MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=2),  # (H, K, D)
+}
+_MATRIX = MuonDimensionNumbers(reduction_axis=0, output_axis=1)  # mlp c_fc, c_gate (D, F), c_proj (F, D)
+
+
+def hidden_matrix_dims(params):
+    """For Muon: each leaf's MuonDimensionNumbers if it is a hidden kernel of a block (attn c_attn and
+    c_proj, mlp c_fc, c_gate, c_proj), else None (embeddings, an untied head, biases, norm scales,
+    other tasks' heads: AdamW's). params may be abstract or masked (optax's MaskedNode is no leaf)."""
+    def dims(path, _leaf):
+        kind = _hidden_matrix(_key_names(path))
+        return None if kind is None else _MUON_DIMS.get(kind, _MATRIX)
+
+    return jax.tree_util.tree_map_with_path(dims, params)
 
 
 def mup_lr_scales(params, config) -> Optional[Any]:
@@ -77,10 +122,9 @@ def mup_lr_scales(params, config) -> Optional[Any]:
     m, m_mlp = config.mup_width_mult, config.mup_mlp_width_mult
 
     def scale(path, _leaf) -> float:
-        names = _key_names(path)
-        if len(names) >= 4 and names[0].startswith("h_") and names[-1] == "kernel" \
-                and tuple(names[-3:-1]) in _HIDDEN_MATRICES:
-            return 1.0 / (m_mlp if names[-3:-1] == ("mlp", "c_proj") else m)
+        kind = _hidden_matrix(_key_names(path))
+        if kind is not None:
+            return 1.0 / (m_mlp if kind == ("mlp", "c_proj") else m)
         return 1.0
 
     return jax.tree_util.tree_map_with_path(scale, params)
@@ -105,9 +149,61 @@ def scale_by_leaf(scales) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+@dataclasses.dataclass(frozen=True)
+class MuonSettings:
+    """Muon (Jordan et al. 2024, modded-nanogpt) for the hidden matrices: Nesterov momentum, then each
+    matrix's update orthogonalized by ns_steps quintic Newton-Schulz iterations (optax.contrib's
+    scale_by_muon), scaled by sqrt(max(1, fan_out / fan_in)) (scale_by_fan_ratio, Keller Jordan's
+    rule), then decayed by weight_decay and multiplied by learning_rate (a float or a schedule)."""
+    learning_rate: Any
+    momentum: float = 0.95
+    ns_steps: int = 5
+    weight_decay: float = 0.0
+
+
+def muon_labels(params):
+    """"muon" for the leaves hidden_matrix_dims names, "adamw" for the rest."""
+    return jax.tree_util.tree_map(lambda d: "adamw" if d is None else "muon", hidden_matrix_dims(params),
+                                  is_leaf=lambda d: d is None or isinstance(d, MuonDimensionNumbers))
+
+
+def fan_ratio_scale(shape, dims: MuonDimensionNumbers) -> float:
+    """sqrt(max(1, fan_out / fan_in)) of a kernel read as dims says (Keller Jordan's Muon: a tall
+    orthogonal update's RMS is 1/sqrt(fan_in) per entry, this keeps the output's change ~1 per step)."""
+    axes = lambda a: (a,) if isinstance(a, int) else tuple(a)  # noqa: E731
+    fan_in = math.prod(shape[i] for i in axes(dims.reduction_axis))
+    fan_out = math.prod(shape[i] for i in axes(dims.output_axis))
+    return math.sqrt(max(1.0, fan_out / fan_in))
+
+
+def scale_by_fan_ratio() -> optax.GradientTransformation:
+    """Each hidden kernel's update times fan_ratio_scale (static, from its shape); other leaves as they are
+    (on hidden matrices only, it is what optax.contrib's scale_by_shape does by default)."""
+
+    def update(updates, state, params=None):
+        del params
+        dims = hidden_matrix_dims(updates)
+        scaled = jax.tree_util.tree_map(lambda u, d: u if d is None else u * fan_ratio_scale(u.shape, d), updates,
+                                        dims, is_leaf=lambda x: x is None or isinstance(x, MuonDimensionNumbers))
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def muon(settings: MuonSettings) -> optax.GradientTransformation:
+    """The Muon chain of MuonSettings on hidden matrices (to be masked to them, as make_optimizer does:
+    optax.contrib.muon's own alias pairs it with NAdam and an unmasked decay, hence this chain)."""
+    return optax.chain(
+        scale_by_muon(beta=settings.momentum, ns_steps=settings.ns_steps, nesterov=True,
+                      weight_dimension_numbers=hidden_matrix_dims),
+        scale_by_fan_ratio(),
+        optax.add_decayed_weights(settings.weight_decay),
+        optax.scale_by_learning_rate(settings.learning_rate))
+
+
 def make_optimizer(learning_rate, *, weight_decay: float = 0.1, beta1: float = 0.9,
                    beta2: float = 0.95, eps: float = 1e-8, grad_clip: float = 1.0,
-                   lr_scales=None, scale_weight_decay: bool = False,
+                   lr_scales=None, scale_weight_decay: bool = False, muon_settings: Optional[MuonSettings] = None,
                    ) -> optax.GradientTransformation:
     """Global-norm clipping (off when grad_clip == 0), then AdamW with the decay mask.
 
@@ -127,6 +223,10 @@ def make_optimizer(learning_rate, *, weight_decay: float = 0.1, beta1: float = 0
     = torch.optim.AdamW with a param group of lr * s and the same weight_decay (mup's
     decoupled_wd=True); the hidden matrices then decay m times slower at width m. Either way the
     scale is applied after Adam's normalization (scaling the gradient before Adam would cancel).
+
+    muon_settings (None: AdamW everywhere): the hidden matrices (muon_labels) take Muon's update
+    instead, the rest keeps the AdamW above; clipping, when on, sees the whole gradient first.
+    Not with lr_scales: muP's multipliers are AdamW's (Muon's shape scaling is its width rule).
     """
     if lr_scales is None:
         adamw = optax.adamw(learning_rate, b1=beta1, b2=beta2, eps=eps,
@@ -140,6 +240,10 @@ def make_optimizer(learning_rate, *, weight_decay: float = 0.1, beta1: float = 0
                             scale_by_leaf(lr_scales),
                             optax.add_decayed_weights(weight_decay, weight_decay_mask),
                             optax.scale_by_learning_rate(learning_rate))
+    if muon_settings is not None:
+        if lr_scales is not None:
+            raise ValueError("Muon and muP's lr_scales do not combine: the scales are AdamW's")
+        adamw = optax.multi_transform({"adamw": adamw, "muon": muon(muon_settings)}, muon_labels)
     if grad_clip and grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
     return adamw

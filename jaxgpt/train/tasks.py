@@ -33,6 +33,9 @@ class BatchSource(Protocol):
 
     def eval_batch(self, split: str, n_batches: int, batch_size: int, rows: slice) -> Any: ...
 
+    # Optional (language modelling only): `split_tokens(split)`, a split's whole token stream, which
+    # --eval_full_val evaluates window by window (jaxgpt.train.full_eval).
+
     def state_dict(self) -> Dict[str, Any]: ...
 
     def load_state_dict(self, state: Dict[str, Any]) -> None: ...
@@ -95,6 +98,10 @@ class LMBatches:
 
     def eval_batch(self, split: str, n_batches: int, batch_size: int, rows: slice):
         return self.evals[split].sample_accum(n_batches, batch_size, self.block_size, rows=rows)
+
+    def split_tokens(self, split: str):
+        """The split's whole token stream (an array or a ShardedSplit), for --eval_full_val."""
+        return self.evals[split].tokens
 
     def state_dict(self) -> Dict[str, Any]:
         return {"train_sampler": self.train.state_dict(),

@@ -1,0 +1,107 @@
+"""bench.py --task=speedrun: time to quality (issue 27). The race, in one process, one run after the other:
+
+  1. the reference: nanoGPT's CPU recipe (--reference, configs/shakespeare_char_cpu.py) trained by the
+     PyTorch twin on nanoGPT's own batch stream (benchmarks.train.train_torch, batches="nanogpt");
+  2. jaxgpt: `train.py --config` (configs/speedrun_cpu.py), its own trainer.
+
+Both measure val loss over the WHOLE val split in non-overlapping windows of the run's block size
+(jaxgpt.train.full_eval; --eval_full_val on jaxgpt's side) at each eval, and the train clock: wall time
+outside evaluation since the first train step (jaxgpt's compilation included). The target is the best
+val loss the reference reaches; each side's time to target is its train clock at its first eval at or
+below it; the ratio is jaxgpt's time over the reference's (the goal: <= 1/3). Timings on a shared
+machine are noisy: only the ratio of one bench run, both sides measured back to back, means much.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+from typing import Any, Dict, Optional, Tuple
+
+from benchmarks.common import emit_record, machine, table_stream
+from benchmarks.train import train_torch
+from jaxgpt.cli import CLIError, Option
+
+SPEEDRUN_OPTIONS: Dict[str, Option] = {
+    "config": Option("configs/speedrun_cpu.py", "jaxgpt's train.py config in the race"),
+    "reference": Option("configs/shakespeare_char_cpu.py", "the reference recipe the PyTorch twin trains (nanoGPT's "
+                                                           "batches); its best whole-val loss is the target"),
+    "dataset": Option("", "the corpus both sides train on (a path to Tiny Shakespeare's input.txt; default: the "
+                          "configs' dataset)"),
+    "train_seed": Option(None, "override both configs' seed", type=int),
+}
+
+
+def time_to_target(val_losses: Dict[int, float], train_seconds: Dict[int, float], target: float
+                   ) -> Tuple[Optional[int], Optional[float]]:
+    """(iteration, train seconds) of the first eval whose val loss is <= target; (None, None) if none is."""
+    for it in sorted(val_losses):
+        if val_losses[it] <= target:
+            return it, train_seconds[it]
+    return None, None
+
+
+def run_speedrun(opts: Dict[str, Any]) -> None:
+    from jaxgpt.train.loop import config_from_argv, train  # lazy: see benchmarks.train's docstring
+    from jaxgpt.train.metrics import read_metrics  # lazy: see benchmarks.train's docstring
+    from jaxgpt.train.run_dir import RunDir  # lazy: see benchmarks.train's docstring
+
+    common = ["--progress=False", "--num_samples=0"]
+    if opts["dataset"]:
+        common.append(f"--dataset={opts['dataset']}")
+    if opts["train_seed"] is not None:
+        common.append(f"--seed={opts['train_seed']}")
+    for path in (opts["config"], opts["reference"]):
+        if not os.path.isfile(path):
+            raise CLIError(f"no config file {path}")
+    out = tempfile.mkdtemp(prefix="bench_speedrun_")
+    ref_cfg = config_from_argv([opts["reference"], *common, f"--out_dir={out}/reference"])
+    jax_cfg = config_from_argv([opts["config"], *common, "--eval_full_val=True", f"--out_dir={out}/jax"])
+    if (ref_cfg.dataset, ref_cfg.tokenizer, ref_cfg.val_fraction) != (jax_cfg.dataset, jax_cfg.tokenizer,
+                                                                        jax_cfg.val_fraction):
+        raise CLIError("the reference and the config must train on the same data (dataset, tokenizer, val_fraction)")
+    stream = table_stream(opts)
+
+    reference = train_torch(ref_cfg, "nanogpt", full_val=True)
+    target = min(reference.val_losses.values())
+    ref_iter, ref_seconds = time_to_target(reference.val_losses, reference.train_seconds, target)
+
+    with contextlib.redirect_stdout(stream):  # the run's own lines stay off a --json stdout
+        train(jax_cfg)
+    events = read_metrics(RunDir(jax_cfg.out_dir).metrics_path)
+    evals = [e for e in events if "val_loss" in e]
+    jax_val = {e["iter"]: e["val_loss"] for e in evals}
+    jax_iter, jax_seconds = time_to_target(jax_val, {e["iter"]: e["train_seconds"] for e in evals}, target)
+    jax_tps = statistics.median(e["tokens_per_sec"] for e in events if "tokens_per_sec" in e)
+    jax_mfu = statistics.median(e["mfu"] for e in events if "mfu" in e)
+    ratio = jax_seconds / ref_seconds if jax_seconds is not None else None
+
+    print(f"# bench speedrun: target = best whole-val loss of {opts['reference']} on the PyTorch twin = "
+          f"{target:.4f} ({machine()})", file=stream)
+    print("| run | iters | best val | final val | first at target | time to target (s) | tokens/s |", file=stream)
+    print("|---|---|---|---|---|---|---|", file=stream)
+    rows = [("reference (PyTorch twin)", ref_cfg, reference.val_losses, ref_iter, ref_seconds, reference.tokens_per_sec),
+            (f"jaxgpt {opts['config']}", jax_cfg, jax_val, jax_iter, jax_seconds, jax_tps)]
+    for name, cfg, vals, it, seconds, tps in rows:
+        reached = ("not reached", "-") if it is None else (f"iter {it}", f"{seconds:.1f}")
+        print(f"| {name} | {cfg.max_iters} | {min(vals.values()):.4f} | {vals[max(vals)]:.4f} | {reached[0]} | "
+              f"{reached[1]} | {tps:,.0f} |", file=stream)
+    verdict = "not reached" if ratio is None else f"{ratio:.3f} ({'within' if ratio <= 1 / 3 else 'over'} the 1/3 goal)"
+    print(f"time-to-target ratio jaxgpt / reference: {verdict}", file=stream)
+
+    import jax  # lazy: see benchmarks.train's docstring
+
+    device = f"{jax.devices()[0].platform}: {machine()}"
+    for name, cfg, vals, it, seconds, tps in rows:
+        is_jax = name.startswith("jaxgpt")
+        tokens_per_step = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+        emit_record(opts, {"task": "speedrun", "impl": name, "config": cfg.run_options(), "device": device,
+                           "tokens_per_sec": tps, "ms_per_step": 1000 * tokens_per_step / tps,
+                           "mfu": jax_mfu if is_jax else None, "target_val_loss": target,
+                           "best_val_loss": min(vals.values()), "final_val_loss": vals[max(vals)],
+                           "iter_at_target": it, "time_to_target_s": seconds,
+                           "reference": rows[0][0] if is_jax else None,
+                           "reference_time_to_target_s": ref_seconds if is_jax else None,
+                           "ratio": ratio if is_jax else None})
