@@ -10,8 +10,8 @@ import sys
 from helpers import REPO, run_script
 
 
-def _bench(*args: str, pythonpath: str = "") -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(REPO)) if p), JAX_PLATFORMS="cpu")
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, str(REPO / "bench.py"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
