@@ -4,16 +4,27 @@ Config files are plain Python that assign some of the known keys. Every key must
 every value is parsed by the key's declared type: `--start=3.10` stays the text "3.10" for a
 string key, `--n_layer=0x10` is refused for an integer key. Anything wrong is a `CLIError` (a
 ValueError) naming the key, in one line, which `main_guard` turns into exit code 2 without a traceback.
+
+A config file is a path, or the name of a built-in config shipped in jaxgpt/configs/
+(`shakespeare_char`, `shakespeare_char.py`, or `configs/shakespeare_char.py` as the docs spell it:
+a missing path in a folder named configs falls back to the built-in of that file name).
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import math
 import os
 import sys
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from jaxgpt.optional import MissingDependency
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # the built-in configs
+# The command --help's usage line names: `jaxgpt VERB` sets it; the checkout's scripts leave "python <script>".
+COMMAND: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("jaxgpt_command", default=None)
 
 
 class ConfigError(ValueError):
@@ -91,17 +102,38 @@ def check_value(key: str, value: Any, option: Option, where: str = "") -> Any:
 
 
 def format_help(prog: str, summary: str, options: Dict[str, Option]) -> str:
-    lines = [f"usage: python {prog} [config.py ...] [--key=value ...]", "", summary, "", "keys (default):"]
+    command = COMMAND.get() or f"python {prog}"
+    lines = [f"usage: {command} [config.py ...] [--key=value ...]", "", summary, "",
+             f"config files: a path, or a built-in name ({', '.join(builtin_configs())})", "", "keys (default):"]
     width = max(len(k) for k in options) + 2
     for key, opt in options.items():
         lines.append(f"  --{key:<{width}} {opt.default!r:<14} {opt.help}")
     return "\n".join(lines)
 
 
+def builtin_configs() -> List[str]:
+    """The names of the configs shipped in jaxgpt/configs/."""
+    return sorted(name[:-3] for name in os.listdir(CONFIG_DIR) if name.endswith(".py"))
+
+
+def find_config_file(path: str) -> str:
+    """The file a config argument names: the path itself when it is a file, else the built-in config
+    of that file name when the path is a bare name or lies in a folder named configs (the checkout's
+    `configs/NAME.py`, as the docs spell it)."""
+    if os.path.isfile(path):
+        return path
+    folder, name = os.path.split(path)
+    builtin = os.path.join(CONFIG_DIR, name if name.endswith(".py") else f"{name}.py")
+    in_configs = not folder or os.path.basename(os.path.normpath(folder)) == "configs"
+    if in_configs and name and os.path.isfile(builtin):
+        return builtin
+    raise CLIError(f"config file not found: {path} (built-in configs: {', '.join(builtin_configs())})")
+
+
 def read_config_file(path: str, options: Dict[str, Option]) -> Dict[str, Any]:
-    """The known keys a config file assigns, each checked against its declared type."""
-    if not os.path.isfile(path):
-        raise CLIError(f"config file not found: {path}")
+    """The known keys a config file (a path or a built-in name: find_config_file) assigns, each
+    checked against its declared type."""
+    path = find_config_file(path)
     namespace: Dict[str, Any] = {}
     try:
         with open(path, encoding="utf-8") as f:
@@ -144,20 +176,22 @@ def parse_args(options: Dict[str, Option], argv: Sequence[str], prog: str = "", 
     return {**{key: opt.default for key, opt in options.items()}, **parse_given(options, argv, prog, summary)}
 
 
-def main_guard(main: Callable[[Sequence[str]], Any]) -> None:
-    """Run main(argv); bad input (ValueError, which CLIError and the library's errors are) and
-    file-system errors become one line on stderr and exit 2.
+def main_guard(main: Callable[[Sequence[str]], Any], argv: Optional[Sequence[str]] = None) -> None:
+    """Run main(argv) (default: sys.argv[1:]); bad input (ValueError, which CLIError and the
+    library's errors are), file-system errors and a missing optional package (MissingDependency)
+    become one line on stderr and exit 2.
 
     Set JAXGPT_DEBUG=1 to get the traceback and the libraries' own log lines instead.
     """
+    args = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("JAXGPT_DEBUG"):
-        main(sys.argv[1:])
+        main(args)
         return
     # Orbax and JAX log through absl; their ERROR lines would duplicate our one-line message.
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
-        main(sys.argv[1:])
-    except ValueError as exc:
+        main(args)
+    except (ValueError, MissingDependency) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as exc:  # a full disk, a read-only folder, a path that is a file, ...

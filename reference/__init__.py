@@ -1,1 +1,2 @@
-"""References outside the runtime package: the PyTorch twin the parity tests and benchmarks compare to."""
+"""References outside the runtime: the PyTorch twin the parity tests compare to (torch_twin, which
+re-exports jaxgpt.bench.torch_twin: the package ships it for `jaxgpt bench`)."""

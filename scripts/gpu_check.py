@@ -96,7 +96,7 @@ def cudnn_check(smoke: bool):
 
 def shakespeare(data: str, smoke: bool):
     """configs/shakespeare_char.py in bf16 through bench.py's train task (the trainer's own loop)."""
-    config = (REPO / "configs" / "shakespeare_char.py").read_text(encoding="utf-8")
+    config = (REPO / "jaxgpt" / "configs" / "shakespeare_char.py").read_text(encoding="utf-8")
     config += '\ncompute_dtype = "bfloat16"\n'
     if smoke:
         config += ("n_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 32\nbatch_size = 4\nmax_iters = 20\n"

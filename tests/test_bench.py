@@ -10,8 +10,8 @@ import sys
 from helpers import REPO, run_script
 
 
-def _bench(*args: str, pythonpath: str = "") -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(REPO)) if p), JAX_PLATFORMS="cpu")
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, str(REPO / "bench.py"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -29,13 +29,24 @@ def test_sample_task_prints_a_row_per_implementation_past_block_size():
     assert "window_stride 8" in proc.stdout
 
 
-def test_sample_task_without_transformers_says_what_to_install(tmp_path):
-    """transformers' generate is the decoding reference but no jaxgpt dependency: without it,
-    one line names the package (a stand-in module that fails to import hides any installed one)."""
-    (tmp_path / "transformers.py").write_text("raise ImportError('not installed')\n")
-    proc = _bench("--task=sample", "--n_layer=1", pythonpath=str(tmp_path))
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "pip install transformers" in lines[0], proc.stderr
+def test_sample_task_without_torch_and_transformers_runs_the_jax_rows_and_says_so(capsys, monkeypatch):
+    """The comparisons need torch and transformers, which jaxgpt does not depend on: without them
+    (a None entry in sys.modules makes `import` fail), the jax rows run and one line per skipped
+    comparison says what to install."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    code, out, err = run_script(capsys, "bench.py", "--task=sample", "--n_layer=1", "--n_head=2", "--n_embd=32",
+                                "--block_size=32", "--prompt_len=8", "--new_tokens=8", "--batch_sizes=1",
+                                "--repeats=1")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "impl" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["jax generate"], out
+    notes = [line for line in err.splitlines() if line.startswith("bench: ")]
+    assert notes == [
+        "bench: the PyTorch twin's rows (torch naive, torch cached) skipped: torch not installed "
+        "(pip install 'jaxgpt[bench]'; or --torch=False)",
+        "bench: transformers' generate rows (hf generate) skipped: torch and transformers not installed "
+        "(pip install 'jaxgpt[bench]'; or --hf=False)"], err
 
 
 def _bench_in_process(capsys, *args: str):

@@ -7,6 +7,7 @@ tests/test_sharding.py (they need simulated devices in a subprocess).
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import os
 from unittest import mock
@@ -38,7 +39,7 @@ def make_state(seed: int, config: GPTConfig = CFG, step: int = 0) -> TrainState:
     return _make_state(config, seed, step)
 
 
-@jax.jit(static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)  # jax.jit(**options) as a decorator: jax >= 0.8.1 only
 def _make_state(config: GPTConfig, seed, step):
     # jitted: one compile instead of dozens of eager op dispatches
     params = GPT(config).init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))["params"]

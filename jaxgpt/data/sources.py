@@ -27,6 +27,7 @@ import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from jaxgpt.data.corpus import DataError
+from jaxgpt.optional import require
 
 DATASET_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
@@ -110,12 +111,8 @@ def _folder_source(root: str) -> DocumentSource:
 
 
 def _import_datasets():
-    try:
-        import datasets  # noqa: PLC0415 - optional dependency, only for dataset sources
-    except ImportError:
-        raise DataError("this source needs the `datasets` package: pip install 'jaxgpt[data]' "
-                        "(or pip install datasets), or pass a folder of .txt files") from None
-    return datasets
+    # optional dependency, only for dataset sources
+    return require("datasets", "this source", alternative="or pass a folder of .txt files")
 
 
 def _as_text(value: Any, label: str, field: str) -> str:

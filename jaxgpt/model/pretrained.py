@@ -39,6 +39,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from jaxgpt.model.config import GPTConfig, crop_block_size
+from jaxgpt.optional import require
 
 __all__ = [
     "load_pretrained",
@@ -323,13 +324,9 @@ def _read_state(directory: Path) -> Dict[str, np.ndarray]:
     if safetensors_path.is_file():
         return dict(load_file(str(safetensors_path)))
     if bin_path.is_file():
-        try:
-            import torch  # optional and heavy: only for pickled pytorch_model.bin checkpoints
-        except ImportError as exc:
-            raise ImportError(
-                f"{bin_path} is a pickled torch checkpoint: torch is needed to read it "
-                "(pip install torch), or convert it to model.safetensors"
-            ) from exc
+        # optional and heavy: only for pickled pytorch_model.bin checkpoints
+        torch = require("torch", f"reading {bin_path} (a pickled torch checkpoint)",
+                        alternative="or convert it to model.safetensors")
         state = torch.load(str(bin_path), map_location="cpu", weights_only=True)
         if not isinstance(state, Mapping):
             raise PretrainedError(f"{bin_path} does not hold a state dict (got {type(state).__name__})")
@@ -342,12 +339,8 @@ def _read_state(directory: Path) -> Dict[str, np.ndarray]:
 
 def _download(name: str) -> Path:
     hint = "pass a local directory with config.json and model.safetensors instead"
-    try:
-        import huggingface_hub  # optional: only to download a hub name
-    except ImportError as exc:
-        raise PretrainedDownloadError(
-            f"could not download {name!r}: huggingface_hub is not installed; {hint}"
-        ) from exc
+    huggingface_hub = require("huggingface_hub", f"downloading {name!r} from the Hugging Face hub",
+                              alternative=f"or {hint}")  # optional: only to download a hub name
     repo_id = name if "/" in name else f"{HUB_ORG}/{name}"
     try:
         path = huggingface_hub.snapshot_download(

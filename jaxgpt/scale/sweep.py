@@ -448,14 +448,23 @@ def run_workers(config_path: str, argv: Sequence[str], workers: int, env_for_wor
     env_for_worker(i) (e.g. CUDA_VISIBLE_DEVICES=i); waits for all, raises if one failed."""
     procs = []
     for i in range(workers):
-        cmd = [sys.executable, os.path.abspath(sys.argv[0]), config_path, *argv, f"--worker={i}",
+        # The `jaxgpt sweep` entry of this very jaxgpt (an install or a checkout): its parent folder
+        # leads the workers' PYTHONPATH, whatever command or script started this process.
+        cmd = [sys.executable, "-m", "jaxgpt", "sweep", config_path, *argv, f"--worker={i}",
                f"--workers={workers}", "--fit=False"]
-        procs.append(subprocess.Popen(cmd, env={**os.environ, **env_for_worker(i)}))
+        env = {**os.environ, "PYTHONPATH": worker_pythonpath(), **env_for_worker(i)}
+        procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     failed = [i for i, c in enumerate(codes) if c != 0]
     if failed:  # an OSError (a child process failed): sweep.py prints it as one line, after the workers' own
         raise ChildProcessError(f"sweep worker(s) {failed} failed (exit codes {[codes[i] for i in failed]}); "
                                 "rerun the same command to resume them")
+
+
+def worker_pythonpath() -> str:
+    """PYTHONPATH for a worker process: the folder holding this jaxgpt package first, then the caller's."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.pathsep.join([package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 def pinned_env(platform: str, index: int) -> Dict[str, str]:

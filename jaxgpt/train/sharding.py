@@ -268,12 +268,21 @@ def replicate(mesh: Mesh, x):
 # XLA:CPU's YNNPACK library fusions (its default for dots and reductions in jax 0.10) ran the
 # shakespeare_char_cpu train step about 1.2-2x slower than XLA's own kernels at these small sizes
 # (measured on a 2-core EPYC, see README "Speed"), so the steps compile without them on CPU.
+# jaxlib < 0.8.1 has no such option (and no such fusions): it refuses an unknown one.
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_YNN_OPTION_SINCE = (0, 8, 1)
 
 
 def compiler_options(mesh: Mesh) -> Optional[dict]:
     """XLA options for the train and eval steps on this mesh's platform (None: XLA's defaults)."""
-    return dict(_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else None
+    if mesh.devices.flat[0].platform != "cpu" or _version_tuple(jax.__version__) < _YNN_OPTION_SINCE:
+        return None
+    return dict(_CPU_COMPILER_OPTIONS)
+
+
+def _version_tuple(version: str) -> Tuple[int, ...]:
+    """"0.8.1" (or "0.9.0.1", "0.10.0.dev2026") -> (0, 8, 1): the leading numeric fields."""
+    return tuple(int(m) for m in re.findall(r"\d+", ".".join(version.split(".")[:3])))
 
 
 def compile_train_step(train_step: Callable, mesh: Mesh, state_sharding) -> Callable:

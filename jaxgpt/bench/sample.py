@@ -1,8 +1,9 @@
-"""bench.py --task=sample: decoding speed of jaxgpt.generate against the PyTorch twin's naive and
+"""jaxgpt bench --task=sample: decoding speed of jaxgpt.generate against the PyTorch twin's naive and
 KV-cached generate and transformers' GPT2LMHeadModel.generate, on the same random weights (see
-bench.py's docstring for what each row measures). jax, torch and transformers are imported when a
-run needs them: --help and flag errors answer without loading them, and torch and transformers
-stay optional (--torch=False, --hf=False)."""
+jaxgpt.bench.cli's docstring for what each row measures). jax, torch and transformers are imported
+when a run needs them: --help and flag errors answer without loading them, and torch and
+transformers stay optional (--torch=False, --hf=False; without them installed, their rows are
+skipped with one line saying so)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from benchmarks.common import emit_record, int_list, machine, table_stream, timed
+from jaxgpt.bench.common import comparison_runs, emit_record, int_list, machine, table_stream, timed
 from jaxgpt.cli import CLIError, Option
 
 Row = Tuple[str, int, Any, str, float, float]  # (impl, batch, new tokens, compile s, median s, tokens/s)
@@ -41,7 +42,7 @@ SAMPLE_OPTIONS: Dict[str, Option] = {
     "torch_cached": Option(True, "also time the twin's KV-cached generate (slow past block_size, where it "
                                  "re-runs the window per token)"),
     "hf": Option(True, "also time Hugging Face transformers' KV-cached GPT2LMHeadModel.generate on the same "
-                       "weights, the reference of the decoding goal (needs `pip install transformers`; "
+                       "weights, the reference of the decoding goal (needs torch and transformers; "
                        "prompt + new tokens must fit in block_size)"),
 }
 
@@ -71,14 +72,14 @@ def run_sample(opts: Dict[str, Any]) -> None:
     decode_chunks = int_list("decode_chunks", opts["decode_chunks"], minimum=0)
     cfg = _model_config(opts)
     temperature, top_k = opts["temperature"], opts["top_k"] or None
-    if opts["hf"]:
-        _require_transformers()
+    use_torch = comparison_runs(opts, "torch", ["torch"], "the PyTorch twin's rows (torch naive, torch cached)")
+    use_hf = comparison_runs(opts, "hf", ["torch", "transformers"], "transformers' generate rows (hf generate)")
     key = jax.random.key(opts["seed"])
     params = GPT(cfg).init(key, np.zeros((1, 1), np.int32))["params"]
     params = jax.device_get(params)
     rs = np.random.default_rng(opts["seed"])
-    torch_model = _torch_twin(cfg, params, opts["threads"]) if opts["torch"] else None
-    hf_model = _hf_model(cfg, params, opts["threads"]) if opts["hf"] else None
+    torch_model = _torch_twin(cfg, params, opts["threads"]) if use_torch else None
+    hf_model = _hf_model(cfg, params, opts["threads"]) if use_hf else None
     setup = _Setup(opts, cfg, params, temperature, top_k, temperature == 0, decode_chunks, torch_model, hf_model)
     _print_header(setup)
     rows: List[Row] = []
@@ -103,10 +104,10 @@ def _model_config(opts: Dict[str, Any]):
 
 
 def _torch_twin(cfg, params, threads: int):
-    """The PyTorch twin (reference.torch_twin) holding exactly `params`, eval mode."""
+    """The PyTorch twin (jaxgpt.bench.torch_twin) holding exactly `params`, eval mode."""
     import torch  # lazy and optional: see the module docstring
 
-    from reference.torch_twin import TorchGPT, flax_to_torch  # lazy: see the module docstring
+    from jaxgpt.bench.torch_twin import TorchGPT, flax_to_torch  # lazy: see the module docstring
 
     if threads:
         torch.set_num_threads(threads)
@@ -269,15 +270,6 @@ def _emit_records(s: _Setup, rows: List[Row]) -> None:
                            "ms_per_step": 1000 * t / (N if isinstance(N, int) else opts["naive_tokens"]),
                            "mfu": None, "reference": reference, "reference_tokens_per_sec": ref_tps,
                            "ratio": tps / ref_tps if reference else None})
-
-
-def _require_transformers() -> None:
-    """--hf needs transformers, which is not a jaxgpt dependency: say what to install, before any work."""
-    try:
-        import transformers  # noqa: F401 - lazy and optional: see the module docstring
-    except ImportError:
-        raise CLIError("--hf=True times Hugging Face transformers' generate: pip install transformers "
-                       "(or pass --hf=False)") from None
 
 
 def _hf_model(cfg, params, threads: int):

@@ -1,7 +1,7 @@
 """bench.py --task=speedrun: time to quality (issue 27). The race, in one process, one run after the other:
 
   1. the reference: nanoGPT's CPU recipe (--reference, configs/shakespeare_char_cpu.py) trained by the
-     PyTorch twin on nanoGPT's own batch stream (benchmarks.train.train_torch, batches="nanogpt");
+     PyTorch twin on nanoGPT's own batch stream (jaxgpt.bench.train.train_torch, batches="nanogpt");
   2. jaxgpt: `train.py --config` (configs/speedrun_cpu.py), its own trainer.
 
 Both measure val loss over the WHOLE val split in non-overlapping windows of the run's block size
@@ -20,8 +20,8 @@ import statistics
 import tempfile
 from typing import Any, Dict, Optional, Tuple
 
-from benchmarks.common import emit_record, machine, table_stream
-from benchmarks.train import train_torch
+from jaxgpt.bench.common import emit_record, machine, table_stream
+from jaxgpt.bench.train import train_torch
 from jaxgpt.cli import CLIError, Option
 
 SPEEDRUN_OPTIONS: Dict[str, Option] = {

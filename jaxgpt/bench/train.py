@@ -1,7 +1,8 @@
-"""bench.py --task=train: the main job twice, side by side, jaxgpt's train() and the PyTorch twin
+"""jaxgpt bench --task=train: the main job twice, side by side, jaxgpt's train() and the PyTorch twin
 (same config, batches and schedule): wall time, median tokens/s and the val loss at each eval, the
 control for the quality bar. jax and torch are imported when a run needs them: --help and flag
-errors answer without loading them, and torch stays optional (--torch_run=False)."""
+errors answer without loading them, and torch stays optional (--torch_run=False; without torch
+installed, the twin's run is skipped with one line saying so)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from typing import Any, Dict, NamedTuple
 
 import numpy as np
 
-from benchmarks.common import emit_record, machine, table_stream
+from jaxgpt.bench.common import BENCH_EXTRA, comparison_runs, emit_record, machine, table_stream
 from jaxgpt.cli import CLIError, Option
+from jaxgpt.optional import require
 
 TRAIN_OPTIONS: Dict[str, Option] = {
-    "config": Option("configs/shakespeare_char_cpu.py", "train.py config file both sides train with"),
+    "config": Option("shakespeare_char_cpu", "train config (a file or a built-in name) both sides train with"),
     "dataset": Option("", "override the config's dataset (e.g. a local path to Tiny Shakespeare)"),
     "max_iters": Option(0, "override max_iters (0: the config's)"),
     "train_seed": Option(None, "override the config's seed (both sides)", type=int),
@@ -48,6 +50,9 @@ def run_train(opts: Dict[str, Any]) -> None:
         overrides.append(f"--seed={opts['train_seed']}")
     if not (opts["jax_run"] or opts["torch_run"]):
         raise CLIError("--jax_run=False and --torch_run=False leave nothing to run")
+    if not opts["jax_run"]:  # the twin alone: torch is what was asked for
+        require("torch", "jaxgpt bench --task=train --jax_run=False (the PyTorch twin alone)", install=BENCH_EXTRA)
+    torch_run = comparison_runs(opts, "torch_run", ["torch"], "the PyTorch twin's run (torch twin)")
     out = tempfile.mkdtemp(prefix="bench_train_")
     t_cfg = config_from_argv([*overrides, f"--out_dir={out}/jax"])
     rows = {}
@@ -63,7 +68,7 @@ def run_train(opts: Dict[str, Any]) -> None:
         rows["jaxgpt"] = (jax_seconds, jax_tps, jax_evals)
     out = table_stream(opts)
     print(f"# bench train: {opts['config']}, seed {t_cfg.seed} ({machine()})", file=out)
-    if opts["torch_run"]:
+    if torch_run:
         rows[f"torch twin ({opts['torch_batches']} batches)"] = train_torch(t_cfg, opts["torch_batches"])[:3]
     print("| impl | wall s | tokens/s (median of logs) | best val | val at each eval |", file=out)
     print("|---|---|---|---|---|", file=out)
@@ -107,7 +112,7 @@ def train_torch(o, batches: str = "jaxgpt", full_val: bool = False) -> TorchRun:
     from jaxgpt.train.loop import model_config_from_options, prepare_data, schedule_of  # lazy: see the module docstring
     from jaxgpt.train.full_eval import IGNORE, split_windows  # lazy: see the module docstring
     from jaxgpt.train.tasks import LMBatches  # lazy: see the module docstring
-    from reference.torch_twin import TorchGPT, configure_optimizer  # lazy: see the module docstring
+    from jaxgpt.bench.torch_twin import TorchGPT, configure_optimizer  # lazy: see the module docstring
 
     torch.manual_seed(o.seed)
     _, prepared = prepare_data(o)  # the trainer's own data preparation

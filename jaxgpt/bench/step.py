@@ -1,7 +1,8 @@
-"""bench.py --task=step: one optimizer step (forward, backward, clip, AdamW) of train.py's own
+"""jaxgpt bench --task=step: one optimizer step (forward, backward, clip, AdamW) of train.py's own
 compiled step against the PyTorch twin's eager step, same model, batch and optimizer, timed
 alternately in one process. jax and torch are imported when a run needs them: --help and flag
-errors answer without loading them, and torch stays optional (--torch_run=False)."""
+errors answer without loading them, and torch stays optional (--torch_run=False; without torch
+installed, the twin's rows are skipped with one line saying so)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from benchmarks.common import emit_record, machine, table_stream
+from jaxgpt.bench.common import comparison_runs, emit_record, machine, table_stream
 from jaxgpt.cli import CLIError, Option
 
 STEP_OPTIONS: Dict[str, Option] = {
-    "config": Option("configs/shakespeare_char_cpu.py", "train.py config file (model, batch, optimizer) both sides use"),
+    "config": Option("shakespeare_char_cpu", "train config (a file or a built-in name: model, batch, optimizer) "
+                                             "both sides use"),
     "dataset": Option("", "override the config's dataset (its vocabulary sizes the model; e.g. a local Tiny Shakespeare)"),
     "steps": Option(20, "train steps per timing (a timing is their mean; the median of --repeats timings is reported)"),
     "torch_run": Option(True, "also time the PyTorch twin's step (eager, torch.optim.AdamW, clip_grad_norm_)"),
@@ -40,8 +42,9 @@ def run_step(opts: Dict[str, Any]) -> None:
     if opts["steps"] < 1:
         raise CLIError(f"--steps must be >= 1, got {opts['steps']}")
     run = resolve_run(config_from_argv(argv))  # the trainer's model, optimizer, schedule and batches
+    use_torch = comparison_runs(opts, "torch_run", ["torch"], "the PyTorch twin's step (torch twin)")
     jax_steps, x_ABT, y_ABT = _jaxgpt_steps(run, opts["steps"])
-    torch_steps = _twin_steps(run, x_ABT, y_ABT, opts) if opts["torch_run"] else None
+    torch_steps = _twin_steps(run, x_ABT, y_ABT, opts) if use_torch else None
     times = _time_steps(jax_steps, torch_steps, opts)
     _report(opts, run, times, tokens=x_ABT.size, with_twin=torch_steps is not None)
 
@@ -74,7 +77,7 @@ def _twin_steps(run, x_ABT, y_ABT, opts: Dict[str, Any]) -> Steps:
     """opts["steps"] eager steps of the twin (same model config, optimizer and batch)."""
     import torch  # lazy and optional: see the module docstring
 
-    from reference.torch_twin import TorchGPT, configure_optimizer  # lazy: see the module docstring
+    from jaxgpt.bench.torch_twin import TorchGPT, configure_optimizer  # lazy: see the module docstring
 
     cfg = run.cfg
     if opts["threads"]:

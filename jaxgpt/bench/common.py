@@ -1,5 +1,6 @@
-"""What bench.py's tasks share: where the tables and the --json records go, a timer, the machine's
-description, and the parsing of comma-separated integer options."""
+"""What jaxgpt bench's tasks share: where the tables and the --json records go, a timer, the machine's
+description, the parsing of comma-separated integer options, and whether an optional comparison
+(torch, transformers) can run."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Sequence, TextIO, Tuple
 
 from jaxgpt.cli import CLIError
+from jaxgpt.optional import available
+
+BENCH_EXTRA = "jaxgpt[bench]"  # torch and transformers: what the comparisons need
 
 
 def emit_record(opts: Dict[str, Any], record: Dict[str, Any]) -> None:
@@ -36,6 +40,20 @@ def int_list(key: str, value: Any, minimum: int = 1) -> List[int]:
         what = "positive integers" if minimum == 1 else f"integers >= {minimum}"
         raise CLIError(f"--{key} must be comma-separated {what}, got {value!r}")
     return values
+
+
+def comparison_runs(opts: Dict[str, Any], key: str, packages: Sequence[str], rows: str) -> bool:
+    """Whether the comparison that option `key` asks for runs: it is asked for and its packages
+    import. A missing package is no error: one line on stderr says which rows are skipped and what
+    to install, and the benchmark goes on without them."""
+    if not opts[key]:
+        return False
+    missing = [package for package in packages if not available(package)]
+    if missing:
+        print(f"bench: {rows} skipped: {' and '.join(missing)} not installed "
+              f"(pip install '{BENCH_EXTRA}'; or --{key}=False)", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def timed(fn: Callable[[], Any], repeats: int, max_seconds: float) -> Tuple[float, List[float]]:
