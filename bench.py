@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): `python bench.py --task=sample|train [config.py ...] [--key=value ...]`.
+"""Benchmarks (not tests): `python bench.py --task=sample|train|step|speedrun [config.py ...] [--key=value ...]`.
 
 task=train: the main job side by side with the PyTorch twin (same config, batches and schedule):
 median tokens/s and the val loss at each eval, the control for the quality bar.
