@@ -5,12 +5,13 @@ test_train.py, test_run_safety.py and test_checkpoint.py)."""
 from __future__ import annotations
 
 import math
+import time
 import types
 
 import jax.numpy as jnp
 import pytest
 
-from jaxgpt.train.hooks import (DivergenceWatch, Hook, LoopState, checkpoint_hook, evaluation_hook,
+from jaxgpt.train.hooks import (DivergenceWatch, Hook, LoopState, TrainClock, checkpoint_hook, evaluation_hook,
                                 run_due_hooks)
 
 
@@ -78,6 +79,16 @@ def test_evaluation_updates_best_and_last_and_logs_event_and_line():
     assert report.events[0] == {"iter": 10, "train_loss": 1.5, "val_loss": 2.0, "val_ppl": math.exp(2.0),
                                 "train_seconds": 0.0}
     assert report.lines[0] == "iter 10: train loss 1.5000, val loss 2.0000 (ppl 7.39)"
+
+
+def test_train_clock_counts_only_between_start_and_stop(monkeypatch):
+    now = iter([100.0, 103.5, 110.0, 111.0])  # start, stop, start, stop
+    monkeypatch.setattr(time, "perf_counter", lambda: next(now))
+    clock, loop = TrainClock(), LoopState(None, 0, math.inf, train_seconds=2.0)  # 2 s from a checkpoint
+    assert clock.stop(loop) is loop  # never started: the loop's first iteration
+    loop = clock.stop(clock.start(loop))
+    assert clock.start(clock.start(loop)).train_seconds == 5.5  # a second start while running is no restart
+    assert clock.stop(loop).train_seconds == 6.5
 
 
 @pytest.mark.parametrize("iter_num, improved, always, saves", [

@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): `jaxgpt bench --task=sample|train|step [config ...] [--key=value ...]`
+"""Benchmarks (not tests): `jaxgpt bench --task=sample|train|step|speedrun [config ...] [--key=value ...]`
 (the checkout's `python bench.py`).
 
 The comparisons (the PyTorch twin's rows, transformers' generate) run when torch and transformers

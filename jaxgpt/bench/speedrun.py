@@ -63,6 +63,10 @@ def run_speedrun(opts: Dict[str, Any]) -> None:
                                                                         jax_cfg.val_fraction):
         raise CLIError("the reference and the config must train on the same data (dataset, tokenizer, val_fraction)")
     stream = table_stream(opts)
+    if opts["threads"]:
+        import torch  # lazy and optional: see benchmarks.train's docstring
+
+        torch.set_num_threads(opts["threads"])
 
     reference = train_torch(ref_cfg, "nanogpt", full_val=True)
     target = min(reference.val_losses.values())
