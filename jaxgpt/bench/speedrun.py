@@ -44,9 +44,9 @@ def time_to_target(val_losses: Dict[int, float], train_seconds: Dict[int, float]
 
 
 def run_speedrun(opts: Dict[str, Any]) -> None:
-    from jaxgpt.train.loop import config_from_argv, train  # lazy: see benchmarks.train's docstring
-    from jaxgpt.train.metrics import read_metrics  # lazy: see benchmarks.train's docstring
-    from jaxgpt.train.run_dir import RunDir  # lazy: see benchmarks.train's docstring
+    from jaxgpt.train.loop import config_from_argv, train  # lazy: see jaxgpt.bench.train's docstring
+    from jaxgpt.train.metrics import read_metrics  # lazy: see jaxgpt.bench.train's docstring
+    from jaxgpt.train.run_dir import RunDir  # lazy: see jaxgpt.bench.train's docstring
 
     common = ["--progress=False", "--num_samples=0"]
     if opts["dataset"]:
@@ -64,7 +64,7 @@ def run_speedrun(opts: Dict[str, Any]) -> None:
         raise CLIError("the reference and the config must train on the same data (dataset, tokenizer, val_fraction)")
     stream = table_stream(opts)
     if opts["threads"]:
-        import torch  # lazy and optional: see benchmarks.train's docstring
+        import torch  # lazy and optional: see jaxgpt.bench.train's docstring
 
         torch.set_num_threads(opts["threads"])
 
@@ -95,7 +95,7 @@ def run_speedrun(opts: Dict[str, Any]) -> None:
     verdict = "not reached" if ratio is None else f"{ratio:.3f} ({'within' if ratio <= 1 / 3 else 'over'} the 1/3 goal)"
     print(f"time-to-target ratio jaxgpt / reference: {verdict}", file=stream)
 
-    import jax  # lazy: see benchmarks.train's docstring
+    import jax  # lazy: see jaxgpt.bench.train's docstring
 
     device = f"{jax.devices()[0].platform}: {machine()}"
     for name, cfg, vals, it, seconds, tps in rows:
