@@ -106,7 +106,7 @@ def test_speedrun_races_jaxgpt_to_the_references_whole_val_loss(tmp_path, corpus
     one record per side, the ratio is the two times to target, both from the train clock."""
     import json
 
-    from benchmarks.speedrun import time_to_target
+    from jaxgpt.bench.speedrun import time_to_target
 
     corpus = tmp_path / "corpus.txt"  # 5k val tokens: the whole-val evaluations stay cheap
     corpus.write_text(corpus_text[:50_000], encoding="utf-8")
