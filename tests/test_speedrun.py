@@ -18,7 +18,8 @@ from jaxgpt.train.checkpoint import load_inference_params
 from jaxgpt.train.full_eval import IGNORE, batched_windows, full_split_evaluator, make_split_loss_step, split_windows
 from jaxgpt.train.loop import config_from_argv, prepare_data, train
 from jaxgpt.train.metrics import read_metrics
-from jaxgpt.train.optim import MuonSettings, lr_schedule, make_optimizer, muon_labels
+from jaxgpt.train.muon import MuonSettings, muon_labels
+from jaxgpt.train.optim import lr_schedule, make_optimizer
 from jaxgpt.train.tasks import lm_loss
 from helpers import TINY, one_line_exit_2, train_cli
 
@@ -204,7 +205,8 @@ def test_muon_update_matches_a_float64_hand_computation():
             for t, g in enumerate(g64, start=1):
                 mu = beta * mu + (1 - beta) * g
                 nesterov = beta * mu / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta ** t)
-                want.append(-muon_lr * math.sqrt(max(1.0, fan_out / fan_in)) * orthogonalize64(nesterov, reduction, output))
+                shape_scale = math.sqrt(max(1.0, fan_out / fan_in))
+                want.append(-muon_lr * shape_scale * orthogonalize64(nesterov, reduction, output))
             tolerance = 2e-3
         else:
             m = v = np.zeros_like(g64[0])
@@ -279,6 +281,7 @@ def test_zero_init_proj_zeroes_both_projections_and_nothing_else():
 def test_speedrun_switches_refuse_bad_values_in_one_line(capsys):
     for args, expected in [(["--optimizer=muon", "--mup=True", "--mup_base_width=32"], "--optimizer=muon and --mup"),
                            (["--muon_momentum=1.0"], "--muon_momentum must be in [0, 1)"),
+                           (["--muon_ns_steps=0"], "--muon_ns_steps must be >= 1"),
                            (["--cooldown_frac=0"], "--cooldown_frac must be in (0, 1]"),
                            (["--logit_softcap=-1"], "--logit_softcap must be a finite number >= 0"),
                            (["--schedule=linear"], "--schedule")]:

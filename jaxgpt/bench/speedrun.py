@@ -86,7 +86,8 @@ def run_speedrun(opts: Dict[str, Any]) -> None:
           f"{target:.4f} ({machine()})", file=stream)
     print("| run | iters | best val | final val | first at target | time to target (s) | tokens/s |", file=stream)
     print("|---|---|---|---|---|---|---|", file=stream)
-    rows = [("reference (PyTorch twin)", ref_cfg, reference.val_losses, ref_iter, ref_seconds, reference.tokens_per_sec),
+    rows = [("reference (PyTorch twin)", ref_cfg, reference.val_losses, ref_iter, ref_seconds,
+             reference.tokens_per_sec),
             (f"jaxgpt {opts['config']}", jax_cfg, jax_val, jax_iter, jax_seconds, jax_tps)]
     for name, cfg, vals, it, seconds, tps in rows:
         reached = ("not reached", "-") if it is None else (f"iter {it}", f"{seconds:.1f}")

@@ -103,15 +103,11 @@ def train_torch(o, batches: str = "jaxgpt", full_val: bool = False) -> TorchRun:
     batch samplers (the same batches as jaxgpt's run). batches="nanogpt": nanoGPT's train.py
     random stream, so the run is nanoGPT's own for this seed (the twin builds and initializes its
     modules in nanoGPT's order, so torch.manual_seed gives nanoGPT's initial weights too).
-    full_val: the val loss over the whole val split (jaxgpt.train.full_eval's windows, as
-    --eval_full_val computes it) instead of eval_iters batches; nanoGPT's stream then draws no val
-    batches."""
+    full_val: the val loss over the whole val split (whole_val_loss) instead of eval_iters batches;
+    nanoGPT's stream then draws no val batches."""
     import torch  # lazy and optional: see the module docstring
-    import torch.nn.functional as F  # lazy and optional: see the module docstring
 
     from jaxgpt.train.loop import model_config_from_options, prepare_data, schedule_of  # lazy: see the module docstring
-    from jaxgpt.train.full_eval import IGNORE, split_windows  # lazy: see the module docstring
-    from jaxgpt.train.tasks import LMBatches  # lazy: see the module docstring
     from jaxgpt.bench.torch_twin import TorchGPT, configure_optimizer  # lazy: see the module docstring
 
     torch.manual_seed(o.seed)
@@ -120,7 +116,58 @@ def train_torch(o, batches: str = "jaxgpt", full_val: bool = False) -> TorchRun:
     optimizer = configure_optimizer(model, o.learning_rate, o.weight_decay, (o.beta1, o.beta2))
     schedule = schedule_of(o)
     B, T, A = o.batch_size, o.block_size, o.gradient_accumulation_steps
-    as_long = lambda a: torch.tensor(np.array(a), dtype=torch.long)  # noqa: E731
+    train_stream, eval_batches = _batch_streams(o, prepared, batches)
+
+    # nanoGPT fetches the first batch before its loop, and each next one right after a forward
+    # (so before the next eval's batches, which come from the same generator).
+    stream = train_stream()
+    next_x, next_y = next(stream)
+    val_losses, train_seconds, step_times, t0 = {}, {}, [], time.time()
+    for it in range(o.max_iters + 1):
+        if it % o.eval_interval == 0 or it == o.max_iters:
+            model.eval()
+            with torch.no_grad():
+                for split in ("train", "val"):
+                    if split == "val" and full_val:
+                        val_losses[it] = whole_val_loss(model, prepared.val, T)
+                        continue
+                    x, y = eval_batches(split)
+                    loss = float(np.mean([model(_as_long(x[i]), _as_long(y[i]))[1].item() for i in range(len(x))]))
+                    if split == "val":
+                        val_losses[it] = loss
+            train_seconds[it] = sum(step_times)
+            model.train()
+        if it == o.max_iters:
+            break
+        ts = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = float(schedule(it))
+        for i in range(A):
+            _, loss = model(_as_long(next_x), _as_long(next_y))
+            next_x, next_y = next(stream)
+            (loss / A).backward()
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_times.append(time.time() - ts)
+    return TorchRun(time.time() - t0, A * B * T / statistics.median(step_times), val_losses, train_seconds)
+
+
+def _as_long(a):
+    import torch  # lazy and optional: see the module docstring
+
+    return torch.tensor(np.array(a), dtype=torch.long)
+
+
+def _batch_streams(o, prepared, batches: str):
+    """(train_stream() -> an iterator of micro-batches (x_BT, y_BT), eval_batches(split) -> (x_NBT, y_NBT))
+    for train_torch: nanoGPT's torch.randint stream ("nanogpt"), or jaxgpt's own batch samplers."""
+    import torch  # lazy and optional: see the module docstring
+
+    from jaxgpt.train.tasks import LMBatches  # lazy: see the module docstring
+
+    B, T, A = o.batch_size, o.block_size, o.gradient_accumulation_steps
     if batches == "nanogpt":
         splits = {"train": np.asarray(prepared.train), "val": np.asarray(prepared.val)}
 
@@ -132,65 +179,34 @@ def train_torch(o, batches: str = "jaxgpt", full_val: bool = False) -> TorchRun:
                 out.append((np.stack([data[i:i + T] for i in ix]), np.stack([data[i + 1:i + 1 + T] for i in ix])))
             return np.stack([x for x, _ in out]), np.stack([y for _, y in out])
 
-        def train_stream():  # one micro-batch per draw, as nanoGPT's loop draws them
+        def nanogpt_stream():  # one micro-batch per draw, as nanoGPT's loop draws them
             while True:
                 x, y = get_batch("train", 1)
                 yield x[0], y[0]
 
-        def eval_batches(split):
-            return get_batch(split, o.eval_iters)
-    else:
-        jax_batches = LMBatches(prepared, o.seed, T)  # the trainer's own batch source
-        everything = slice(0, B)
+        return nanogpt_stream, lambda split: get_batch(split, o.eval_iters)
+    jax_batches = LMBatches(prepared, o.seed, T)  # the trainer's own batch source
+    everything = slice(0, B)
 
-        def train_stream():  # a step's A micro-batches drawn in one go, as jaxgpt's trainer does
-            while True:
-                x, y = jax_batches.train_batch(A, B, everything)
-                yield from zip(x, y)
+    def jaxgpt_stream():  # a step's A micro-batches drawn in one go, as jaxgpt's trainer does
+        while True:
+            x, y = jax_batches.train_batch(A, B, everything)
+            yield from zip(x, y)
 
-        def eval_batches(split):
-            return jax_batches.eval_batch(split, o.eval_iters, B, everything)
+    return jaxgpt_stream, lambda split: jax_batches.eval_batch(split, o.eval_iters, B, everything)
 
-    def whole_val_loss():  # summed cross-entropy over every val target / their number
-        x_WT, y_WT = split_windows(prepared.val, T)
-        total = 0.0
-        for i in range(0, len(x_WT), 64):
-            logits, _ = model(as_long(x_WT[i:i + 64]))
-            total += F.cross_entropy(logits.flatten(0, 1), as_long(y_WT[i:i + 64]).flatten(), ignore_index=IGNORE,
-                                     reduction="sum").item()
-        return total / int(np.sum(y_WT != IGNORE))
 
-    # nanoGPT fetches the first batch before its loop, and each next one right after a forward
-    # (so before the next eval's batches, which come from the same generator).
-    batches = train_stream()
-    next_x, next_y = next(batches)
-    val_losses, train_seconds, step_times, t0 = {}, {}, [], time.time()
-    for it in range(o.max_iters + 1):
-        if it % o.eval_interval == 0 or it == o.max_iters:
-            model.eval()
-            with torch.no_grad():
-                for split in ("train", "val"):
-                    if split == "val" and full_val:
-                        val_losses[it] = whole_val_loss()
-                        continue
-                    x, y = eval_batches(split)
-                    loss = float(np.mean([model(as_long(x[i]), as_long(y[i]))[1].item() for i in range(len(x))]))
-                    if split == "val":
-                        val_losses[it] = loss
-            train_seconds[it] = sum(step_times)
-            model.train()
-        if it == o.max_iters:
-            break
-        ts = time.time()
-        for group in optimizer.param_groups:
-            group["lr"] = float(schedule(it))
-        for i in range(A):
-            _, loss = model(as_long(next_x), as_long(next_y))
-            next_x, next_y = next(batches)
-            (loss / A).backward()
-        if o.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_times.append(time.time() - ts)
-    return TorchRun(time.time() - t0, A * B * T / statistics.median(step_times), val_losses, train_seconds)
+def whole_val_loss(model, tokens, block_size: int, rows: int = 64) -> float:
+    """The twin's mean cross-entropy over every target of `tokens`, in jaxgpt.train.full_eval's windows
+    (`rows` windows a forward): what --eval_full_val computes for jaxgpt."""
+    import torch.nn.functional as F  # lazy and optional: see the module docstring
+
+    from jaxgpt.train.full_eval import IGNORE, split_windows  # lazy: see the module docstring
+
+    x_WT, y_WT = split_windows(tokens, block_size)
+    total = 0.0
+    for i in range(0, len(x_WT), rows):
+        logits, _ = model(_as_long(x_WT[i:i + rows]))
+        total += F.cross_entropy(logits.flatten(0, 1), _as_long(y_WT[i:i + rows]).flatten(), ignore_index=IGNORE,
+                                 reduction="sum").item()
+    return total / int(np.sum(y_WT != IGNORE))

@@ -5,7 +5,7 @@
 # What each choice bought was measured in whole-val loss at equal iterations (deterministic, so not
 # hidden by a loaded machine's timing noise); docs/speedrun.md has the ablation and the race.
 out_dir = "out-speedrun-cpu"
-eval_interval = 50          # the race is read at evals: a finer grid finds the crossing sooner
+eval_interval = 25          # the race is read at evals: a finer grid finds the crossing sooner
 eval_full_val = True        # the race's measure: every val target once, in block_size windows
 log_interval = 10
 always_save_checkpoint = False
@@ -28,6 +28,8 @@ zero_init_proj = True
 
 optimizer = "muon"          # Muon on the hidden matrices: 2.04 instead of 2.29 (AdamW) at iteration 400 of 600
 muon_learning_rate = 0.05
+muon_ns_steps = 3           # 1.881 instead of 1.859 at 400 (the target crossed at 375, not 350), but the update
+                            # takes 36.5 ms instead of 57.6 (side by side): the step is ~20% cheaper
 learning_rate = 5e-3        # AdamW's part (embeddings, head, gains): 5x nanoGPT's 1e-3
 min_lr = 1e-4
 beta2 = 0.99

@@ -280,8 +280,8 @@ def _describe(config: GPTConfig) -> str:
 def _describe_switches(config: GPTConfig) -> str:
     """', pos_emb=..., ...' for the architecture switches that differ from GPT-2 (else '')."""
     gpt2 = GPTConfig()
-    return "".join(f", {name}={getattr(config, name)!r}" for name in ("pos_emb", "norm", "mlp", "qk_norm", "logit_softcap")
-                   if getattr(config, name) != getattr(gpt2, name))
+    switches = ("pos_emb", "norm", "mlp", "qk_norm", "logit_softcap")
+    return "".join(f", {name}={getattr(config, name)!r}" for name in switches if getattr(config, name) != getattr(gpt2, name))
 
 
 # ----------------------------------------------------------------------------------------------

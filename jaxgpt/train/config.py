@@ -150,6 +150,7 @@ class TrainConfig:
     muon_learning_rate: float = option_field(0.02, "with --optimizer=muon: the hidden matrices' peak learning rate "
                                                    "(the schedule's shape, scaled)")
     muon_momentum: float = option_field(0.95, "with --optimizer=muon: Muon's Nesterov momentum")
+    muon_ns_steps: int = option_field(5, "with --optimizer=muon: Newton-Schulz iterations per update")
     # ---- system
     seed: int = option_field(1337, "seed of parameters, batches and dropout")
     dp: int = option_field(-1, "data-parallel mesh axis (-1 = all devices left)")
@@ -186,6 +187,7 @@ class TrainConfig:
             need(value is None or value >= 0, f"--{key} must be >= 0, got {value}")
         need(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}")
         need(self.muon_learning_rate > 0, f"--muon_learning_rate must be > 0, got {self.muon_learning_rate}")
+        need(self.muon_ns_steps >= 1, f"--muon_ns_steps must be >= 1, got {self.muon_ns_steps}")
         need(0.0 <= self.muon_momentum < 1.0, f"--muon_momentum must be in [0, 1), got {self.muon_momentum}")
         need(0.0 < self.cooldown_frac <= 1.0, f"--cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
         need(self.optimizer != "muon" or not self.mup,

@@ -49,8 +49,8 @@ from jaxgpt.train.resolved import ResolvedRun
 from jaxgpt.train.run_dir import LOSS_PNG, RunDir
 from jaxgpt.train.tracking import close_trackers, open_trackers
 
-__all__ = ["LoopState", "Hook", "run_due_hooks", "loop_hooks", "Reporter", "DivergenceWatch", "Throughput", "TrainClock",
-           "eval_event_and_line", "is_main_process", "print_header", "print_samples"]
+__all__ = ["LoopState", "Hook", "run_due_hooks", "loop_hooks", "Reporter", "DivergenceWatch", "Throughput",
+           "TrainClock", "eval_event_and_line", "is_main_process", "print_header", "print_samples"]
 
 
 @dataclasses.dataclass(frozen=True)

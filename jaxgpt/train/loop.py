@@ -40,7 +40,8 @@ from jaxgpt.train.hooks import (LoopState, Reporter, is_main_process, loop_hooks
                                 run_due_hooks)
 from jaxgpt.train.host_memory import retain_freed_memory
 from jaxgpt.train.metrics import perplexity
-from jaxgpt.train.optim import MuonSettings, freeze, lr_schedule, make_optimizer, mup_lr_scales
+from jaxgpt.train.muon import MuonSettings
+from jaxgpt.train.optim import freeze, lr_schedule, make_optimizer, mup_lr_scales
 from jaxgpt.train.resolved import ResolvedRun, Restored
 from jaxgpt.train.run_dir import RunDir, RunDirLock, check_out_dir, clear_run_files
 from jaxgpt.train.step import abstract_train_state, init_train_state, make_eval_step, make_train_step
@@ -330,7 +331,7 @@ def resolve_run(cfg: TrainConfig, setup: Optional[TaskSetupFn] = None) -> Resolv
     muon = None
     if cfg.optimizer == "muon":  # the same schedule's shape at Muon's own peak
         muon = MuonSettings(lambda step: schedule(step) * (cfg.muon_learning_rate / cfg.learning_rate),
-                            momentum=cfg.muon_momentum)
+                            momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps)
     optimizer = make_optimizer(schedule, weight_decay=cfg.weight_decay, beta1=cfg.beta1, beta2=cfg.beta2,
                                grad_clip=cfg.grad_clip, lr_scales=lr_scales, muon_settings=muon)
     if task.trainable is not None:  # fine-tuning: frozen params get no update and no AdamW moments

@@ -1,17 +1,17 @@
 """AdamW with nanoGPT's learning-rate schedule (or warmup-stable-decay) and weight-decay mask, muP's
 per-layer learning rates (mup_lr_scales, make_optimizer(lr_scales=...)), and Muon for the hidden
-matrices (make_optimizer(muon=MuonSettings(...)): hidden_matrix_dims says which and how)."""
+matrices (make_optimizer(muon_settings=MuonSettings(...)); jaxgpt.train.muon)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
-from optax.contrib import MuonDimensionNumbers, scale_by_muon
+
+from jaxgpt.train.muon import MuonSettings, hidden_kernel_kind, muon, muon_labels
 
 # Leaves that are weight matrices (decayed); biases and LayerNorm scales are not.
 _DECAYED_LEAVES = ("kernel", "embedding")
@@ -62,42 +62,6 @@ def lr_schedule(learning_rate: float, min_lr: float, warmup_iters: int, lr_decay
     return schedule
 
 
-# Kernels inside the transformer blocks: matrices whose two sides both grow with width.
-_HIDDEN_MATRICES = {("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_gate"), ("mlp", "c_proj")}
-
-
-def _key_names(path) -> tuple:
-    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def _hidden_matrix(names: tuple) -> Optional[tuple]:
-    """("attn", "c_attn") etc. when the path names a block's hidden kernel, else None."""
-    if len(names) >= 4 and names[0].startswith("h_") and names[-1] == "kernel" \
-            and tuple(names[-3:-1]) in _HIDDEN_MATRICES:
-        return tuple(names[-3:-1])
-    return None
-
-
-# How Muon reads each hidden kernel as (fan-in, fan-out) matrices; axes left out are batch axes, each
-# slice orthogonalized on its own (optax.contrib's MuonDimensionNumbers).
-_MUON_DIMS = {
-    ("attn", "c_attn"): MuonDimensionNumbers(reduction_axis=0, output_axis=(2, 3)),  # (D, 3, H, K): q, k, v apart
-    ("attn", "c_proj"): MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=2),  # (H, K, D)
-}
-_MATRIX = MuonDimensionNumbers(reduction_axis=0, output_axis=1)  # mlp c_fc, c_gate (D, F), c_proj (F, D)
-
-
-def hidden_matrix_dims(params):
-    """For Muon: each leaf's MuonDimensionNumbers if it is a hidden kernel of a block (attn c_attn and
-    c_proj, mlp c_fc, c_gate, c_proj), else None (embeddings, an untied head, biases, norm scales,
-    other tasks' heads: AdamW's). params may be abstract or masked (optax's MaskedNode is no leaf)."""
-    def dims(path, _leaf):
-        kind = _hidden_matrix(_key_names(path))
-        return None if kind is None else _MUON_DIMS.get(kind, _MATRIX)
-
-    return jax.tree_util.tree_map_with_path(dims, params)
-
-
 def mup_lr_scales(params, config) -> Optional[Any]:
     """muP's per-parameter learning-rate multipliers for Adam (microsoft/mup's MuAdam), or None
     when config.mup is off (make_optimizer then builds plain AdamW, unchanged).
@@ -122,7 +86,7 @@ def mup_lr_scales(params, config) -> Optional[Any]:
     m, m_mlp = config.mup_width_mult, config.mup_mlp_width_mult
 
     def scale(path, _leaf) -> float:
-        kind = _hidden_matrix(_key_names(path))
+        kind = hidden_kernel_kind(path)
         if kind is not None:
             return 1.0 / (m_mlp if kind == ("mlp", "c_proj") else m)
         return 1.0
@@ -147,58 +111,6 @@ def scale_by_leaf(scales) -> optax.GradientTransformation:
         return scaled, state
 
     return optax.GradientTransformation(init, update)
-
-
-@dataclasses.dataclass(frozen=True)
-class MuonSettings:
-    """Muon (Jordan et al. 2024, modded-nanogpt) for the hidden matrices: Nesterov momentum, then each
-    matrix's update orthogonalized by ns_steps quintic Newton-Schulz iterations (optax.contrib's
-    scale_by_muon), scaled by sqrt(max(1, fan_out / fan_in)) (scale_by_fan_ratio, Keller Jordan's
-    rule), then decayed by weight_decay and multiplied by learning_rate (a float or a schedule)."""
-    learning_rate: Any
-    momentum: float = 0.95
-    ns_steps: int = 5
-    weight_decay: float = 0.0
-
-
-def muon_labels(params):
-    """"muon" for the leaves hidden_matrix_dims names, "adamw" for the rest."""
-    return jax.tree_util.tree_map(lambda d: "adamw" if d is None else "muon", hidden_matrix_dims(params),
-                                  is_leaf=lambda d: d is None or isinstance(d, MuonDimensionNumbers))
-
-
-def fan_ratio_scale(shape, dims: MuonDimensionNumbers) -> float:
-    """sqrt(max(1, fan_out / fan_in)) of a kernel read as dims says (Keller Jordan's Muon: a tall
-    orthogonal update's RMS is 1/sqrt(fan_in) per entry, this keeps the output's change ~1 per step)."""
-    axes = lambda a: (a,) if isinstance(a, int) else tuple(a)  # noqa: E731
-    fan_in = math.prod(shape[i] for i in axes(dims.reduction_axis))
-    fan_out = math.prod(shape[i] for i in axes(dims.output_axis))
-    return math.sqrt(max(1.0, fan_out / fan_in))
-
-
-def scale_by_fan_ratio() -> optax.GradientTransformation:
-    """Each hidden kernel's update times fan_ratio_scale (static, from its shape); other leaves as they are
-    (on hidden matrices only, it is what optax.contrib's scale_by_shape does by default)."""
-
-    def update(updates, state, params=None):
-        del params
-        dims = hidden_matrix_dims(updates)
-        scaled = jax.tree_util.tree_map(lambda u, d: u if d is None else u * fan_ratio_scale(u.shape, d), updates,
-                                        dims, is_leaf=lambda x: x is None or isinstance(x, MuonDimensionNumbers))
-        return scaled, state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def muon(settings: MuonSettings) -> optax.GradientTransformation:
-    """The Muon chain of MuonSettings on hidden matrices (to be masked to them, as make_optimizer does:
-    optax.contrib.muon's own alias pairs it with NAdam and an unmasked decay, hence this chain)."""
-    return optax.chain(
-        scale_by_muon(beta=settings.momentum, ns_steps=settings.ns_steps, nesterov=True,
-                      weight_dimension_numbers=hidden_matrix_dims),
-        scale_by_fan_ratio(),
-        optax.add_decayed_weights(settings.weight_decay),
-        optax.scale_by_learning_rate(settings.learning_rate))
 
 
 def make_optimizer(learning_rate, *, weight_decay: float = 0.1, beta1: float = 0.9,
