@@ -2,14 +2,17 @@
 
     python scripts/make_labeled_sets.py plays --out=plays.jsonl            # 6,000 speeches, 9 plays
     python finetune.py configs/finetune_sms.py --dataset=plays.jsonl --balance=False --out_dir=out-plays
+    python scripts/make_labeled_sets.py plays --out=two.jsonl --labels=coriolanus,richard_iii --count=0 \
+        --max_chars=100000                                                 # every speech of two plays
 
 `plays`: Tiny Shakespeare (jaxgpt/data/tinyshakespeare.txt) is nine plays one after another, with no
 titles. A speech is a "NAME:" line and the lines under it; its label is the play it belongs to, and
 its text is the lines only (a speaker's name would give the play away). Each play is found by named
 characters only it has (ANCHORS): it spans from the first speech of one of them to the last, and
 the spans must not overlap (checked); speeches outside every span (between two plays) are left out.
-Speeches of --min_chars to --max_chars characters are kept and --count of them drawn with --seed.
-The texts run long (a few hundred characters is common): what --long_text decides.
+Speeches of --min_chars to --max_chars characters of the plays --labels names are kept and --count of
+them drawn with --seed (0: all). The texts run long (a few hundred characters is common, a few
+thousand the longest): what --long_text decides.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -64,12 +67,18 @@ def play_spans(speakers: List[str]) -> Dict[str, Tuple[int, int]]:
     return spans
 
 
-def plays(text: str, seed: int, count: int, min_chars: int, max_chars: int) -> List[Dict[str, str]]:
-    """`count` speeches of min_chars..max_chars characters, labeled by play, drawn with `seed`."""
+def plays(text: str, seed: int, count: int, min_chars: int, max_chars: int,
+          labels: Sequence[str] = ()) -> List[Dict[str, str]]:
+    """`count` (0: all) speeches of min_chars..max_chars characters of the plays `labels` (empty: all),
+    labeled by play, drawn with `seed`."""
+    unknown = sorted(set(labels) - set(ANCHORS))
+    if unknown:
+        raise DataError(f"--labels: {unknown} are not plays of Tiny Shakespeare ({', '.join(ANCHORS)})")
     found = speeches(text)
     spans = play_spans([who for who, _ in found])
-    rows = [{"text": body, "label": play} for play, (first, last) in spans.items()
+    rows = [{"text": body, "label": play} for play, (first, last) in spans.items() if not labels or play in labels
             for _, body in found[first:last + 1] if min_chars <= len(body) <= max_chars]
+    count = count or len(rows)
     if count > len(rows):
         raise DataError(f"only {len(rows):,} speeches have {min_chars}-{max_chars} characters; ask for fewer")
     pick = np.sort(np.random.default_rng(seed).permutation(len(rows))[:count])
@@ -84,15 +93,17 @@ def main(argv):
     parser.add_argument("name", choices=sorted(SETS))
     parser.add_argument("--out", required=True, help="the .jsonl file to write (text, label)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--count", type=int, default=6000)
+    parser.add_argument("--count", type=int, default=6000, help="texts drawn (0: every one kept)")
+    parser.add_argument("--labels", default="", help="comma-separated plays to keep (default: all nine)")
     parser.add_argument("--min_chars", type=int, default=10, help="shorter speeches (\"Ay.\") say too little")
     parser.add_argument("--max_chars", type=int, default=600)
     args = parser.parse_args(argv)
     if not args.out.endswith(".jsonl"):
         raise DataError(f"--out={args.out}: give a .jsonl path (finetune.py reads it with --dataset=)")
-    if args.count < 1 or not 0 <= args.min_chars <= args.max_chars:
-        raise DataError("--count must be >= 1 and 0 <= --min_chars <= --max_chars")
-    rows = SETS[args.name](shakespeare_corpus().text, args.seed, args.count, args.min_chars, args.max_chars)
+    if args.count < 0 or not 0 <= args.min_chars <= args.max_chars:
+        raise DataError("--count must be >= 0 and 0 <= --min_chars <= --max_chars")
+    labels = [label for label in args.labels.split(",") if label]
+    rows = SETS[args.name](shakespeare_corpus().text, args.seed, args.count, args.min_chars, args.max_chars, labels)
     with atomic_write(args.out) as f:
         f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     counts = {}

@@ -10,6 +10,7 @@ pretrain_iters = 100
 pretrain_batch_size = 16
 n_layer, n_head, n_embd = 4, 4, 128
 block_size = 64
+long_text = "head"       # what its results were measured with (docs/results/finetuning.md)
 trainable = "all"
 pooling = "last"
 batch_size = 16

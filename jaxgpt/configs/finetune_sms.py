@@ -24,4 +24,5 @@ weight_decay = 0.1
 dropout = 0.1
 lm_loss_weight = 0.5     # GPT-1's auxiliary next-token loss on the train texts: steadier across seeds
 eval_iters = 1           # an eval covers the whole val split; the best val checkpoint is kept
+soup = 10                # the test reads a greedy soup of the 10 best-val checkpoints, chosen on val (jaxgpt.finetune.soup)
 log_interval = 25
