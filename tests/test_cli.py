@@ -172,3 +172,18 @@ def test_the_gpt2_tokenizer_without_its_files_says_what_to_install(monkeypatch):
             tokenizers.gpt2_encoding()
     finally:
         tokenizers.gpt2_encoding.cache_clear()  # the next caller builds the real one
+
+
+def test_train_without_a_config_file_runs_the_main_job_and_flags_still_win():
+    from jaxgpt.train.cli import DEFAULT_CONFIG, with_default_config
+
+    main_job = config_from_argv(with_default_config(["--max_iters=7"]))
+    default = config_from_argv([DEFAULT_CONFIG])
+    assert (main_job.optimizer, main_job.pos_emb, main_job.mlp) == ("muon", "rope", "relu2")
+    assert main_job.max_iters == 7 and main_job.lr_decay_iters == default.lr_decay_iters
+    # a config file (or a resume, or imported weights) starts from the plain defaults instead
+    assert with_default_config(["shakespeare_char_cpu"]) == ["shakespeare_char_cpu"]
+    assert config_from_argv(with_default_config(["shakespeare_char_cpu"])).optimizer == "adamw"
+    for argv in (["--init_from=resume"], ["--init_from=gpt2"], ["--init_from=some/run"]):
+        assert with_default_config(argv) == argv
+    assert with_default_config(["--init_from=scratch"])[0] == DEFAULT_CONFIG

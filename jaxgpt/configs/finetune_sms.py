@@ -3,7 +3,7 @@
 # The backbone is pretrained first (next-token prediction) on the messages outside val and test.
 # block_size, pretrain_iters, eval_interval and patience are read from the data (jaxgpt.finetune.recipe:
 # 192, 800, 10 and 100 here; the run prints them); a key set here or on the command line wins.
-# Measured: docs/finetune_seeds.md (5 seeds, start to finish, with the n-gram baseline beside them).
+# Measured: docs/results/finetuning.md (5 seeds, start to finish, with the n-gram baseline beside them).
 task = "classify"
 dataset = "sms_spam"
 out_dir = "out-sms"

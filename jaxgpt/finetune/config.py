@@ -73,7 +73,7 @@ class FinetuneConfig(TrainConfig):
                                 choices=("last", "mean", "max"))
     long_text: str = option_field("head_tail", "classify: what a text longer than --block_size keeps: head (its "
                                                "start) | tail (its end) | head_tail (half of each; the default, chosen "
-                                               "on val: docs/finetune_seeds.md) | chunks (all of it, in up to "
+                                               "on val: docs/results/finetuning.md) | chunks (all of it, in up to "
                                                f"{MAX_WINDOWS} windows of the block, pooled: jaxgpt.finetune.windows)",
                                   choices=LONG_TEXTS)
     soup: int = option_field(0, "classify: the test (and --classify) read a greedy soup of the K kept checkpoints "
