@@ -18,11 +18,12 @@ import contextlib
 import os
 import statistics
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict
 
 from jaxgpt.bench.common import emit_record, machine, table_stream
 from jaxgpt.bench.train import train_torch
 from jaxgpt.cli import CLIError, Option
+from jaxgpt.train.metrics import eval_clock, read_metrics, time_to_target
 
 SPEEDRUN_OPTIONS: Dict[str, Option] = {
     "config": Option("configs/speedrun_cpu.py", "jaxgpt's train.py config in the race"),
@@ -34,18 +35,8 @@ SPEEDRUN_OPTIONS: Dict[str, Option] = {
 }
 
 
-def time_to_target(val_losses: Dict[int, float], train_seconds: Dict[int, float], target: float
-                   ) -> Tuple[Optional[int], Optional[float]]:
-    """(iteration, train seconds) of the first eval whose val loss is <= target; (None, None) if none is."""
-    for it in sorted(val_losses):
-        if val_losses[it] <= target:
-            return it, train_seconds[it]
-    return None, None
-
-
 def run_speedrun(opts: Dict[str, Any]) -> None:
     from jaxgpt.train.loop import config_from_argv, train  # lazy: see jaxgpt.bench.train's docstring
-    from jaxgpt.train.metrics import read_metrics  # lazy: see jaxgpt.bench.train's docstring
     from jaxgpt.train.run_dir import RunDir  # lazy: see jaxgpt.bench.train's docstring
 
     common = ["--progress=False", "--num_samples=0"]
@@ -75,9 +66,8 @@ def run_speedrun(opts: Dict[str, Any]) -> None:
     with contextlib.redirect_stdout(stream):  # the run's own lines stay off a --json stdout
         train(jax_cfg)
     events = read_metrics(RunDir(jax_cfg.out_dir).metrics_path)
-    evals = [e for e in events if "val_loss" in e]
-    jax_val = {e["iter"]: e["val_loss"] for e in evals}
-    jax_iter, jax_seconds = time_to_target(jax_val, {e["iter"]: e["train_seconds"] for e in evals}, target)
+    jax_val, jax_clock = eval_clock(events)
+    jax_iter, jax_seconds = time_to_target(jax_val, jax_clock, target)
     jax_tps = statistics.median(e["tokens_per_sec"] for e in events if "tokens_per_sec" in e)
     jax_mfu = statistics.median(e["mfu"] for e in events if "mfu" in e)
     ratio = jax_seconds / ref_seconds if jax_seconds is not None else None
