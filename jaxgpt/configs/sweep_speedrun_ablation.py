@@ -5,7 +5,8 @@
 # prints (and writes to ablation/ablation.md, .json, .csv) each member's final and best whole-val loss,
 # its first eval at or below the target (the reference's best whole-val loss) and its time to target:
 # the train clock (train_seconds) at that eval, compilation included, evaluation left out; and that time
-# over the reference's. About 10 minutes on 2 idle CPU cores (7 members, the reference ~3 of them).
+# over the reference's. 7 members; estimated (from the step times in docs/speedrun.md, not yet run whole)
+# 10-15 minutes on 2 CPU cores, the reference's 2,000 iterations about a third of it.
 from jaxgpt.cli import read_config_file as _read_config
 from jaxgpt.train.config import OPTIONS as _OPTIONS
 
