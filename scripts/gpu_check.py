@@ -11,6 +11,12 @@ own), progress on stderr:
   gpt2_124m      GPT-2 124M at block 1024, bfloat16, attn_impl="cudnn", random tokens, the shared
                  train step (AdamW, clipping): tokens/s and MFU against the device's bf16 peak.
                  Bar: MFU >= 45%.
+  speedrun       (not in the default --only: add it, about 5 minutes on an H100, estimated) the race of
+                 `jaxgpt bench --task=speedrun` on the GPU: the PyTorch twin trains nanoGPT's
+                 configs/shakespeare_char.py on CUDA as nanoGPT runs it there (bf16 autocast, TF32,
+                 fused AdamW; eager, not torch.compile) on nanoGPT's batch stream; its best whole-val
+                 loss is the target; then jaxgpt trains configs/speedrun_gpu.py. One record per side;
+                 jaxgpt's has the ratio of the times to target. Bar: ratio <= 1/3.
 `--smoke` runs every step at toy sizes on any machine (CPU included, where cuDNN is skipped and
 its refusal is checked instead), so the script itself is tested without a GPU. `--out=FILE` also
 appends the JSON lines to FILE. Exit code 0 whether or not a bar is met (the records say `met`);
@@ -33,6 +39,11 @@ sys.path.insert(0, str(REPO))
 
 SHAKESPEARE_BAR = dict(val_loss=1.47, wall_s=180.0)
 MFU_BAR = 0.45
+SPEEDRUN_BAR = 1 / 3  # jaxgpt's time to target over the reference's, the CPU race's goal
+NANOGPT_A100 = "shakespeare_char: val loss 1.4697 in about 3 minutes on an A100 (nanoGPT's README)"
+# Toy sizes for --smoke: every step's machinery in seconds, on any machine.
+SMOKE_CONFIG = ("n_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 32\nbatch_size = 4\nmax_iters = 20\n"
+                "lr_decay_iters = 20\neval_interval = 10\neval_iters = 2\nlog_interval = 5\nwarmup_iters = 2\n")
 
 
 def _emit(record, out_file):
@@ -94,23 +105,33 @@ def cudnn_check(smoke: bool):
             "grad_max_rel_diff": bwd, "met": fwd <= 2e-2 and bwd <= 5e-2}
 
 
+def _config(name: str, extra: str = "") -> str:
+    """A shipped config's text (jaxgpt/configs/NAME.py) with `extra` lines appended (later wins)."""
+    return (REPO / "jaxgpt" / "configs" / f"{name}.py").read_text(encoding="utf-8") + "\n" + extra
+
+
+def _bench(task: str, configs: dict, args, records: int, env=None):
+    """bench.py --task=TASK --json=True with each {option: (file name, config text)} written to a file and
+    passed as --option=FILE: its last `records` JSON lines (its tables and the runs' lines go to our stderr)."""
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        paths = []
+        for option, (name, text) in configs.items():
+            path = Path(tmp) / name
+            path.write_text(text + f"out_dir = {str(Path(tmp) / option)!r}\n", encoding="utf-8")
+            paths.append(f"--{option}={path}")
+        proc = subprocess.run([sys.executable, str(REPO / "bench.py"), f"--task={task}", *paths, *args, "--json=True"],
+                              cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.py --task={task} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return [json.loads(line) for line in proc.stdout.strip().splitlines()[-records:]]
+
+
 def shakespeare(data: str, smoke: bool):
     """configs/shakespeare_char.py in bf16 through bench.py's train task (the trainer's own loop)."""
-    config = (REPO / "jaxgpt" / "configs" / "shakespeare_char.py").read_text(encoding="utf-8")
-    config += '\ncompute_dtype = "bfloat16"\n'
-    if smoke:
-        config += ("n_layer = 1\nn_head = 2\nn_embd = 32\nblock_size = 32\nbatch_size = 4\nmax_iters = 20\n"
-                   "lr_decay_iters = 20\neval_interval = 10\neval_iters = 2\nlog_interval = 5\nwarmup_iters = 2\n")
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
-        path = Path(tmp) / "shakespeare_char_bf16.py"
-        path.write_text(config + f"out_dir = {str(Path(tmp) / 'out')!r}\n", encoding="utf-8")
-        proc = subprocess.run([sys.executable, str(REPO / "bench.py"), "--task=train", f"--config={path}",
-                               f"--dataset={data}", "--torch_run=False", "--json=True"],
-                              cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench.py --task=train failed: {proc.stderr.strip().splitlines()[-1:]}")
-    sys.stderr.write(proc.stderr)
-    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    config = _config("shakespeare_char", 'compute_dtype = "bfloat16"\n' + (SMOKE_CONFIG if smoke else ""))
+    (record,) = _bench("train", {"config": ("shakespeare_char_bf16.py", config)},
+                       [f"--dataset={data}", "--torch_run=False"], 1)
     record["task"] = "shakespeare"
     record["bar"] = f"best val <= {SHAKESPEARE_BAR['val_loss']} in < {SHAKESPEARE_BAR['wall_s']:.0f} s wall"
     record["met"] = (record["best_val_loss"] <= SHAKESPEARE_BAR["val_loss"]
@@ -118,10 +139,29 @@ def shakespeare(data: str, smoke: bool):
     return record
 
 
+def speedrun(data: str, smoke: bool, reference_iters: int, iters: int):
+    """The race of `jaxgpt bench --task=speedrun` on this machine's GPU: the PyTorch twin trains nanoGPT's
+    shakespeare_char recipe in bf16 (its target: the best whole-val loss), then jaxgpt trains
+    configs/speedrun_gpu.py. reference_iters caps the reference's run (its schedule stays nanoGPT's
+    5,000: the same run, stopped early); iters sets speedrun_gpu's max_iters and schedule (0: the config's)."""
+    reference = 'compute_dtype = "bfloat16"\n' + (SMOKE_CONFIG if smoke else "")
+    config = SMOKE_CONFIG + "eval_interval = 5\n" if smoke else ""
+    reference += f"max_iters = {reference_iters}\n" if reference_iters else ""
+    config += f"max_iters = {iters}\nlr_decay_iters = {iters}\n" if iters else ""
+    # Both sides share the GPU in one process: JAX takes memory as it needs it instead of 75% at its start.
+    records = _bench("speedrun", {"reference": ("shakespeare_char_bf16.py", _config("shakespeare_char", reference)),
+                                  "config": ("speedrun_gpu.py", _config("speedrun_gpu", config))},
+                     [f"--dataset={data}"], 2, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+    reference_record, jax_record = records
+    on_gpu = jax_record["device"].startswith("gpu")
+    jax_record.update(bar=f"time-to-target ratio <= {SPEEDRUN_BAR:.3f}", nanogpt_published=NANOGPT_A100,
+                      met=(jax_record["ratio"] is not None and jax_record["ratio"] <= SPEEDRUN_BAR) if on_gpu else None)
+    return records
+
+
 def gpt2_throughput(smoke: bool, batch_size: int, steps: int):
     """GPT-2 124M (block 1024, bf16, cuDNN attention) on random tokens: the shared train step."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from jaxgpt.model.config import GPTConfig
@@ -177,7 +217,15 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="toy sizes: checks the script, on any machine")
     parser.add_argument("--gpt2_batch_sizes", default="16,32", help="rows per step for the 124M throughput")
     parser.add_argument("--gpt2_steps", type=int, default=30, help="timed steps per batch size")
-    parser.add_argument("--only", default="cudnn_check,shakespeare,gpt2_124m", help="which checks to run")
+    parser.add_argument("--only", default="cudnn_check,shakespeare,gpt2_124m",
+                        help="which checks to run (of these and speedrun)")
+    # The reference's 5,000 eager steps are most of the speedrun step (estimated ~2-3 minutes on an H100,
+    # unmeasured): nanoGPT's full run by default, so the target is the loss nanoGPT publishes; cap it here
+    # if the step must be shorter (the target is then that prefix's best loss, an easier one).
+    parser.add_argument("--speedrun_reference_iters", type=int, default=0,
+                        help="speedrun: stop the reference after N iterations (0: all of nanoGPT's 5,000)")
+    parser.add_argument("--speedrun_iters", type=int, default=0,
+                        help="speedrun: jaxgpt's iterations and schedule (0: configs/speedrun_gpu.py's)")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.data):
         parser.error(f"--data: no such file: {args.data}")
@@ -186,14 +234,17 @@ def main(argv=None) -> int:
     except ValueError:
         parser.error(f"--gpt2_batch_sizes must be comma-separated integers, got {args.gpt2_batch_sizes!r}")
     only = set(args.only.split(","))
-    if not only <= {"cudnn_check", "shakespeare", "gpt2_124m"} or args.gpt2_steps < 1 or min(batch_sizes) < 1:
-        parser.error("--only takes cudnn_check, shakespeare, gpt2_124m; --gpt2_steps and batch sizes must be >= 1")
+    if not only <= {"cudnn_check", "shakespeare", "gpt2_124m", "speedrun"} or args.gpt2_steps < 1 or \
+            min(batch_sizes) < 1 or min(args.speedrun_reference_iters, args.speedrun_iters) < 0:
+        parser.error("--only takes cudnn_check, shakespeare, gpt2_124m, speedrun; --gpt2_steps and batch sizes must "
+                     "be >= 1, the speedrun's iterations >= 0")
     if args.smoke:
         batch_sizes, args.gpt2_steps = [2], 2
     failed = 0
     jobs = [("cudnn_check", lambda: [cudnn_check(args.smoke)]),
             ("shakespeare", lambda: [shakespeare(args.data, args.smoke)]),
-            ("gpt2_124m", lambda: [gpt2_throughput(args.smoke, b, args.gpt2_steps) for b in batch_sizes])]
+            ("gpt2_124m", lambda: [gpt2_throughput(args.smoke, b, args.gpt2_steps) for b in batch_sizes]),
+            ("speedrun", lambda: speedrun(args.data, args.smoke, args.speedrun_reference_iters, args.speedrun_iters))]
     for name, job in jobs:
         if name not in only:
             continue

@@ -20,6 +20,7 @@ from jaxgpt.model import gpt as model_module
 from jaxgpt.cli import ConfigError
 from jaxgpt.model.config import check_attn_impl
 from jaxgpt.model.gpt import GPT
+from jaxgpt.train.loop import config_from_argv
 from helpers import REPO
 from torch_helpers import tiny_config
 
@@ -95,3 +96,32 @@ def test_gpu_check_script_on_cpu_checks_the_refusal(tmp_path):
     assert json.loads(out.read_text()) == record
     proc = _run("scripts/gpu_check.py", f"--data={tmp_path / 'missing.txt'}")
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_gpu_check_speedrun_smoke_races_on_cpu(tmp_path, corpus_text):
+    """scripts/gpu_check.py --only=speedrun --smoke: the GPU race's step at toy sizes on the CPU (the twin on
+    torch's CPU): a record per side, the reference nanoGPT's shakespeare_char recipe stopped early on its
+    own schedule, jaxgpt configs/speedrun_gpu.py's recipe; no bar judged without a GPU."""
+    data = tmp_path / "input.txt"
+    data.write_text(corpus_text[:50_000], encoding="utf-8")
+    out = tmp_path / "results.jsonl"
+    proc = _run("scripts/gpu_check.py", f"--data={data}", "--smoke", "--only=speedrun", f"--out={out}",
+                "--speedrun_reference_iters=10", "--speedrun_iters=12")
+    assert proc.returncode == 0, proc.stderr
+    reference, jaxgpt = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [reference, jaxgpt]
+    assert reference["task"] == jaxgpt["task"] == "speedrun" and reference["device"].startswith("torch cpu")
+    assert (reference["config"]["max_iters"], reference["config"]["lr_decay_iters"]) == (10, 20)  # stopped early
+    assert reference["config"]["n_layer"] == 1 and reference["config"]["mlp"] == "gelu"  # nanoGPT's, toy-sized
+    assert jaxgpt["impl"].endswith("speedrun_gpu.py") and jaxgpt["config"]["max_iters"] == 12
+    assert {k: jaxgpt["config"][k] for k in ("optimizer", "pos_emb", "eval_full_val", "compute_dtype")} == {
+        "optimizer": "muon", "pos_emb": "rope", "eval_full_val": True, "compute_dtype": "bfloat16"}
+    assert jaxgpt["target_val_loss"] == reference["best_val_loss"] and jaxgpt["met"] is None
+    if jaxgpt["ratio"] is not None:
+        assert jaxgpt["ratio"] == jaxgpt["time_to_target_s"] / reference["time_to_target_s"]
+    # The config itself: nanoGPT's GPU size and data, the speedrun's recipe, fewer iterations.
+    gpu = config_from_argv(["speedrun_gpu"])
+    nanogpt = config_from_argv(["shakespeare_char"])
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "dataset", "tokenizer", "dropout"):
+        assert getattr(gpu, key) == getattr(nanogpt, key), key
+    assert gpu.eval_full_val and gpu.max_iters < nanogpt.max_iters and gpu.optimizer == "muon"

@@ -132,6 +132,8 @@ def test_speedrun_races_jaxgpt_to_the_references_whole_val_loss(tmp_path, corpus
     other = tmp_path / "other.py"
     other.write_text(config.read_text() + "val_fraction = 0.2\n")
     for args, message in [([f"--config={tmp_path / 'missing.py'}"], "no config file"),
-                          ([f"--config={other}", f"--reference={reference}"], "the same data")]:
+                          ([f"--config={other}", f"--reference={reference}"], "the same data"),
+                          ([f"--config={config}", f"--reference={reference}", "--torch_device=cuda"],
+                           "torch sees no CUDA device")]:
         code, _, err = run_script(capsys, "bench.py", "--task=speedrun", *args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err

@@ -316,15 +316,16 @@ def _pick_next(logits_BV: torch.Tensor, temperature: float, top_k: Optional[int]
 
 
 def configure_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                        betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
+                        betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, fused: bool = False
                         ) -> torch.optim.AdamW:
-    """nanoGPT's AdamW groups: decay every >= 2-D tensor (weights, embeddings), not biases/LayerNorms."""
+    """nanoGPT's AdamW groups: decay every >= 2-D tensor (weights, embeddings), not biases/LayerNorms.
+    fused: torch's fused kernel, which nanoGPT takes on a CUDA device."""
     params = [p for p in model.parameters() if p.requires_grad]  # tied weight listed once
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -98,13 +98,14 @@ class TorchRun(NamedTuple):
     train_seconds: Dict[int, float]
 
 
-def train_torch(o, batches: str = "jaxgpt", full_val: bool = False) -> TorchRun:
+def train_torch(o, batches: str = "jaxgpt", full_val: bool = False, device: str = "cpu") -> TorchRun:
     """nanoGPT's loop on the twin with jaxgpt's LR schedule. batches="jaxgpt": fed by jaxgpt's own
     batch samplers (the same batches as jaxgpt's run). batches="nanogpt": nanoGPT's train.py
     random stream, so the run is nanoGPT's own for this seed (the twin builds and initializes its
     modules in nanoGPT's order, so torch.manual_seed gives nanoGPT's initial weights too).
     full_val: the val loss over the whole val split (whole_val_loss) instead of eval_iters batches;
-    nanoGPT's stream then draws no val batches."""
+    nanoGPT's stream then draws no val batches. device: the twin's torch device; on a GPU it runs as
+    nanoGPT's train.py does there (gpu_settings), each step timed to its end (a synchronize)."""
     import torch  # lazy and optional: see the module docstring
 
     from jaxgpt.train.loop import model_config_from_options, prepare_data, schedule_of  # lazy: see the module docstring
@@ -112,8 +113,10 @@ def train_torch(o, batches: str = "jaxgpt", full_val: bool = False) -> TorchRun:
 
     torch.manual_seed(o.seed)
     _, prepared = prepare_data(o)  # the trainer's own data preparation
-    model = TorchGPT(model_config_from_options(o, prepared.tokenizer.vocab_size))
-    optimizer = configure_optimizer(model, o.learning_rate, o.weight_decay, (o.beta1, o.beta2))
+    # Built on the CPU in nanoGPT's order, then moved (as nanoGPT does): the same initial weights anywhere.
+    model = TorchGPT(model_config_from_options(o, prepared.tokenizer.vocab_size)).to(device)
+    on_gpu, autocast = gpu_settings(o, device)
+    optimizer = configure_optimizer(model, o.learning_rate, o.weight_decay, (o.beta1, o.beta2), fused=on_gpu)
     schedule = schedule_of(o)
     B, T, A = o.batch_size, o.block_size, o.gradient_accumulation_steps
     train_stream, eval_batches = _batch_streams(o, prepared, batches)
@@ -126,13 +129,14 @@ def train_torch(o, batches: str = "jaxgpt", full_val: bool = False) -> TorchRun:
     for it in range(o.max_iters + 1):
         if it % o.eval_interval == 0 or it == o.max_iters:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 for split in ("train", "val"):
                     if split == "val" and full_val:
-                        val_losses[it] = whole_val_loss(model, prepared.val, T)
+                        val_losses[it] = whole_val_loss(model, prepared.val, T, device=device)
                         continue
                     x, y = eval_batches(split)
-                    loss = float(np.mean([model(_as_long(x[i]), _as_long(y[i]))[1].item() for i in range(len(x))]))
+                    loss = float(np.mean([model(_as_long(x[i], device), _as_long(y[i], device))[1].item()
+                                          for i in range(len(x))]))
                     if split == "val":
                         val_losses[it] = loss
             train_seconds[it] = sum(step_times)
@@ -143,21 +147,39 @@ def train_torch(o, batches: str = "jaxgpt", full_val: bool = False) -> TorchRun:
         for group in optimizer.param_groups:
             group["lr"] = float(schedule(it))
         for i in range(A):
-            _, loss = model(_as_long(next_x), _as_long(next_y))
+            with autocast():
+                _, loss = model(_as_long(next_x, device), _as_long(next_y, device))
             next_x, next_y = next(stream)
             (loss / A).backward()
         if o.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if on_gpu:  # the step's kernels are queued, not done: its time ends when they are
+            torch.cuda.synchronize(device)
         step_times.append(time.time() - ts)
     return TorchRun(time.time() - t0, A * B * T / statistics.median(step_times), val_losses, train_seconds)
 
 
-def _as_long(a):
+def gpu_settings(o, device: str):
+    """(on a GPU?, autocast() context factory) for the twin on `device`, set as nanoGPT's train.py does
+    on a GPU: TF32 matmuls, fused AdamW (the caller's), and bfloat16 autocast when the config's
+    compute_dtype is bfloat16 (jaxgpt's side then computes in bfloat16 too). On the CPU: float32, as
+    nanoGPT's CPU recipe runs."""
     import torch  # lazy and optional: see the module docstring
 
-    return torch.tensor(np.array(a), dtype=torch.long)
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    bf16 = on_gpu and o.compute_dtype == "bfloat16"
+    return on_gpu, lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _as_long(a, device: str = "cpu"):
+    import torch  # lazy and optional: see the module docstring
+
+    return torch.tensor(np.array(a), dtype=torch.long, device=device)
 
 
 def _batch_streams(o, prepared, batches: str):
@@ -196,9 +218,9 @@ def _batch_streams(o, prepared, batches: str):
     return jaxgpt_stream, lambda split: jax_batches.eval_batch(split, o.eval_iters, B, everything)
 
 
-def whole_val_loss(model, tokens, block_size: int, rows: int = 64) -> float:
+def whole_val_loss(model, tokens, block_size: int, rows: int = 64, device: str = "cpu") -> float:
     """The twin's mean cross-entropy over every target of `tokens`, in jaxgpt.train.full_eval's windows
-    (`rows` windows a forward): what --eval_full_val computes for jaxgpt."""
+    (`rows` windows a forward, on `device`): what --eval_full_val computes for jaxgpt."""
     import torch.nn.functional as F  # lazy and optional: see the module docstring
 
     from jaxgpt.train.full_eval import IGNORE, split_windows  # lazy: see the module docstring
@@ -206,7 +228,7 @@ def whole_val_loss(model, tokens, block_size: int, rows: int = 64) -> float:
     x_WT, y_WT = split_windows(tokens, block_size)
     total = 0.0
     for i in range(0, len(x_WT), rows):
-        logits, _ = model(_as_long(x_WT[i:i + rows]))
-        total += F.cross_entropy(logits.flatten(0, 1), _as_long(y_WT[i:i + rows]).flatten(), ignore_index=IGNORE,
-                                 reduction="sum").item()
+        logits, _ = model(_as_long(x_WT[i:i + rows], device))
+        total += F.cross_entropy(logits.float().flatten(0, 1), _as_long(y_WT[i:i + rows], device).flatten(),
+                                 ignore_index=IGNORE, reduction="sum").item()
     return total / int(np.sum(y_WT != IGNORE))

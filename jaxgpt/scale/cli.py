@@ -5,7 +5,9 @@ DIR/runs/<member>. Finished members are skipped and interrupted ones resume exac
 command continues a sweep, as long as each member's options (and the dataset's text) are the ones
 it ran with: else the sweep is refused, naming the member and what changed (--rerun_changed=True
 trains such members again). Then DIR/runs.jsonl, DIR/runs.csv, DIR/fit.json (fitted laws with
-bootstrap intervals) and the plots are written. --workers=N runs members side by side in N
+bootstrap intervals) and the plots are written; for a config of `variants` (named option sets,
+jaxgpt.scale.ablation) the ablation table instead: DIR/ablation.md (also printed), ablation.json,
+ablation.csv and loss_curves.png. --workers=N runs members side by side in N
 processes, one device each (--platform says how to pin one: cpu, gpu or tpu); a member whose base
 options set dp/fsdp/tp takes the whole mesh instead (leave --workers=0).
 
@@ -27,9 +29,10 @@ from typing import Sequence
 
 from jaxgpt.cli import ConfigError, Option, parse_args
 from jaxgpt.files import atomic_write, check_folder_target
-from jaxgpt.scale import mup, sweep
+from jaxgpt.scale import ablation, mup, sweep
 from jaxgpt.train.config import config_from_sources
 from jaxgpt.train.loop import prepare_data
+from jaxgpt.train.metrics import draw_loss_curves, read_metrics
 from jaxgpt.train.run_dir import RunDir
 
 OPTIONS = {
@@ -42,7 +45,8 @@ OPTIONS = {
     "workers": Option(0, "processes running members side by side, one device each (0: members in turn, here)"),
     "platform": Option("cpu", "how a worker is pinned to one device", choices=("cpu", "gpu", "tpu")),
     "worker": Option(None, "(internal) this worker's index", type=int),
-    "fit": Option(True, "write fit.json and the plots when the members are done"),
+    "fit": Option(True, "write fit.json and the plots (a sweep of variants: the ablation table) when the "
+                        "members are done"),
     "n_bootstrap": Option(100, "bootstrap resamples for the fits' intervals"),
     "predict_at": Option("", "comma-separated FLOP budgets at which to report the compute-optimal N and D",
                          type=str),
@@ -146,7 +150,7 @@ def main(argv: Sequence[str]) -> None:
         if opts["task"] == "run":
             train_members(opts, configs[0], flags, todo, {m.name for m, _ in changed}, data, tracking)
         if top_level and opts["fit"]:
-            fit_members(opts, members, budgets)
+            fit_members(opts, spec, members, budgets)
 
 
 def train_members(opts, config_path: str, flags: Sequence[str], todo, changed, data, tracking) -> None:
@@ -171,13 +175,30 @@ def train_members(opts, config_path: str, flags: Sequence[str], todo, changed, d
               flush=True)
 
 
-def fit_members(opts, members, budgets) -> None:
-    """runs.jsonl, runs.csv, fit.json and the plots from the finished members."""
+def fit_members(opts, spec, members, budgets) -> None:
+    """runs.jsonl, runs.csv, then fit.json and the plots (or a sweep of variants' ablation table) from
+    the finished members."""
     out_dir = opts["out_dir"]
     rows = sweep.collect(out_dir, members)
     print(f"{len(rows)} of {len(members)} members finished: {os.path.join(out_dir, 'runs.jsonl')}")
+    if spec.variants:
+        report_variants(out_dir, spec, members, rows)
+        return
     result = sweep.fit_and_plot(out_dir, rows, members, budgets, n_bootstrap=opts["n_bootstrap"],
                                 paper_grid=opts["paper_grid"])
     print(f"fits: {os.path.join(out_dir, 'fit.json')} ({', '.join(sorted(k for k in result if k != 'skipped'))})")
     for name, why in (result.get("skipped") or {}).items():
         print(f"  skipped {name}: {why}")
+
+
+def report_variants(out_dir: str, spec, members, rows) -> None:
+    """A sweep of variants' ablation table (written and printed) and its val-loss curves by iteration."""
+    events = {m.name: read_metrics(RunDir(sweep.member_dir(out_dir, m)).metrics_path) for m in members}
+    table = ablation.write_ablation(out_dir, [(row, events[row["name"]]) for row in rows], members[0].name,
+                                    spec.target)
+    curves = sweep.member_curves(out_dir, members)
+    if curves:
+        draw_loss_curves(curves, os.path.join(out_dir, "loss_curves.png"), series=("val",), x_axis="iteration",
+                         title="Val loss of each variant")
+    print(table, end="")
+    print(f"ablation table: {os.path.join(out_dir, 'ablation.md')} (and ablation.json, ablation.csv, loss_curves.png)")

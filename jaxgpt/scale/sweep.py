@@ -9,7 +9,9 @@ A sweep config is plain Python (like train.py's) that assigns:
     learning_rates = [...]  (default: base's learning_rate)
     seeds = [...]           (default: base's seed)
     parametrizations = ["sp"] or ["sp", "mup"] (muP needs mup_base_width in base)
-Every key and value is checked as train.py's are (base and shapes hold train.py options; the data
+or, instead of that grid, `variants = [(name, {...}), ...]`: named option sets, each member base plus
+its options, named by its variant, reported as an ablation table (jaxgpt.scale.ablation; an optional
+`target` val loss). Every key and value is checked as train.py's are (base and shapes hold train.py options; the data
 keys only in base). Every combination is a member with its own out_dir under `<out_dir>/runs/<name>`;
 a point is the member's whole set of options (two that train alike are refused, two that share a
 name get the values that tell them apart). A member that finished (its result.json exists) is
@@ -38,6 +40,7 @@ import jax
 
 from jaxgpt.cli import ConfigError, Option, check_value, read_config_file
 from jaxgpt.files import FileLock, atomic_write, read_json, read_json_object, write_json_atomic
+from jaxgpt.scale.ablation import check_target, parse_variants
 from jaxgpt.train.config import OPTIONS as TRAIN_OPTIONS, config_from_sources, read_run_options
 from jaxgpt.train.loop import TrainingDiverged, config_from_argv, model_config_from_options, prepare_data, train
 from jaxgpt.train.metrics import LossCurve, draw_loss_curves, read_metrics
@@ -46,7 +49,8 @@ from jaxgpt.train.tracking import TRACKING_OPTIONS
 
 __all__ = ["Member", "SweepSpec", "expand", "shape_for_params", "run_member", "collect", "fit_and_plot",
            "non_embedding_params", "member_dir", "SWEEP_KEYS", "member_options", "member_changes", "changed_members",
-           "changed_message", "stored_options", "sweep_data", "sweep_lock", "SWEEP_LOCK"]
+           "changed_message", "stored_options", "sweep_data", "sweep_lock", "SWEEP_LOCK", "expand_variants",
+           "member_curves"]
 
 SWEEP_KEYS: Dict[str, Option] = {
     "base": Option({}, "train.py options shared by every member", type=dict),
@@ -59,6 +63,10 @@ SWEEP_KEYS: Dict[str, Option] = {
     "parametrizations": Option(["sp"], "sp and/or mup", type=list),
     "head_dim": Option(32, "head width used by target_params shapes", type=int),
     "aspect_ratio": Option(32, "n_embd / n_layer used by target_params shapes", type=int),
+    "variants": Option([], "instead of a grid: [(name, {train.py options}), ...], each member base plus its "
+                           "options; the first is the reference of the ablation table", type=list),
+    "target": Option(None, "with variants: the val loss the table times each member to (default: the first "
+                           "variant's best)", type=float),
 }
 
 
@@ -82,17 +90,21 @@ class SweepSpec:
     seeds: List[int]
     parametrizations: List[str]
     source: str = "sweep config"  # where the grid came from, for errors ("config file PATH")
+    variants: Tuple[Tuple[str, Dict[str, Any]], ...] = ()  # instead of the grid: (name, options) pairs
+    target: Optional[float] = None  # with variants: the ablation table's target val loss
 
     @classmethod
     def from_file(cls, path: str) -> "SweepSpec":
-        values = {k: o.default for k, o in SWEEP_KEYS.items()}
-        values.update(read_config_file(path, SWEEP_KEYS))
-        return cls.from_values(values, f"config file {path}")
+        return cls.from_values(read_config_file(path, SWEEP_KEYS), f"config file {path}")  # absent: defaults
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], source: str = "sweep config") -> "SweepSpec":
         """The grid, every key and value checked as train.py's command line checks them (one line
         naming the key and `source`)."""
+        if values.get("variants"):
+            return cls.variants_from_values(values, source)
+        if values.get("target") is not None:
+            raise ConfigError(f"{source}: target is the ablation table's, for a sweep of variants (not a grid)")
         lists = {key: _as_list(values.get(key), key, source) for key in GRID_LISTS}
         shapes, targets = lists["shapes"], lists["target_params"]
         if bool(shapes) == bool(targets):
@@ -125,6 +137,22 @@ class SweepSpec:
                for x in lists["learning_rates"]]
         seeds = [check_value("seed", x, TRAIN_OPTIONS["seed"], where=f" in seeds of {source}") for x in lists["seeds"]]
         return cls(base, shapes, [float(t) for t in tokens], [float(c) for c in compute], lrs, seeds, params, source)
+
+    @classmethod
+    def variants_from_values(cls, values: Mapping[str, Any], source: str) -> "SweepSpec":
+        """A sweep of variants: base and each variant's options checked key by key (the data keys
+        only in base), no grid key set to other than its default (one line naming them)."""
+        grid = [k for k in (*GRID_LISTS, "head_dim", "aspect_ratio") if values.get(k) not in (None, [], (),
+                                                                                         SWEEP_KEYS[k].default)]
+        if grid:
+            raise ConfigError(f"{source}: give variants or a scaling grid, not both (it also sets {', '.join(grid)})")
+        base = values.get("base") or {}
+        if not isinstance(base, dict):
+            raise ConfigError(f"{source}: base must be a dict of train.py options, got {base!r}")
+        base = member_options(base, f"base of {source}", data_keys=True)
+        variants = tuple((name, member_options(options, f"variant {name!r} of {source}", data_keys=False))
+                         for name, options in parse_variants(values["variants"], source))
+        return cls(base, [], [], [], [], [], ["sp"], source, variants, check_target(values.get("target"), source))
 
 
 GRID_LISTS = ("shapes", "target_params", "tokens", "compute", "learning_rates", "seeds", "parametrizations")
@@ -189,10 +217,12 @@ def _fmt(x: float) -> str:
 
 
 def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
-    """Every member of the grid, with its max_iters from the token (or compute) budget. A member is
+    """Every member of the variants (expand_variants), or of the grid, with its max_iters from the token (or compute) budget. A member is
     named by its shape and budget (L2-D64-T4e3); a later member that shares a name but differs
     elsewhere gets the grid values that tell it from the first appended (L2-D64-T4e3-block_size64);
     two points that train with the same options are the grid repeating itself, refused."""
+    if spec.variants:
+        return expand_variants(spec)
     members, points = [], []
     lrs = spec.learning_rates or [None]
     seeds = spec.seeds or [None]
@@ -224,6 +254,24 @@ def expand(spec: SweepSpec, vocab_size: int) -> List[Member]:
         members.append(Member(name, options, {kind: amount, "N_target": n}))
         points.append(point)
     return _distinct_names(members, points, spec.source)
+
+
+def expand_variants(spec: SweepSpec) -> List[Member]:
+    """Each variant as a member: base plus its options, named by the variant. Each member's options
+    are validated as a whole (one line naming the variant); two that would train alike are refused."""
+    members: List[Member] = []
+    seen: Dict[str, str] = {}
+    for name, options in spec.variants:
+        merged = {**spec.base, **options}
+        try:
+            point = json.dumps(config_from_sources(merged).run_options(), sort_keys=True)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.source}: variant {name!r}: {exc}") from None
+        if point in seen:
+            raise ConfigError(f"{spec.source}: variants {seen[point]!r} and {name!r} train with the same options")
+        seen[point] = name
+        members.append(Member(name, merged, {}))
+    return members
 
 
 def _label(value: Any) -> str:
@@ -422,6 +470,15 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
     parametric = _try(scaling.fit_parametric, N, D, L, init_grid=grid)
     if parametric is not None:
         plots.plot_parametric_residuals(N, D, L, parametric, os.path.join(out_dir, "parametric_residuals.png"))
+    curves = member_curves(out_dir, members)
+    if curves:
+        draw_loss_curves(curves, os.path.join(out_dir, "loss_curves.png"), series=("val",), x_axis="tokens",
+                         log_x=True, title="Loss curves")
+    return result
+
+
+def member_curves(out_dir: str, members: Sequence[Member]) -> List[LossCurve]:
+    """The val-loss curve (evals after iteration 0) of each member that has one, for loss_curves.png."""
     curves = []
     for member in members:
         events = read_metrics(RunDir(member_dir(out_dir, member)).metrics_path)
@@ -430,10 +487,7 @@ def fit_and_plot(out_dir: str, rows: Sequence[Mapping[str, Any]], members: Seque
         evals = [e for e in events if "val_loss" in e and e["iter"] > 0]
         if evals:
             curves.append(LossCurve(member.name, evals, per_iter))
-    if curves:
-        draw_loss_curves(curves, os.path.join(out_dir, "loss_curves.png"), series=("val",), x_axis="tokens",
-                         log_x=True, title="Loss curves")
-    return result
+    return curves
 
 
 def _try(fit, *args, **kwargs):

@@ -1,6 +1,8 @@
-"""metrics.jsonl (one JSON object per event) and the one loss-curve figure drawn from such events:
-draw_loss_curves (runs in memory: a sweep's loss_curves.png) and plot_loss_curves, its reader of runs
-on disk (a run's loss.png through plot_losses, `python -m jaxgpt.viz --what=loss`)."""
+"""metrics.jsonl (one JSON object per event), the time-to-target reading of its eval events
+(eval_clock, time_to_target: the speedrun race's and a variants sweep's), and the one loss-curve
+figure drawn from such events: draw_loss_curves (runs in memory: a sweep's loss_curves.png) and
+plot_loss_curves, its reader of runs on disk (a run's loss.png through plot_losses,
+`python -m jaxgpt.viz --what=loss`)."""
 
 from __future__ import annotations
 
@@ -62,6 +64,25 @@ def read_metrics(path: str) -> List[Dict]:
             raise MetricsError(f"{path}:{number} is not a metrics event (no integer 'iter')")
         events.append(event)
     return events
+
+
+def eval_clock(events: Sequence[Mapping[str, Any]]) -> Tuple[Dict[int, float], Dict[int, float]]:
+    """({iter: val loss}, {iter: train_seconds}) of a run's eval events: the train clock of
+    jaxgpt.train.hooks at each eval (wall time outside evaluation since the first step). An eval
+    from before the clock existed has no train_seconds entry."""
+    evals = [e for e in events if "val_loss" in e]
+    return ({e["iter"]: e["val_loss"] for e in evals},
+            {e["iter"]: e["train_seconds"] for e in evals if "train_seconds" in e})
+
+
+def time_to_target(val_losses: Mapping[int, float], train_seconds: Mapping[int, float], target: float
+                   ) -> Tuple[Optional[int], Optional[float]]:
+    """(iteration, train seconds) of the first eval whose val loss is <= target; (None, None) if none
+    is (the seconds alone are None when that eval has no clock reading)."""
+    for it in sorted(val_losses):
+        if val_losses[it] <= target:
+            return it, train_seconds.get(it)
+    return None, None
 
 
 def tokens_per_iter(run_config_path: str) -> Optional[int]:
