@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxgpt import GPT, GPTConfig
+from jaxgpt.train.cli import with_default_config
 from jaxgpt.train.checkpoint import Checkpointer
 from jaxgpt.train.metrics import read_metrics
 from jaxgpt.train.optim import lr_schedule, make_optimizer
@@ -85,7 +86,8 @@ def test_kill_and_resume_continues_exactly(tmp_path, corpus_path, capsys):
     # Also the same-seed check: the reference and the killed run are separate processes.
     common = [*TINY, f"--dataset={corpus_path}", "--dropout=0.1", "--num_samples=0"]
     reference = tmp_path / "reference"
-    train(config_from_argv([f"--out_dir={reference}", *common, "--max_iters=40"]))
+    # train.py with no config file runs the main job's config: so does the reference
+    train(config_from_argv(with_default_config([f"--out_dir={reference}", *common, "--max_iters=40"])))
 
     # The same run, made long and killed with SIGKILL once a checkpoint exists.
     killed = tmp_path / "killed"
@@ -178,7 +180,9 @@ def test_out_dir_of_another_config_is_refused_and_kept(tmp_path, tiny_run, capsy
     before = sorted(os.listdir(run / "checkpoints"))
     res = run_cli("train.py", f"--out_dir={run}", *TINY, f"--dataset={corpus}", "--n_layer=3")
     assert res.returncode == 2 and "another config" in res.stderr
-    code, _, err = train_cli(capsys, f"--out_dir={run}", *TINY, f"--dataset={corpus}")
+    plain = tmp_path / "plain.py"  # a config file (empty: the plain defaults, as the fixture's run had)
+    plain.write_text("")
+    code, _, err = train_cli(capsys, str(plain), f"--out_dir={run}", *TINY, f"--dataset={corpus}")
     assert code == 2 and "--init_from=resume" in err
     assert sorted(os.listdir(run / "checkpoints")) == before
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 
+from jaxgpt.train.cli import with_default_config
 from jaxgpt.train.loop import config_from_argv, train
 from helpers import REPO, TINY, loss_events
 
@@ -30,7 +31,8 @@ def _free_port() -> int:
 
 def test_multi_process_mesh_run_matches_one_device(tmp_path, corpus_path):
     args = [*RUN, f"--dataset={corpus_path}"]
-    train(config_from_argv([f"--out_dir={tmp_path / 'single'}", *args]))
+    # train.py with no config file runs the main job's config (jaxgpt.train.cli): so does the reference
+    train(config_from_argv(with_default_config([f"--out_dir={tmp_path / 'single'}", *args])))
     reference = loss_events(tmp_path / "single" / "metrics.jsonl")
 
     # Two processes joined through a loopback coordinator, 2 devices each: fsdp=2 x tp=2.

@@ -30,7 +30,7 @@ def with_default_config(argv: Sequence[str]) -> List[str]:
 
 def main(argv: Sequence[str]) -> None:
     full_argv = with_default_config(argv)
-    if len(full_argv) > len(argv):
+    if len(full_argv) > len(argv) and not {"-h", "--help"} & set(argv):
         print(f"no config file given: the main job, jaxgpt/configs/{DEFAULT_CONFIG}.py (flags override it)")
     cfg = config_from_argv(full_argv, summary=HELP)
     try:
