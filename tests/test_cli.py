@@ -181,6 +181,12 @@ def test_train_without_a_config_file_runs_the_main_job_and_flags_still_win():
     default = config_from_argv([DEFAULT_CONFIG])
     assert (main_job.optimizer, main_job.pos_emb, main_job.mlp) == ("muon", "rope", "relu2")
     assert main_job.max_iters == 7 and main_job.lr_decay_iters == default.lr_decay_iters
+    # the main job is the speedrun's recipe, longer and at a longer context: the two cannot drift apart
+    speedrun = config_from_argv(["speedrun_cpu"])
+    own = {"out_dir", "block_size", "max_iters", "lr_decay_iters", "eval_interval", "eval_full_val", "log_interval",
+           "always_save_checkpoint"}
+    differ = {k for k, v in vars(default).items() if getattr(speedrun, k) != v}
+    assert differ <= own, differ - own
     # a config file (or a resume, or imported weights) starts from the plain defaults instead
     assert with_default_config(["shakespeare_char_cpu"]) == ["shakespeare_char_cpu"]
     assert config_from_argv(with_default_config(["shakespeare_char_cpu"])).optimizer == "adamw"

@@ -11,6 +11,7 @@ batch_size = 12
 block_size = 128            # twice the speedrun's 64: longer context reads better in samples
 n_layer, n_head, n_embd = 4, 4, 128
 dropout = 0.0
+bias = False                # as nanoGPT and the speedrun
 
 # The speedrun's recipe (each choice's gain is measured in docs/speedrun.md).
 pos_emb = "rope"
