@@ -19,7 +19,7 @@ import torch
 import transformers  # slow to import: once, here
 
 from jaxgpt.data.tokenizers import CharTokenizer, build_tokenizer, load_tokenizer
-from jaxgpt.export.cli import JAXGPT_TOKENIZER_FILE, PROVENANCE_FILE, main
+from jaxgpt.export.cli import JAXGPT_TOKENIZER_FILE, PROVENANCE_FILE, export_run, main
 from jaxgpt.export.tokenizer import PAD_TOKEN, hf_tokenizer_files, sft_chat_template
 from jaxgpt.files import atomic_directory
 from jaxgpt.finetune.classify import classifier_init, classifier_logits, encode_texts
@@ -310,3 +310,10 @@ def test_a_write_that_fails_leaves_to_as_it_was(tmp_path):
             (pathlib.Path(tmp) / "config.json").write_text("{}")
             raise OSError("disk full")
     assert os.listdir(tmp_path) == ["hf"] and os.listdir(tmp_path / "hf") == ["old.txt"]
+
+
+def test_a_chunks_classifier_exports_and_says_long_texts_are_read_by_their_head(classifier):
+    _, base, config, _ = classifier  # finetune.py's default --long_text, chunks: a Hugging Face model has no windows
+    exported = export_run(str(base / "run"), "latest")
+    assert json.loads(exported.files[PROVENANCE_FILE])["long_text"] == "chunks"
+    assert f"a text longer than {config.block_size} tokens is read by its head" in exported.description

@@ -66,7 +66,7 @@ def test_a_config_or_flag_always_wins():
     auto = FinetuneConfig(init_from="pretrain", pretrain_dataset="task", max_iters=300, batch_size=16, eval_iters=1)
     cfg, line = recipe.resolve_classify_recipe(auto, texts, texts, 149, None)
     assert (cfg.block_size, cfg.eval_interval, cfg.patience) == (192, 10, 100) and cfg.pretrain_iters > 0
-    assert "block_size 192 (covers 96% of 191 train texts; 8 longer are cut by --long_text=head_tail)" in line
+    assert "block_size 192 (covers 96% of 191 train texts; 8 longer are read in windows by --long_text=chunks)" in line
     assert "eval_interval 10" in line and "patience 100" in line
     given = auto.replace(block_size=64, eval_interval=5, patience=0, pretrain_iters=7, adapt_iters=0)
     cfg, line = recipe.resolve_classify_recipe(given, texts, texts, 149, None)

@@ -45,8 +45,9 @@ CONFIG_JSON = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 JAXGPT_TOKENIZER_FILE = "jaxgpt_tokenizer.json"
 PROVENANCE_FILE = "jaxgpt_export.json"
-# A classifier's --long_text as a Hugging Face tokenizer's truncation side (head_tail has none: its head).
-_TRUNCATION_SIDE = {"head": "right", "tail": "left", "head_tail": "right"}
+# A classifier's --long_text as a Hugging Face tokenizer's truncation side (head_tail and chunks have none: the
+# exported model reads a long text's head; its texts within the block are read exactly as the run reads them).
+_TRUNCATION_SIDE = {"head": "right", "tail": "left", "head_tail": "right", "chunks": "right"}
 
 OPTIONS: Dict[str, Option] = {
     "out_dir": Option("out", "the run directory to export (train.py's or finetune.py's --out_dir)"),
@@ -148,8 +149,10 @@ def _classifier(out_dir: str, which: str) -> ExportedRun:
     kind = checkpoint.config["architectures"][0]
     provenance = {"run": os.path.abspath(out_dir), "step": saved.step, "which": which, "kind": kind,
                   "labels": saved.labels, "long_text": long_text, "lora_merged": "lora" in params}
+    reads = "" if long_text in ("head", "tail") else (f"; a text longer than {config.block_size} tokens is read by its "
+                                                       f"head, not by --long_text={long_text} as the run read it")
     return ExportedRun(_files(checkpoint, tokenizer, tokenizer_files, provenance),
-                       f"{kind} ({len(saved.labels)} labels {saved.labels}) from step {saved.step} of {out_dir}")
+                       f"{kind} ({len(saved.labels)} labels {saved.labels}) from step {saved.step} of {out_dir}{reads}")
 
 
 def export_run(out_dir: str, which: str = "latest") -> ExportedRun:

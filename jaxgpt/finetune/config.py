@@ -71,10 +71,11 @@ class FinetuneConfig(TrainConfig):
                                  type_=bool, optional=True)
     pooling: str = option_field("last", "classify: last (last non-padding token) | mean | max (over real tokens)",
                                 choices=("last", "mean", "max"))
-    long_text: str = option_field("head_tail", "classify: what a text longer than --block_size keeps: head (its "
-                                               "start) | tail (its end) | head_tail (half of each; the default, chosen "
-                                               "on val: docs/results/finetuning.md) | chunks (all of it, in up to "
-                                               f"{MAX_WINDOWS} windows of the block, pooled: jaxgpt.finetune.windows)",
+    long_text: str = option_field("chunks", "classify: what a text longer than --block_size keeps: head (its "
+                                            "start) | tail (its end) | head_tail (half of each) | chunks (all of it, "
+                                            f"in up to {MAX_WINDOWS} windows of the block, pooled: "
+                                            "jaxgpt.finetune.windows; the default, chosen on val: "
+                                            "docs/results/finetuning.md)",
                                   choices=LONG_TEXTS)
     soup: int = option_field(0, "classify: the test (and --classify) read a greedy soup of the K kept checkpoints "
                                 "with the lowest val loss, each averaged in only if val loss does not rise "
