@@ -241,6 +241,18 @@ def test_muon_takes_exactly_the_hidden_matrices():
     assert "['lm_head']['kernel']" in labels and labels["['wte']['embedding']"] == "adamw"
 
 
+def test_muon_takes_a_classifiers_backbone_matrices_and_leaves_its_head_to_adamw():
+    # a classifier nests the GPT under "backbone": --optimizer=muon once silently trained it all with AdamW
+    from jaxgpt.finetune.classify import classifier_init
+    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    shapes = jax.eval_shape(lambda rng: classifier_init(cfg, 3, "all", 4, rng), jax.random.key(0))
+    labels = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(muon_labels(shapes))[0]}
+    muon = sorted(k for k, v in labels.items() if v == "muon")
+    assert muon == sorted(f"['backbone']['h_{i}']['{a}']['{b}']['kernel']" for i in range(2) for a, b in
+                          [("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj")])
+    assert all(v == "adamw" for k, v in labels.items() if k.startswith("['head']"))
+
+
 # ------------------------------------------------------------------- schedule, init, configuration
 
 def test_wsd_schedule_warms_up_holds_then_cools_down_linearly():

@@ -59,8 +59,8 @@ def _key_names(path) -> tuple:
 
 def hidden_kernel_kind(path) -> Optional[Tuple[str, str]]:
     """("attn", "c_attn"), ("mlp", "c_proj") ... when a params path names a block's hidden kernel, else None."""
-    names = _key_names(path)
-    if len(names) >= 4 and names[0].startswith("h_") and names[-1] == "kernel" \
+    names = _key_names(path)  # a block's params sit at the top (a GPT) or under a task's key (a classifier)
+    if len(names) >= 4 and any(n.startswith("h_") for n in names[:-3]) and names[-1] == "kernel" \
             and tuple(names[-3:-1]) in _HIDDEN_MATRICES:
         return tuple(names[-3:-1])
     return None
