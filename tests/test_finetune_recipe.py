@@ -51,8 +51,10 @@ def test_a_long_text_set_gets_a_longer_block_and_the_longer_texts_are_counted():
 
 
 def test_budgets_and_intervals_fit_the_data_and_the_run():
-    # SMS: 406,328 characters outside val and test, pretraining batch 16 x 192: about 6 passes
-    assert recipe.pretrain_iters_for(406_328, 16, 192) == 800
+    # SMS: 406,328 characters outside val and test, pretraining batch 16 x 192: 4 passes would read
+    # 1,625,312 tokens, over the 1.6M cap: 1.6M / 3,072 = 520.8 iterations, rounded up to a multiple of 10
+    assert recipe.pretrain_iters_for(406_328, 16, 192) == 530
+    assert recipe.pretrain_iters_for(100_000, 16, 192) == 140  # 4 passes, under the cap: 400,000 / 3,072 = 130.2, up
     assert recipe.pretrain_iters_for(10 ** 8, 16, 192) * 16 * 192 <= recipe.PRETRAIN_MAX_TOKENS + 10 * 16 * 192
     assert recipe.adapt_iters_for(406_328, 16, 128) == 600  # configs/finetune_sms_course.py's measured choice
     assert recipe.adapt_iters_for(recipe.ADAPT_MIN_TOKENS - 1, 16, 128) == 0
@@ -71,6 +73,25 @@ def test_a_config_or_flag_always_wins():
     given = auto.replace(block_size=64, eval_interval=5, patience=0, pretrain_iters=7, adapt_iters=0)
     cfg, line = recipe.resolve_classify_recipe(given, texts, texts, 149, None)
     assert (cfg.block_size, cfg.eval_interval, cfg.patience, cfg.pretrain_iters) == (64, 5, 0, 7) and line is None
+
+
+def test_the_backbone_is_pretrained_with_the_recipe_asked_for():
+    from jaxgpt.finetune.backbone import pretrain_options
+    from jaxgpt.train.config import TrainConfig, main_job_recipe
+
+    cfg = FinetuneConfig(init_from="pretrain", block_size=96, pretrain_iters=500, pretrain_batch_size=16, seed=7,
+                         n_layer=2, pos_emb="learned", mlp="gelu")
+    speedrun = pretrain_options(cfg.replace(pretrain_recipe="speedrun"), "texts.txt")
+    recipe_keys = main_job_recipe()
+    assert recipe_keys["optimizer"] == "muon" and recipe_keys["pos_emb"] == "rope"  # the main job's, from its file
+    assert {k: speedrun[k] for k in recipe_keys} == recipe_keys  # the recipe wins over the run's --pos_emb, --mlp
+    adamw = pretrain_options(cfg, "texts.txt")  # the default
+    assert (adamw["pos_emb"], adamw["mlp"], adamw["learning_rate"]) == ("learned", "gelu", 2e-3)
+    assert "optimizer" not in adamw and TrainConfig().optimizer == "adamw"
+    for options in (speedrun, adamw):  # the run's data, size, length, budget and seed either way
+        assert (options["dataset"], options["block_size"], options["n_layer"], options["max_iters"],
+                options["batch_size"], options["seed"]) == ("texts.txt", 96, 2, 500, 16, 7)
+        TrainConfig(**options)  # valid options of train.py: the backbone's run accepts them
 
 
 def test_early_stopping_counts_iterations_since_the_best_val_loss():

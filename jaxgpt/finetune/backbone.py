@@ -36,12 +36,12 @@ from jaxgpt.data.corpus import Corpus, PreparedData, default_cache_dir
 from jaxgpt.data.tokenizers import TOKENIZER_FILE, CharTokenizer, GPT2Tokenizer, Tokenizer, TokenizerError
 from jaxgpt.files import atomic_write
 from jaxgpt.finetune.classify import unknown_id
-from jaxgpt.train.config import TrainConfig, adopt_backbone
+from jaxgpt.train.config import TrainConfig, adopt_backbone, main_job_recipe
 from jaxgpt.train.loop import TaskSetup, train
 from jaxgpt.train.tasks import language_modeling
 from jaxgpt.train.run_dir import RunDir
 
-__all__ = ["Backbone", "load_backbone", "pretrained_backbone", "extend_char_vocab", "adapted_backbone"]
+__all__ = ["Backbone", "load_backbone", "pretrain_options", "pretrained_backbone", "extend_char_vocab", "adapted_backbone"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,23 @@ def load_backbone(init_from: str) -> Backbone:
     return Backbone(config, params, GPT2Tokenizer(), f"GPT-2 {init_from} ({config.n_layer}L/{config.n_embd})")
 
 
+def pretrain_options(cfg, dataset: str) -> dict:
+    """train.py's options for `--init_from=pretrain`'s backbone on `dataset`: the run's size, length and
+    seed, trained by `--pretrain_recipe` (speedrun: the main job's recipe; adamw: the run's own architecture
+    options with AdamW)."""
+    options = dict(dataset=dataset, tokenizer="char" if cfg.tokenizer == "auto" else cfg.tokenizer,
+                   n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                   dropout=cfg.pretrain_dropout, max_iters=cfg.pretrain_iters, lr_decay_iters=cfg.pretrain_iters,
+                   batch_size=cfg.pretrain_batch_size, eval_interval=cfg.pretrain_iters, eval_iters=10, seed=cfg.seed)
+    if cfg.pretrain_recipe == "speedrun":  # train.py's main job's (docs/results/finetuning.md: a better classifier)
+        recipe = main_job_recipe()
+        options.update(recipe, warmup_iters=min(recipe["warmup_iters"], cfg.pretrain_iters // 10))
+    else:
+        options.update(bias=cfg.bias, pos_emb=cfg.pos_emb, norm=cfg.norm, mlp=cfg.mlp, learning_rate=2e-3, min_lr=2e-4,
+                       warmup_iters=min(100, cfg.pretrain_iters // 10), beta2=0.99)
+    return options
+
+
 def pretrained_backbone(cfg, train_texts: Sequence[str], notes: List[str]) -> Backbone:
     """`--init_from=pretrain`: the cached backbone for these options, pretrained first if absent."""
     cache = cfg.data_dir or default_cache_dir()
@@ -106,17 +123,12 @@ def pretrained_backbone(cfg, train_texts: Sequence[str], notes: List[str]) -> Ba
                 f.write(text)
     else:
         dataset = cfg.pretrain_dataset
-    options = dict(dataset=dataset, tokenizer="char" if cfg.tokenizer == "auto" else cfg.tokenizer,
-                   n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                   bias=cfg.bias, pos_emb=cfg.pos_emb, norm=cfg.norm, mlp=cfg.mlp, dropout=cfg.pretrain_dropout,
-                   max_iters=cfg.pretrain_iters, lr_decay_iters=cfg.pretrain_iters, warmup_iters=min(100, cfg.pretrain_iters // 10),
-                   learning_rate=2e-3, min_lr=2e-4, batch_size=cfg.pretrain_batch_size, eval_interval=cfg.pretrain_iters,
-                   eval_iters=10, seed=cfg.seed, beta2=0.99)
+    options = pretrain_options(cfg, dataset)
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
     out_dir = os.path.join(cache, "backbones", f"{os.path.basename(dataset)}-{key}")
     if cfg.pretrain_iters not in RunDir(out_dir).checkpoint_steps():
-        print(f"pretraining the backbone on {cfg.pretrain_dataset} ({cfg.pretrain_iters} iterations, cached in "
-              f"{out_dir})", flush=True)
+        print(f"pretraining the backbone on {cfg.pretrain_dataset} ({cfg.pretrain_iters} iterations, "
+              f"--pretrain_recipe={cfg.pretrain_recipe}, cached in {out_dir})", flush=True)
         train(TrainConfig(out_dir=out_dir, overwrite=os.path.isdir(out_dir), progress=cfg.progress, num_samples=0,
                           quiet_header=cfg.quiet_header, data_dir=cfg.data_dir, always_save_checkpoint=True, **options))
     else:

@@ -94,10 +94,15 @@ class FinetuneConfig(TrainConfig):
     pretrain_dataset: str = option_field("stdlib", "init_from=pretrain: stdlib | task (the texts outside val and "
                                                    "test, labels unused) | a text file", scope=INVOCATION)
     pretrain_iters: int = option_field(None, "init_from=pretrain: pretraining iterations; None: from the task texts' "
-                                             "size with --pretrain_dataset=task (about 6 passes), else 300",
+                                             "size with --pretrain_dataset=task (about 4 passes), else 300",
                                        scope=INVOCATION, type_=int, optional=True)
     pretrain_batch_size: int = option_field(32, "init_from=pretrain: pretraining batch size", scope=INVOCATION)
     pretrain_dropout: float = option_field(0.0, "init_from=pretrain: pretraining dropout", scope=INVOCATION)
+    pretrain_recipe: str = option_field("adamw", "init_from=pretrain: how the backbone is trained: adamw (AdamW 2e-3 "
+                                                 "cosine, the run's own --pos_emb/--mlp/--bias/--norm) | speedrun (the "
+                                                 "main job's recipe, jaxgpt/configs/default.py: Muon, WSD, RoPE, "
+                                                 "QK-norm, ReLU^2, untied head, no biases; configs/finetune_sms.py's)",
+                                        scope=INVOCATION, choices=("speedrun", "adamw"))
     adapt_iters: int = option_field(None, "classify: next-token training of the backbone on the train texts (labels "
                                           "unused) before the head is trained, ULMFiT's second stage; 0 = none; None: "
                                           "about 3 passes over the texts for a backbone --init_from names, else 0",

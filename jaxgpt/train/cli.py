@@ -9,9 +9,10 @@ built-in names (`jaxgpt train shakespeare_char`) and start from the plain defaul
 import sys
 from typing import List, Sequence
 
+from jaxgpt.train.config import MAIN_JOB_CONFIG
 from jaxgpt.train.loop import SUMMARY, TrainingDiverged, config_from_argv, train
 
-DEFAULT_CONFIG = "default"  # jaxgpt/configs/default.py: the main job
+DEFAULT_CONFIG = MAIN_JOB_CONFIG  # jaxgpt/configs/default.py: the main job
 HELP = (f"{SUMMARY} With no config file (and --init_from=scratch), train.py starts from the built-in config "
         f"{DEFAULT_CONFIG!r} (jaxgpt/configs/{DEFAULT_CONFIG}.py: the main job, the speedrun's recipe); a config file "
         "starts from the defaults below.")

@@ -24,7 +24,7 @@ import inspect
 import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-from jaxgpt.cli import ConfigError, Option, check_value
+from jaxgpt.cli import ConfigError, Option, check_value, read_config_file
 from jaxgpt.model.pretrained import HUB_NAMES
 from jaxgpt.train.optim import SCHEDULES
 from jaxgpt.train.tracking import check_tracking_packages
@@ -33,7 +33,8 @@ from jaxgpt.model.config import (ARCH_OPTIONS, BACKBONE_KEYS, COMPUTE_KEYS, GPTC
 
 __all__ = ["ConfigError", "TrainConfig", "OPTIONS", "RUN_KEYS", "INVOCATION_KEYS", "FIXED_ON_RESUME",
            "config_from_sources", "read_run_options", "options_of", "run_keys_of", "fixed_on_resume", "option_field",
-           "architecture_option", "architecture_options", "adopt_backbone"]
+           "architecture_option", "architecture_options", "adopt_backbone", "MAIN_JOB_CONFIG", "RECIPE_KEYS",
+           "main_job_recipe"]
 
 
 RUN, INVOCATION = "run", "invocation"
@@ -304,3 +305,18 @@ def changed_run_options(before: Mapping[str, Any], after: TrainConfig) -> Iterab
     return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in run_keys_of(type(after))
             if k in before and before[k] != now[k]]
 
+
+
+MAIN_JOB_CONFIG = "default"  # jaxgpt/configs/default.py: what `python train.py` runs with no config file
+# The speedrun's recipe within the main job's config: how it trains and the architecture switches it
+# needs, without the data, model size, length or dropout of the run that borrows it.
+RECIPE_KEYS = ("bias", "pos_emb", "tie_embeddings", "qk_norm", "mlp", "zero_init_proj", "optimizer",
+               "muon_learning_rate", "muon_ns_steps", "learning_rate", "min_lr", "schedule", "cooldown_frac",
+               "warmup_iters")
+
+
+def main_job_recipe() -> Dict[str, Any]:
+    """The recipe keys of the main job's config (read from its file, so a backbone pretrained with it
+    cannot drift from train.py's)."""
+    values = read_config_file(MAIN_JOB_CONFIG, options_of(TrainConfig))
+    return {key: values[key] for key in RECIPE_KEYS if key in values}
