@@ -41,7 +41,8 @@ from jaxgpt.train.loop import TaskSetup, train
 from jaxgpt.train.tasks import language_modeling
 from jaxgpt.train.run_dir import RunDir
 
-__all__ = ["Backbone", "load_backbone", "pretrain_options", "pretrained_backbone", "extend_char_vocab", "adapted_backbone"]
+__all__ = ["Backbone", "load_backbone", "pretrain_options", "pretrained_backbone", "extend_char_vocab",
+           "adapted_backbone"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -306,7 +306,6 @@ def changed_run_options(before: Mapping[str, Any], after: TrainConfig) -> Iterab
             if k in before and before[k] != now[k]]
 
 
-
 MAIN_JOB_CONFIG = "default"  # jaxgpt/configs/default.py: what `python train.py` runs with no config file
 # The speedrun's recipe within the main job's config: how it trains and the architecture switches it
 # needs, without the data, model size, length or dropout of the run that borrows it.
